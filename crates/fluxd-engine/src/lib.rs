@@ -1,0 +1,11 @@
+//! The FLUX.1 image-generation engine on candle.
+//!
+//! It loads real on-disk formats (the Hugging Face diffusers layout of FLUX.1-dev, BFL single
+//! files), runs the text encoders, the flow-matching transformer and the VAE, and produces the
+//! image diffusers would produce for the same seed. No HTTP and no SQL live here.
+
+pub mod error;
+pub mod tiny_init;
+pub mod weights;
+
+pub use error::{EngineError, Result};
