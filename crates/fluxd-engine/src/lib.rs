@@ -5,7 +5,14 @@
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
 pub mod error;
+pub mod noise;
+pub mod postprocess;
+pub mod schedule;
+pub mod text_encoders;
 pub mod tiny_init;
+pub mod tokenizer;
+pub mod transformer;
+pub mod vae;
 pub mod weights;
 
 pub use error::{EngineError, Result};
