@@ -105,6 +105,7 @@ def main():
             return_tensors="pt",
         ).input_ids[0].tolist()
         case = {"prompt": prompt, "clip": trimmed(clip_ids, clip.pad_token_id)}
+        case["clip_count"] = clip(prompt, padding="longest", return_tensors="pt").input_ids.shape[-1]
         for n in T5_LENGTHS:
             # FluxPipeline._get_t5_prompt_embeds
             kwargs = dict(

@@ -33,6 +33,8 @@ pub(super) const END_OF_WORD: &str = "</w>";
 #[derive(Debug, Clone)]
 pub struct ClipTokenizer {
     tokenizer: Tokenizer,
+    /// The same pipeline without truncation and padding, to measure prompts.
+    untruncated: Tokenizer,
     max_length: usize,
     dir: PathBuf,
 }
@@ -118,6 +120,7 @@ impl ClipTokenizer {
             .trim_offsets(false)
             .add_prefix_space(false);
         tokenizer.with_post_processor(Some(post));
+        let untruncated = tokenizer.clone();
         // `padding="max_length", truncation=True`: transformers sets these on the backend;
         // truncation leaves room for the two special tokens, so eos survives.
         tokenizer
@@ -138,6 +141,7 @@ impl ClipTokenizer {
         }));
         Ok(Self {
             tokenizer,
+            untruncated,
             max_length,
             dir: dir.to_path_buf(),
         })
@@ -151,6 +155,16 @@ impl ClipTokenizer {
             .encode(prompt, true)
             .map_err(|e| tok_err(&self.dir, e))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The prompt's untruncated length with `<|startoftext|>` and `<|endoftext|>`; above
+    /// `max_length` part of the prompt is cut, which diffusers logs as a warning.
+    pub fn count_tokens(&self, prompt: &str) -> Result<usize> {
+        let enc = self
+            .untruncated
+            .encode(prompt, true)
+            .map_err(|e| tok_err(&self.dir, e))?;
+        Ok(enc.len())
     }
 
     /// The sequence length every encoding has (`model_max_length`, 77 for CLIP-L).

@@ -110,6 +110,12 @@ fn clip_matches_transformers() {
         let prompt = case["prompt"].as_str().expect("test setup");
         let got = clip.encode(prompt).expect("test setup");
         assert_eq!(got, padded(&case["clip"], pad, 77), "{prompt:?}");
+        let count = clip.count_tokens(prompt).expect("test setup");
+        assert_eq!(
+            count as u64,
+            case["clip_count"].as_u64().expect("test setup"),
+            "{prompt:?}"
+        );
     }
 }
 
@@ -186,4 +192,21 @@ fn missing_files_are_named() {
         err.contains("tokenizer.json") && err.contains("spiece.model"),
         "{err}"
     );
+}
+
+#[test]
+fn tiny_clip_vocabulary_has_clips_layout() {
+    let (dir, vocab) = tiny();
+    let text = std::fs::read_to_string(dir.join("tokenizer/vocab.json")).expect("test setup");
+    let map: std::collections::HashMap<String, usize> =
+        serde_json::from_str(&text).expect("test setup");
+    assert_eq!(map.len(), vocab.clip_vocab_size);
+    // OpenAI's order: printable bytes first, `!` = 0, then the 256 `</w>` forms, merges, specials.
+    assert_eq!(map["!"], 0);
+    assert_eq!(map["!</w>"], 256);
+    assert_eq!(map["\u{0100}"], 188);
+    assert_eq!(map["<|startoftext|>"], vocab.clip_vocab_size - 2);
+    assert_eq!(map["<|endoftext|>"], vocab.clip_vocab_size - 1);
+    let merges = std::fs::read_to_string(dir.join("tokenizer/merges.txt")).expect("test setup");
+    assert_eq!(merges.lines().count() - 1 + 512 + 2, vocab.clip_vocab_size);
 }
