@@ -210,3 +210,26 @@ fn tiny_clip_vocabulary_has_clips_layout() {
     let merges = std::fs::read_to_string(dir.join("tokenizer/merges.txt")).expect("test setup");
     assert_eq!(merges.lines().count() - 1 + 512 + 2, vocab.clip_vocab_size);
 }
+
+/// transformers 5.23 keeps only the vocabulary (and charsmap) of a T5 `tokenizer.json`, so a file
+/// written by older transformers with another pre-tokenizer (FLUX.1-dev's legacy
+/// `Metaspace{add_prefix_space}`) still tokenizes like the fixture. Checked against transformers
+/// with FLUX-style files by hand; here without a charsmap, which is too large to commit.
+#[test]
+fn t5_ignores_the_pipeline_written_in_tokenizer_json() {
+    let (dir, _) = tiny();
+    let legacy = dir.join("legacy");
+    std::fs::create_dir_all(&legacy).expect("test setup");
+    for f in ["special_tokens_map.json", "tokenizer_config.json"] {
+        std::fs::copy(dir.join("tokenizer_2").join(f), legacy.join(f)).expect("test setup");
+    }
+    let text = std::fs::read_to_string(dir.join("tokenizer_2/tokenizer.json")).expect("test setup");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("test setup");
+    json["pre_tokenizer"] =
+        serde_json::json!({"type": "Metaspace", "replacement": "▁", "add_prefix_space": true});
+    std::fs::write(legacy.join("tokenizer.json"), json.to_string()).expect("test setup");
+    check_t5(
+        &T5Tokenizer::from_dir(&legacy).expect("test setup"),
+        &fixture(),
+    );
+}

@@ -53,7 +53,9 @@ pub struct TinyVocab {
 /// Trains and writes the tiny CLIP tokenizer into `clip_dir` (`vocab.json`, `merges.txt`,
 /// `special_tokens_map.json`, `tokenizer_config.json`) and the tiny T5 tokenizer into `t5_dir`
 /// (`tokenizer.json`, `spiece.model`, `special_tokens_map.json`, `tokenizer_config.json`).
-/// Deterministic: the same bytes every time.
+/// Deterministic: the same bytes every time. Turns off the `tokenizers` crate's rayon
+/// parallelism for the rest of the process (`tokenizers::utils::parallelism::set_parallelism`),
+/// which its Unigram trainer would otherwise use.
 pub fn write_tiny_tokenizers(clip_dir: &Path, t5_dir: &Path) -> Result<TinyVocab> {
     let clip_vocab_size = write_clip(clip_dir)?;
     let t5_vocab_size = write_t5(t5_dir)?;
