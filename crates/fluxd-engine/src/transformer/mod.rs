@@ -8,6 +8,8 @@
 
 mod blocks;
 pub mod config;
+mod cpu;
+mod kernels;
 pub mod linear;
 mod load;
 pub mod names;
@@ -75,6 +77,8 @@ pub struct FluxTransformer {
     final_linear: FluxLinear,
     /// `final_layer.adaLN_modulation.1`, BFL order (shift, scale).
     final_mod: FluxLinear,
+    /// Whether forwards run on the fused f32 CPU kernels (`cpu.rs`) rather than candle ops.
+    fast_path: bool,
 }
 
 impl FluxTransformer {
@@ -151,6 +155,7 @@ impl FluxTransformer {
             cfg,
             dtype: dt,
             device: dev.clone(),
+            fast_path: dev.is_cpu() && dt == DType::F32,
         })
     }
 
@@ -296,6 +301,23 @@ impl FluxTransformer {
         }
         let vec = self.conditioning(timestep, guidance, pooled, b)?;
         let vec_silu = candle_nn::ops::silu(&vec)?;
+        if self.fast_path {
+            return self.forward_cpu(img, txt, rope, &vec_silu);
+        }
+        self.forward_blocks(img, txt, rope, &vec_silu)
+    }
+
+    /// The blocks on candle ops (any device and dtype).
+    fn forward_blocks(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        rope: &Rope,
+        vec_silu: &Tensor,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let vec_silu = vec_silu.clone();
+        let (n, l) = (img.dim(1)?, txt.dim(1)?);
         let d = dims(cfg);
         let mut img = self.img_in.forward(&img.to_dtype(self.dtype)?)?;
         let mut txt = self.txt_in.forward(&txt.to_dtype(self.dtype)?)?;
@@ -313,6 +335,72 @@ impl FluxTransformer {
             .final_linear
             .forward(&blocks::modulate(&img, &m[0], &m[1])?)?;
         Ok(out)
+    }
+
+    /// The blocks on the f32 CPU fast path (`cpu.rs`).
+    fn forward_cpu(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        rope: &Rope,
+        vec_silu: &Tensor,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, n, _) = img.dims3()?;
+        let l = txt.dim(1)?;
+        let h = cfg.hidden();
+        let g = cpu::Geo {
+            txt: l,
+            img: n,
+            hidden: h,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.attention_head_dim,
+            mlp: cfg.mlp_hidden(),
+        };
+        let cos = rope.cos.flatten_all()?.to_vec1::<f32>()?;
+        let sin = rope.sin.flatten_all()?.to_vec1::<f32>()?;
+        let vs = vec_silu.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let img_all = img.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let txt_all = txt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (ci, ct) = (cfg.in_channels, cfg.joint_attention_dim);
+        let mut work = cpu::Work::new(g);
+        let mut x = vec![0f32; (l + n) * h];
+        let mut out = Vec::with_capacity(b * n * cfg.out_features());
+        for (bi, vsb) in vs.iter().enumerate() {
+            let (x_txt, x_img) = x.split_at_mut(l * h);
+            cpu::linear_into(
+                &self.txt_in,
+                &txt_all[bi * l * ct..(bi + 1) * l * ct],
+                l,
+                x_txt,
+            )?;
+            cpu::linear_into(
+                &self.img_in,
+                &img_all[bi * n * ci..(bi + 1) * n * ci],
+                n,
+                x_img,
+            )?;
+            for block in &self.double_blocks {
+                cpu::double_block(block, &mut x, vsb, (&cos, &sin), &mut work, g)?;
+            }
+            for block in &self.single_blocks {
+                cpu::single_block(block, &mut x, vsb, (&cos, &sin), &mut work, g)?;
+            }
+            let y = cpu::final_layer(
+                &self.final_mod,
+                &self.final_linear,
+                &x[l * h..],
+                vsb,
+                &mut work,
+                g,
+            )?;
+            out.extend_from_slice(&y);
+        }
+        Ok(Tensor::from_vec(
+            out,
+            (b, n, cfg.out_features()),
+            &Device::Cpu,
+        )?)
     }
 
     /// `temb` = time_in(t·1000) + guidance_in(g·1000) + vector_in(pooled)
@@ -369,6 +457,50 @@ impl FluxTransformer {
         }
         Ok(Tensor::from_vec(out, (b, TIME_EMBED_DIM), &self.device)?.to_dtype(self.dtype)?)
     }
+}
+
+/// Times `iters` forwards (after one warm-up) of a random f32 CPU model of size `cfg` on
+/// `img_tokens` image tokens (a near-square grid) and `txt_tokens` text tokens, batch 1, RoPE
+/// precomputed as in a denoising loop. Returns seconds per forward. Threads: rayon's global pool
+/// (`RAYON_NUM_THREADS`).
+pub fn bench_forward(
+    cfg: &FluxConfig,
+    img_tokens: usize,
+    txt_tokens: usize,
+    iters: usize,
+) -> Result<Vec<f64>> {
+    let dev = Device::Cpu;
+    let model = FluxTransformer::from_canonical(
+        cfg.clone(),
+        &random_canonical_weights(cfg, 0)?,
+        DType::F32,
+        &dev,
+    )?;
+    let mut rng = crate::tiny_init::InitRng::new(0, "bench-inputs");
+    let cols = (img_tokens as f64).sqrt().ceil().max(1.0) as usize;
+    let ids: Vec<f32> = (0..img_tokens)
+        .flat_map(|i| [0.0, (i / cols) as f32, (i % cols) as f32])
+        .collect();
+    let img_ids = Tensor::from_vec(ids, (img_tokens, 3), &dev)?;
+    let txt_ids = Tensor::zeros((txt_tokens, 3), DType::F32, &dev)?;
+    let img = rng.normal_tensor(&[1, img_tokens, cfg.in_channels], 0.0, 1.0)?;
+    let txt = rng.normal_tensor(&[1, txt_tokens, cfg.joint_attention_dim], 0.0, 1.0)?;
+    let pooled = rng.normal_tensor(&[1, cfg.pooled_projection_dim], 0.0, 1.0)?;
+    let t = Tensor::new(&[0.7f32], &dev)?;
+    let g = Tensor::new(&[3.5f32], &dev)?;
+    let guidance = cfg.guidance_embeds.then_some(&g);
+    let rope = model.rope(&img_ids, &txt_ids)?;
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..=iters {
+        let start = std::time::Instant::now();
+        let out = model.forward_with_rope(&img, &txt, &rope, &t, guidance, &pooled)?;
+        // Force the result (candle is eager; this only guards against future laziness).
+        let _ = out.dims();
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
 }
 
 fn dims(cfg: &FluxConfig) -> Dims {

@@ -232,8 +232,16 @@ fn matches_diffusers_fixture_in_both_layouts() -> Result<()> {
     let a = FluxTransformer::load_diffusers(&dir.join("transformer"), DType::F32, &dev)?;
     let b = FluxTransformer::load_bfl(&dir.join("bfl/flux1-dev.safetensors"), DType::F32, &dev)?;
     let (ea, eb) = (fixture_error(&a)?, fixture_error(&b)?);
-    eprintln!("max abs error vs diffusers: diffusers layout {ea:e}, BFL layout {eb:e}");
-    assert!(ea < FIXTURE_TOL && eb < FIXTURE_TOL, "{ea} {eb}");
+    let mut slow = a.clone();
+    slow.fast_path = false;
+    let es = fixture_error(&slow)?;
+    eprintln!(
+        "max abs error vs diffusers: diffusers layout {ea:e}, BFL layout {eb:e}, candle-ops path {es:e}"
+    );
+    assert!(
+        ea < FIXTURE_TOL && eb < FIXTURE_TOL && es < FIXTURE_TOL,
+        "{ea} {eb} {es}"
+    );
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
@@ -253,5 +261,56 @@ fn bf16_weights_load_and_run_close_to_f32() -> Result<()> {
     // Random tiny models amplify rounding: diffusers' own bf16 run of the fixture model is 0.23
     // (relative RMS) from its f32 run. Here we check bf16 runs and tracks f32, not bit patterns.
     assert!(rel < 0.5, "{rel}");
+    Ok(())
+}
+
+#[test]
+fn fast_cpu_path_matches_candle_ops_path_with_adapters() -> Result<()> {
+    // Non-power-of-two sizes and more tokens than one attention block.
+    let mut cfg = FluxConfig::tiny();
+    cfg.num_attention_heads = 3;
+    cfg.axes_dims_rope = vec![2, 8, 6];
+    let mut fast = FluxTransformer::from_canonical(
+        cfg.clone(),
+        &random_canonical_weights(&cfg, 9)?,
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    assert!(fast.fast_path);
+    let mut rng = InitRng::new(4, "lora");
+    for name in [
+        "double_blocks.1.txt_mlp.2",
+        "single_blocks.0.linear1",
+        "final_layer.linear",
+    ] {
+        let lin = fast
+            .linear_mut(name)
+            .ok_or_else(|| EngineError::InvalidInput(name.into()))?;
+        let (out, inp) = (lin.out_features(), lin.in_features());
+        lin.add_adapter(LowRank {
+            down: rng.normal_tensor(&[3, inp], 0.0, 0.2)?,
+            up: rng.normal_tensor(&[out, 3], 0.0, 0.2)?,
+            scale: 0.7,
+        })?;
+    }
+    let mut slow = fast.clone();
+    slow.fast_path = false;
+    let (rows, cols, l, b) = (7usize, 6usize, 30usize, 2usize);
+    let ids: Vec<f32> = (0..rows * cols)
+        .flat_map(|i| [0.0, (i / cols) as f32, (i % cols) as f32])
+        .collect();
+    let x = Inputs {
+        img: rng.normal_tensor(&[b, rows * cols, cfg.in_channels], 0.0, 1.0)?,
+        img_ids: Tensor::from_vec(ids, (rows * cols, 3), &Device::Cpu)?,
+        txt: rng.normal_tensor(&[b, l, cfg.joint_attention_dim], 0.0, 1.0)?,
+        txt_ids: Tensor::zeros((l, 3), DType::F32, &Device::Cpu)?,
+        t: Tensor::new(&[0.9f32, 0.1], &Device::Cpu)?,
+        g: Tensor::new(&[4.0f32, 2.0], &Device::Cpu)?,
+        pooled: rng.normal_tensor(&[b, cfg.pooled_projection_dim], 0.0, 1.0)?,
+    };
+    let (yf, ys) = (run(&fast, &x)?, run(&slow, &x)?);
+    let err = max_abs(&yf, &ys)?;
+    let scale = ys.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    assert!(err < 1e-5 * scale.max(1.0), "{err} (output max {scale})");
     Ok(())
 }
