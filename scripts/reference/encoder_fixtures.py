@@ -140,6 +140,25 @@ def vae_fixture(tmp, rng):
     )
 
 
+def check_bfl_layout(tmp):
+    """diffusers' own single-file converter must turn our BFL-layout ae.safetensors into exactly
+    the diffusers-layout weights (names, shapes and values)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file
+
+    ae = load_file(os.path.join(tmp, "ae.safetensors"))
+    ref = load_file(os.path.join(tmp, "vae", "diffusion_pytorch_model.safetensors"))
+    with open(os.path.join(tmp, "vae", "config.json")) as f:
+        cfg = json.load(f)
+    conv = convert_ldm_vae_checkpoint(ae, cfg)
+    if set(conv) != set(ref):
+        sys.exit(f"ae.safetensors converts to other names: {sorted(set(conv) ^ set(ref))[:5]}")
+    for k, v in ref.items():
+        if conv[k].shape != v.shape or not torch.equal(conv[k], v):
+            sys.exit(f"ae.safetensors: {k} differs after conversion")
+    print("ae.safetensors converts exactly to the diffusers VAE")
+
+
 def main():
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
@@ -154,6 +173,7 @@ def main():
         clip_fixture(tmp, rng)
         t5_fixture(tmp, rng)
         vae_fixture(tmp, rng)
+        check_bfl_layout(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -179,6 +179,43 @@ pub(crate) fn check_ids(input_ids: &Tensor, max_len: Option<usize>) -> Result<(u
     Ok((b, l))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::fixtures;
+    use super::*;
+
+    /// FLUX runs the encoders in bf16: the same code must run in bf16 and stay near f32.
+    #[test]
+    fn bf16_runs_close_to_f32() -> Result<()> {
+        let dir = fixtures::temp_dir("enc-bf16");
+        write_tiny_clip(&dir.join("clip"), 64, 4)?;
+        write_tiny_t5(&dir.join("t5"), 64, 4)?;
+        let ids = Tensor::from_vec(
+            (0..20u32).map(|i| (i * 7) % 64).collect::<Vec<_>>(),
+            (2, 10),
+            &Device::Cpu,
+        )?;
+        let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            let a = a.to_dtype(DType::F32)?;
+            let b = b.to_dtype(DType::F32)?;
+            let err = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            Ok(err / b.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        let clip32 = ClipTextEncoder::load(&dir.join("clip"), DType::F32, &Device::Cpu)?;
+        let clip16 = ClipTextEncoder::load(&dir.join("clip"), DType::BF16, &Device::Cpu)?;
+        let e = rel(&clip16.pooled(&ids)?, &clip32.pooled(&ids)?)?;
+        assert!(e < 0.05, "clip bf16 relative error {e}");
+        let t32 = T5TextEncoder::load(&dir.join("t5"), DType::F32, &Device::Cpu)?;
+        let t16 = T5TextEncoder::load(&dir.join("t5"), DType::BF16, &Device::Cpu)?;
+        let out16 = t16.forward(&ids)?;
+        assert_eq!(out16.dtype(), DType::BF16);
+        let e = rel(&out16, &t32.forward(&ids)?)?;
+        assert!(e < 0.05, "t5 bf16 relative error {e}");
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+}
+
 /// Helpers for the tests that compare against the reference fixtures written by
 /// `scripts/reference/encoder_fixtures.py`.
 #[cfg(test)]

@@ -36,53 +36,59 @@ impl Conv {
         })
     }
 
-    /// Convolves (B, C, H, W). A k×k convolution is one matrix product of the kernel with the
-    /// unfolded input; unfolding a strip of rows at a time bounds memory. This runs several
-    /// times faster than candle 0.11's CPU `conv2d` (measured 21 vs ~150 GFLOP/s for 128
-    /// channels at 256²) because the product is a single large GEMM.
+    /// Convolves (B, C, H, W).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_up(x, 1)
+    }
+
+    /// Convolves the nearest-neighbour ×`up` upsampling of `x` (diffusers `Upsample2D`:
+    /// `F.interpolate(scale_factor=2.0, mode="nearest")` then the conv).
+    ///
+    /// On the CPU in f32 a k×k convolution runs as one matrix product of the kernel with the
+    /// unfolded (im2col) input, a strip of rows at a time to bound memory, and the unfolding
+    /// reads the padding and the upsampling straight from the source image, so neither the
+    /// padded nor the 4× upsampled tensor is built. On this project's 2-core CPU candle 0.11's
+    /// `conv2d` reached 21 GFLOP/s on a 128-channel 256² conv where a GEMM of the same size
+    /// reaches ~150; a FLUX-size 256² decode went from 21.8 s to 6.5 s. On other devices
+    /// candle's own `conv2d` runs.
+    pub(crate) fn forward_up(&self, x: &Tensor, up: usize) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
+        let (ho, wo) = (h * up, w * up);
         let out = self.weight_mat.dim(0)?;
+        if x.device().is_cpu() && x.dtype() != DType::F32 {
+            // candle's CPU matmul has no bf16 kernel in conv2d: run the f32 path.
+            let f32_conv = Self {
+                weight_mat: self.weight_mat.to_dtype(DType::F32)?,
+                bias: self.bias.to_dtype(DType::F32)?,
+                k: self.k,
+            };
+            let y = f32_conv.forward_up(&x.to_dtype(DType::F32)?, up)?;
+            return Ok(y.to_dtype(x.dtype())?);
+        }
+        if !x.device().is_cpu() {
+            let x = if up > 1 {
+                x.upsample_nearest2d(ho, wo)?
+            } else {
+                x.clone()
+            };
+            let kernel = self.weight_mat.reshape((out, c, self.k, self.k))?;
+            let y = x.conv2d(&kernel, self.k / 2, 1, 1, 1)?;
+            return Ok(y.broadcast_add(&self.bias.reshape((1, out, 1, 1))?)?);
+        }
+        let x = x.contiguous()?;
         let mut images = Vec::with_capacity(b);
         for i in 0..b {
             let img = x.get(i)?;
-            let y = if self.k == 1 {
+            let y = if self.k == 1 && up == 1 {
                 self.weight_mat.matmul(&img.reshape((c, h * w))?)?
             } else {
-                let pad = self.k / 2;
-                // On the CPU in f32 the unfolding is a direct loop over the padded image (candle's
-                // strided stack copies twice and cost twice the GEMM).
-                let padded = if img.device().is_cpu() && img.dtype() == DType::F32 {
-                    let p = img
-                        .pad_with_zeros(1, pad, pad)?
-                        .pad_with_zeros(2, pad, pad)?;
-                    Some(p.contiguous()?)
-                } else {
-                    None
-                };
                 let kk = self.k * self.k;
-                let rows = (IM2COL_STRIP_ELEMS / (c * kk * w).max(1)).clamp(1, h);
-                let mut strips = Vec::with_capacity(h.div_ceil(rows));
+                let rows = (IM2COL_STRIP_ELEMS / (c * kk * wo).max(1)).clamp(1, ho);
+                let mut strips = Vec::with_capacity(ho.div_ceil(rows));
                 let mut r0 = 0;
-                while r0 < h {
-                    let n = rows.min(h - r0);
-                    let cols = match &padded {
-                        Some(p) => unfold_cpu(p, self.k, r0, n, w)?,
-                        None => {
-                            let p = img
-                                .pad_with_zeros(1, pad, pad)?
-                                .pad_with_zeros(2, pad, pad)?;
-                            let mut taps = Vec::with_capacity(kk);
-                            for dy in 0..self.k {
-                                for dx in 0..self.k {
-                                    taps.push(p.narrow(1, r0 + dy, n)?.narrow(2, dx, w)?);
-                                }
-                            }
-                            // (C, k·k, n, W) -> (C·k·k, n·W), rows ordered as the kernel's
-                            // (in, ky, kx).
-                            Tensor::stack(&taps, 1)?.reshape((c * kk, n * w))?
-                        }
-                    };
+                while r0 < ho {
+                    let n = rows.min(ho - r0);
+                    let cols = unfold_cpu(&img, self.k, up, r0, n)?;
                     strips.push(self.weight_mat.matmul(&cols)?);
                     r0 += n;
                 }
@@ -92,7 +98,7 @@ impl Conv {
                     Tensor::cat(&strips, 1)?
                 }
             };
-            images.push(y.broadcast_add(&self.bias)?.reshape((1, out, h, w))?);
+            images.push(y.broadcast_add(&self.bias)?.reshape((1, out, ho, wo))?);
         }
         Ok(if images.len() == 1 {
             images.remove(0)
@@ -102,33 +108,51 @@ impl Conv {
     }
 }
 
-/// im2col of rows `r0..r0+n` of a padded contiguous f32 (C, H+2p, W+2p) image on the CPU:
-/// a (C·k·k, n·W) matrix whose row `(ci·k + dy)·k + dx` holds the window shifted by (dy, dx).
-fn unfold_cpu(padded: &Tensor, k: usize, r0: usize, n: usize, w: usize) -> Result<Tensor> {
+/// im2col on the CPU of output rows `r0..r0+n` of a k×k "same" convolution applied to the
+/// ×`up` nearest upsampling of a contiguous f32 (C, H, W) image: a (C·k·k, n·W·up) matrix whose
+/// row `(ci·k + dy)·k + dx` holds channel `ci` shifted by (dy − k/2, dx − k/2), zero outside.
+fn unfold_cpu(img: &Tensor, k: usize, up: usize, r0: usize, n: usize) -> Result<Tensor> {
     use rayon::prelude::*;
-    let (c, hp, wp) = padded.dims3()?;
-    let (storage, layout) = padded.storage_and_layout();
+    let (c, h, w) = img.dims3()?;
+    let (ho, wo) = (h * up, w * up);
+    let pad = (k / 2) as isize;
+    let (storage, layout) = img.storage_and_layout();
     let data = match &*storage {
         candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>()?,
         _ => return Err(candle_core::Error::Msg("unfold_cpu on a non-CPU tensor".into()).into()),
     };
     let start = layout.start_offset();
-    let src = &data[start..start + c * hp * wp];
-    let mut cols = vec![0f32; c * k * k * n * w];
-    cols.par_chunks_mut(k * k * n * w)
+    let src = &data[start..start + c * h * w];
+    let mut cols = vec![0f32; c * k * k * n * wo];
+    cols.par_chunks_mut(k * k * n * wo)
         .enumerate()
         .for_each(|(ci, block)| {
-            let plane = &src[ci * hp * wp..(ci + 1) * hp * wp];
-            for (tap, dst) in block.chunks_mut(n * w).enumerate() {
-                let (dy, dx) = (tap / k, tap % k);
-                for (r, row) in dst.chunks_mut(w).enumerate() {
-                    let s = (r0 + r + dy) * wp + dx;
-                    row.copy_from_slice(&plane[s..s + w]);
+            let plane = &src[ci * h * w..(ci + 1) * h * w];
+            for (tap, dst) in block.chunks_mut(n * wo).enumerate() {
+                let dy = (tap / k) as isize - pad;
+                let dx = (tap % k) as isize - pad;
+                for (r, row) in dst.chunks_mut(wo).enumerate() {
+                    let y = (r0 + r) as isize + dy;
+                    if y < 0 || y >= ho as isize {
+                        continue; // stays zero: padding
+                    }
+                    let line = &plane[(y as usize / up) * w..(y as usize / up + 1) * w];
+                    // Output columns whose source column x + dx lies inside the image.
+                    let lo = (-dx).max(0) as usize;
+                    let hi = (wo as isize - dx.max(0)) as usize;
+                    if up == 1 {
+                        let s0 = (lo as isize + dx) as usize;
+                        row[lo..hi].copy_from_slice(&line[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (x, o) in row[lo..hi].iter_mut().enumerate() {
+                            *o = line[((x + lo) as isize + dx) as usize / up];
+                        }
+                    }
                 }
             }
         });
     drop(storage);
-    Ok(Tensor::from_vec(cols, (c * k * k, n * w), padded.device())?)
+    Ok(Tensor::from_vec(cols, (c * k * k, n * wo), img.device())?)
 }
 
 /// GroupNorm with affine parameters, statistics in f32, optionally followed by SiLU (every
@@ -160,6 +184,9 @@ impl GroupNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            return self.forward_cpu_f32(x, silu);
+        }
         let (b, c, h, w) = x.dims4()?;
         let dtype = x.dtype();
         let xg = x
@@ -175,6 +202,51 @@ impl GroupNorm {
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)?;
         Ok(if silu { y.silu()? } else { y })
+    }
+
+    /// The same on a CPU f32 tensor in two passes and one allocation (statistics per group in
+    /// f64, then normalise, scale, shift and SiLU together), instead of seven tensor ops.
+    fn forward_cpu_f32(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (b, c, h, w) = x.dims4()?;
+        let x = x.contiguous()?;
+        let hw = h * w;
+        let per_group = c / self.groups;
+        let gamma: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+        let beta: Vec<f32> = self.bias.flatten_all()?.to_vec1()?;
+        let (storage, layout) = x.storage_and_layout();
+        let data = match &*storage {
+            candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>()?,
+            _ => return Err(candle_core::Error::Msg("group norm: not a CPU tensor".into()).into()),
+        };
+        let start = layout.start_offset();
+        let src = &data[start..start + b * c * hw];
+        let mut out = vec![0f32; b * c * hw];
+        let group_len = per_group * hw;
+        out.par_chunks_mut(group_len)
+            .zip(src.par_chunks(group_len))
+            .enumerate()
+            .for_each(|(g, (dst, xs))| {
+                let n = xs.len() as f64;
+                let mean = xs.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                let var = xs
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                let inv = 1.0 / (var + NORM_EPS).sqrt();
+                let ch0 = (g % self.groups) * per_group;
+                for (j, (d, s)) in dst.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
+                    let a = (inv as f32) * gamma[ch0 + j];
+                    let bb = beta[ch0 + j] - (mean * inv) as f32 * gamma[ch0 + j];
+                    for (o, &v) in d.iter_mut().zip(s) {
+                        let y = v * a + bb;
+                        *o = if silu { y / (1.0 + (-y).exp()) } else { y };
+                    }
+                }
+            });
+        drop(storage);
+        Ok(Tensor::from_vec(out, (b, c, h, w), x.device())?)
     }
 }
 
@@ -417,9 +489,7 @@ impl UpBlock {
             x = r.forward(&x)?;
         }
         if let Some(conv) = &self.upsample {
-            let (_, _, h, w) = x.dims4()?;
-            // `F.interpolate(scale_factor=2.0, mode="nearest")` in diffusers `Upsample2D`.
-            x = conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
+            x = conv.forward_up(&x, 2)?;
         }
         Ok(x)
     }

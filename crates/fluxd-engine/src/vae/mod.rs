@@ -398,6 +398,26 @@ mod tests {
         Ok(())
     }
 
+    /// The pipeline may run the VAE in bf16: it must run and stay near f32.
+    #[test]
+    fn bf16_decode_runs_close_to_f32() -> Result<()> {
+        let dir = fixtures::temp_dir("vae-bf16");
+        write_tiny_vae(&dir, 6)?;
+        let mut rng = crate::tiny_init::InitRng::new(1, "z");
+        let z = rng.normal_tensor(&[1, 16, 3, 5], 0.0, 1.0)?;
+        let a = VaeDecoder::load_diffusers(&dir, DType::F32, &Device::Cpu)?.decode(&z)?;
+        let b = VaeDecoder::load_diffusers(&dir, DType::BF16, &Device::Cpu)?.decode(&z)?;
+        assert_eq!((b.dtype(), b.dims()), (DType::BF16, a.dims()));
+        let err = (b.to_dtype(DType::F32)? - &a)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        let scale = a.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.05 * scale, "bf16 error {err} of {scale}");
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+
     #[test]
     fn chunked_attention_equals_one_chunk() -> Result<()> {
         // A latent large enough that the mid-block attention runs in several query chunks.
