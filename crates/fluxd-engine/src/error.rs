@@ -104,11 +104,17 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 impl EngineError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A config error for `path`.
     pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Self::BadConfig { path: path.into(), msg: msg.into() }
+        Self::BadConfig {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }

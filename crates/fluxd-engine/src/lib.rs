@@ -5,11 +5,15 @@
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
 pub mod error;
+pub mod lora;
+pub mod model_dir;
 pub mod noise;
+pub mod pipeline;
 pub mod postprocess;
 pub mod schedule;
 pub mod text_encoders;
 pub mod tiny_init;
+pub mod tiny_model;
 pub mod tokenizer;
 pub mod transformer;
 pub mod vae;

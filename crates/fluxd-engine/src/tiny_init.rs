@@ -66,8 +66,10 @@ pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
     }
-    let map: std::collections::HashMap<&str, Tensor> =
-        tensors.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let map: std::collections::HashMap<&str, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     candle_core::safetensors::save(&map, path).map_err(|e| EngineError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),

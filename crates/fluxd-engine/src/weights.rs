@@ -38,9 +38,11 @@ impl WeightFiles {
             // SAFETY: the map is read-only; the weight files are not expected to change while we
             // run (the same assumption every mmap-based loader makes).
             let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
-                EngineError::BadSafetensors { path: path.clone(), msg: e.to_string() }
-            })?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| EngineError::BadSafetensors {
+                    path: path.clone(),
+                    msg: e.to_string(),
+                })?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let (start, end) = info.data_offsets;
@@ -69,7 +71,11 @@ impl WeightFiles {
             }
             maps.push(map);
         }
-        Ok(Self { paths: paths.to_vec(), maps, entries })
+        Ok(Self {
+            paths: paths.to_vec(),
+            maps,
+            entries,
+        })
     }
 
     /// Opens a component folder the way diffusers/transformers lay it out: an index json
@@ -87,8 +93,14 @@ impl WeightFiles {
             }
         }
         Err(EngineError::MissingFile {
-            path: dir.join(format!("{}.safetensors", stems.first().copied().unwrap_or("model"))),
-            what: format!("weights ({} or a sharded index)", stems.join(".safetensors, ")),
+            path: dir.join(format!(
+                "{}.safetensors",
+                stems.first().copied().unwrap_or("model")
+            )),
+            what: format!(
+                "weights ({} or a sharded index)",
+                stems.join(".safetensors, ")
+            ),
         })
     }
 
@@ -144,7 +156,11 @@ impl WeightFiles {
         };
         let bytes = &self.maps[entry.file][entry.start..entry.end];
         let t = Tensor::from_raw_buffer(bytes, src_dtype, &entry.shape, &Device::Cpu)?;
-        let t = if src_dtype == dtype { t } else { t.to_dtype(dtype)? };
+        let t = if src_dtype == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        };
         Ok(t.to_device(device)?)
     }
 
@@ -178,7 +194,10 @@ impl WeightFiles {
     /// The error for a tensor that is not there.
     pub fn missing(&self, name: &str) -> EngineError {
         let files: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
-        EngineError::MissingTensor { name: name.to_string(), files: files.join(", ") }
+        EngineError::MissingTensor {
+            name: name.to_string(),
+            files: files.join(", "),
+        }
     }
 
     /// A candle `VarBuilder` over these weights, for model code written against candle-nn.
@@ -199,7 +218,9 @@ impl candle_nn::var_builder::SimpleBackend for Backend<'_> {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.0.check_shape(name, s.dims()).map_err(candle_core::Error::wrap)?;
+        self.0
+            .check_shape(name, s.dims())
+            .map_err(candle_core::Error::wrap)?;
         self.get_unchecked(name, dtype, dev)
     }
 

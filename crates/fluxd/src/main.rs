@@ -1,1 +1,50 @@
-fn main() {}
+//! `fluxd`: a self-hosted, wire-compatible server for fine-tuned FLUX.1 models.
+//!
+//! This binary wires configuration, telemetry and the subcommands; the work is done by the
+//! library crates.
+
+mod device;
+mod generate;
+mod model;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+/// fluxd — serve FLUX.1 fine-tunes behind the BFL API, on your own GPUs.
+#[derive(Debug, Parser)]
+#[command(name = "fluxd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage model folders.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Generate one image offline, without the server.
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(cmd) => model::run(cmd),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `fluxd model init-tiny`: a small random FLUX.1 model in the exact on-disk layout of
+//! `black-forest-labs/FLUX.1-dev`, so that tests, demos and CI never need a download.
+//!
+//! Every component is written by the module that loads it (one piece of code per format), with
+//! tokenizers trained offline on a built-in corpus. The same seed always gives the same files.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::schedule::SchedulerConfig;
+use crate::tiny_init::write_json;
+use crate::transformer::FluxConfig;
+use crate::{text_encoders, tokenizer, transformer, vae};
+
+/// Which transformer size to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TinyPreset {
+    /// A few MB: for tests and the out-of-the-box server.
+    #[default]
+    Tiny,
+    /// A transformer with FLUX's real head size (128) and RoPE axes, for benchmarks.
+    Medium,
+}
+
+impl TinyPreset {
+    /// The transformer config of this preset. Both share the tiny text encoders, so the
+    /// transformer's text and pooled widths are theirs.
+    pub fn transformer_config(self) -> FluxConfig {
+        let tiny = FluxConfig::tiny();
+        match self {
+            Self::Tiny => tiny,
+            Self::Medium => FluxConfig {
+                joint_attention_dim: tiny.joint_attention_dim,
+                pooled_projection_dim: tiny.pooled_projection_dim,
+                ..FluxConfig::medium()
+            },
+        }
+    }
+}
+
+/// Writes a complete random FLUX.1 model to `dir` (created if needed).
+pub fn write_tiny_model(dir: &Path, seed: u64, preset: TinyPreset) -> Result<()> {
+    let cfg = preset.transformer_config();
+    write_json(&dir.join("model_index.json"), &model_index())?;
+    write_json(
+        &dir.join("scheduler").join("scheduler_config.json"),
+        &SchedulerConfig::flux_dev().to_json(),
+    )?;
+    let vocab = tokenizer::write_tiny_tokenizers(&dir.join("tokenizer"), &dir.join("tokenizer_2"))?;
+    text_encoders::write_tiny_clip(&dir.join("text_encoder"), vocab.clip_vocab_size, seed)?;
+    text_encoders::write_tiny_t5(&dir.join("text_encoder_2"), vocab.t5_vocab_size, seed)?;
+    transformer::write_tiny_diffusers(&dir.join("transformer"), &cfg, seed, 2)?;
+    vae::write_tiny_vae(&dir.join("vae"), seed)?;
+    Ok(())
+}
+
+/// `model_index.json` as FLUX.1-dev ships it.
+fn model_index() -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": "FluxPipeline",
+        "_diffusers_version": "0.30.0.dev0",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"]
+    })
+}

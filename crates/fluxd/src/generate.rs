@@ -1,0 +1,144 @@
+//! `fluxd generate`: one image from the command line, the same engine the server runs.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::pipeline::{
+    FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH, LOAD_STAGES,
+};
+use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
+
+use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
+use crate::progress::bar;
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
+    #[arg(long, env = "FLUXD_MODEL")]
+    model: PathBuf,
+    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    #[arg(long)]
+    transformer: Option<PathBuf>,
+    /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Text prompt.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Noise seed (64-bit; as in torch only the low 32 bits matter).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 28)]
+    steps: usize,
+    /// Distilled guidance.
+    #[arg(long, default_value_t = 3.5)]
+    guidance: f32,
+    /// Width in pixels (multiple of 16).
+    #[arg(long, default_value_t = 1024)]
+    width: usize,
+    /// Height in pixels (multiple of 16).
+    #[arg(long, default_value_t = 1024)]
+    height: usize,
+    /// T5 tokens (1..=512).
+    #[arg(long, default_value_t = DEFAULT_MAX_SEQUENCE_LENGTH)]
+    max_sequence_length: usize,
+    /// Output file; `.png` or `.jpg`/`.jpeg` picks the format.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Write load, text-encoding, per-step and decode times (ms) and peak RSS to this JSON file.
+    #[arg(long)]
+    timings_json: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu", env = "FLUXD_DEVICE")]
+    device: String,
+    /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
+    #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
+    dtype: String,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let Some(format) = OutputFormat::from_path_extension(&args.output) else {
+        bail!(
+            "--output must end in .png, .jpg or .jpeg: {}",
+            args.output.display()
+        );
+    };
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let paths = ModelPaths::resolve(
+        &args.model,
+        args.transformer.as_deref(),
+        args.vae.as_deref(),
+    )
+    .context("locating the model")?;
+
+    let t0 = Instant::now();
+    let load_bar = bar(LOAD_STAGES.len() as u64, "load");
+    let pipeline = FluxPipeline::load(&paths, &device, dtype, |stage| {
+        load_bar.set_message(stage.to_string());
+        load_bar.inc(1);
+    })
+    .context("loading the model")?;
+    load_bar.finish_and_clear();
+    let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+
+    let params = GenerateParams {
+        prompt: args.prompt,
+        width: args.width,
+        height: args.height,
+        steps: args.steps,
+        guidance: args.guidance,
+        seed: args.seed,
+        max_sequence_length: args.max_sequence_length,
+    };
+    let tokens = pipeline.t5_tokenizer().count_tokens(&params.prompt)?;
+    if tokens > params.max_sequence_length {
+        tracing::warn!(
+            tokens,
+            max = params.max_sequence_length,
+            "the prompt is longer than the T5 limit and will be truncated"
+        );
+    }
+    let steps_bar = bar(params.steps as u64, "denoise");
+    let mut on_progress = |p: Progress| match p {
+        Progress::EncodingText => steps_bar.set_message("encoding text"),
+        Progress::Step { done, .. } => {
+            steps_bar.set_message("");
+            steps_bar.set_position(done as u64);
+        }
+        Progress::Decoding => steps_bar.set_message("decoding"),
+    };
+    let generation = pipeline
+        .generate(&params, &mut on_progress, &AtomicBool::new(false))
+        .context("generating")?;
+    steps_bar.finish_and_clear();
+
+    let bytes = encode_image(&generation.image, format, DEFAULT_JPEG_QUALITY)?;
+    std::fs::write(&args.output, bytes)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+
+    if let Some(path) = &args.timings_json {
+        let t = &generation.timings;
+        let report = serde_json::json!({
+            "load_ms": load_ms,
+            "text_encoding_ms": t.text_encoding_ms,
+            "step_ms": t.step_ms,
+            "decode_ms": t.decode_ms,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "weight_bytes": paths.weight_bytes(),
+            "device": args.device,
+            "dtype": args.dtype,
+            "width": params.width,
+            "height": params.height,
+            "steps": params.steps,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", args.output.display());
+    Ok(())
+}

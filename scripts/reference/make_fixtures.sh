@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerates the engine's reference fixtures: writes the tiny model with our own
+# `fluxd model init-tiny`, then runs diffusers on it. Usage: scripts/reference/make_fixtures.sh [VENV]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+venv=$("$root/scripts/reference/setup_venv.sh" "${1:-$root/.venv-ref}")
+seed=7
+model=$(mktemp -d)/tiny
+cargo run --quiet -p fluxd -- model init-tiny "$model" --seed "$seed"
+FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/pipeline_fixtures.py" \
+  "$model" "$root/crates/fluxd-engine/tests/fixtures/pipeline"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/pipeline"
