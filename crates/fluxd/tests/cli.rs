@@ -1,0 +1,198 @@
+//! `fluxd model init-tiny` and `fluxd generate` as a user runs them: the real binary, real files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use fluxd_engine::transformer::{write_bfl_single_file, FluxConfig};
+use fluxd_engine::vae::write_tiny_ae_bfl;
+
+const SEED: u64 = 7;
+
+fn fluxd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fluxd"))
+        .args(args)
+        .output()
+        .expect("run fluxd")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = fluxd(args);
+    assert!(
+        out.status.success(),
+        "fluxd {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fluxd-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The tiny model, made once through the CLI.
+fn tiny() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("model").join("tiny");
+        let seed = SEED.to_string();
+        let out = ok(&["model", "init-tiny", s(&dir), "--seed", &seed]);
+        assert_eq!(out.trim(), s(&dir));
+        dir
+    })
+}
+
+fn generate(model: &Path, output: &Path, extra: &[&str]) -> Output {
+    generate_seed(model, output, 42, extra)
+}
+
+fn generate_seed(model: &Path, output: &Path, seed: u64, extra: &[&str]) -> Output {
+    let seed = seed.to_string();
+    let mut args = vec![
+        "generate",
+        "--model",
+        s(model),
+        "--prompt",
+        "a red fox",
+        "--seed",
+        &seed,
+        "--steps",
+        "2",
+        "--guidance",
+        "3.5",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--max-sequence-length",
+        "64",
+        "--output",
+        s(output),
+    ];
+    args.extend_from_slice(extra);
+    fluxd(&args)
+}
+
+#[test]
+fn generate_writes_png_and_jpeg_of_the_asked_size_with_timings() {
+    let dir = scratch("formats");
+    let png = dir.join("fox.png");
+    let timings = dir.join("t.json");
+    let out = generate(tiny(), &png, &["--timings-json", s(&timings)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&png).expect("decodes as an image");
+    assert_eq!((img.width(), img.height()), (64, 48));
+    assert_eq!(
+        image::ImageFormat::from_path(&png).ok(),
+        Some(image::ImageFormat::Png)
+    );
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&timings).expect("timings")).expect("json");
+    assert_eq!(t["step_ms"].as_array().map(Vec::len), Some(2));
+    for key in ["load_ms", "text_encoding_ms", "decode_ms"] {
+        assert!(t[key].as_f64().is_some_and(|v| v >= 0.0), "{key}: {t}");
+    }
+    assert!(t["peak_rss_bytes"].as_u64().is_some_and(|v| v > 0));
+    assert!(t["weight_bytes"].as_u64().is_some_and(|v| v > 0));
+
+    let jpg = dir.join("fox.jpg");
+    assert!(generate(tiny(), &jpg, &[]).status.success());
+    let bytes = std::fs::read(&jpg).expect("jpg");
+    assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF], "JPEG magic");
+    let img = image::load_from_memory(&bytes).expect("decodes");
+    assert_eq!((img.width(), img.height()), (64, 48));
+}
+
+#[test]
+fn same_seed_same_image_other_seed_other_image() {
+    let dir = scratch("seeds");
+    let (a, b, c) = (dir.join("a.png"), dir.join("b.png"), dir.join("c.png"));
+    assert!(generate(tiny(), &a, &[]).status.success());
+    assert!(generate(tiny(), &b, &[]).status.success());
+    // 2^32 + 42: torch keeps the low 32 bits, so this is seed 42 again.
+    let same = dir.join("same.png");
+    assert!(generate_seed(tiny(), &same, 42 + (1 << 32), &[])
+        .status
+        .success());
+    assert!(generate_seed(tiny(), &c, 43, &[]).status.success());
+    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8().into_raw();
+    assert_eq!(pixels(&a), pixels(&b));
+    assert_eq!(pixels(&a), pixels(&same));
+    assert_ne!(pixels(&a), pixels(&c));
+}
+
+#[test]
+fn bfl_single_files_give_the_same_image_as_the_diffusers_layout() {
+    let dir = scratch("bfl");
+    let transformer = dir.join("flux1-dev.safetensors");
+    write_bfl_single_file(&transformer, &FluxConfig::tiny(), SEED, true).expect("bfl file");
+    let ae = dir.join("ae.safetensors");
+    write_tiny_ae_bfl(&ae, SEED).expect("ae file");
+    let (a, b) = (dir.join("diffusers.png"), dir.join("bfl.png"));
+    assert!(generate(tiny(), &a, &[]).status.success());
+    let out = generate(
+        tiny(),
+        &b,
+        &["--transformer", s(&transformer), "--vae", s(&ae)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8().into_raw();
+    assert_eq!(pixels(&a), pixels(&b));
+}
+
+#[test]
+fn errors_name_the_file_and_tensor() {
+    let dir = scratch("errors");
+    let out = generate(&dir.join("nope"), &dir.join("x.png"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nope") && err.contains("model folder"),
+        "{err}"
+    );
+
+    let out = generate(tiny(), &dir.join("x.gif"), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".png"));
+
+    // A model whose transformer config disagrees with its weights.
+    let broken = dir.join("broken");
+    ok(&["model", "init-tiny", s(&broken), "--seed", "1"]);
+    let cfg_path = broken.join("transformer/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("cfg")).expect("json");
+    cfg["joint_attention_dim"] = serde_json::json!(48);
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write cfg");
+    let out = generate(&broken, &dir.join("x.png"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("context_embedder") && err.contains("diffusion_pytorch_model-0000"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A missing shard.
+    let shard = broken.join("transformer/diffusion_pytorch_model-00002-of-00002.safetensors");
+    std::fs::remove_file(&shard).expect("rm");
+    let out = generate(&broken, &dir.join("x.png"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("00002-of-00002"),
+        "{err}"
+    );
+}
