@@ -9,4 +9,8 @@ model=$(mktemp -d)/tiny
 cargo run --quiet -p fluxd -- model init-tiny "$model" --seed "$seed"
 FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/pipeline_fixtures.py" \
   "$model" "$root/crates/fluxd-engine/tests/fixtures/pipeline"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/pipeline"
+loras=$(mktemp -d)
+cargo run --quiet -p fluxd-engine --example write_random_loras -- "$loras"
+"$venv/bin/python" "$root/scripts/reference/lora_fixtures.py" \
+  "$model" "$loras" "$root/crates/fluxd-engine/tests/fixtures/lora"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,lora}"

@@ -11,6 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::lora::LoraFile;
 use crate::model_dir::{ModelPaths, TransformerSource, VaeSource};
 use crate::schedule::{self, SchedulerConfig};
 use crate::text_encoders::{ClipTextEncoder, T5TextEncoder};
@@ -177,6 +178,17 @@ impl FluxPipeline {
     /// The transformer, e.g. to attach or clear fine-tune adapters between generations.
     pub fn transformer_mut(&mut self) -> &mut FluxTransformer {
         &mut self.transformer
+    }
+
+    /// Reads a LoRA file and checks that it fits this model's transformer.
+    pub fn load_lora(&self, path: &std::path::Path) -> Result<LoraFile> {
+        LoraFile::load_for(path, self.transformer.config())
+    }
+
+    /// Sets the fine-tunes for the next generations, each at its own strength, replacing any set
+    /// before. The base weights are not touched (see [`crate::lora::set_loras`]).
+    pub fn set_loras(&mut self, loras: &[(&LoraFile, f32)]) -> Result<()> {
+        crate::lora::set_loras(&mut self.transformer, loras)
     }
 
     /// The transformer.

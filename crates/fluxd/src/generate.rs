@@ -49,6 +49,10 @@ pub struct GenerateArgs {
     /// Output file; `.png` or `.jpg`/`.jpeg` picks the format.
     #[arg(long, short)]
     output: PathBuf,
+    /// A LoRA fine-tune to apply, as `FILE` or `FILE:STRENGTH` (default strength 1.0); repeat
+    /// the flag to combine several.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
+    loras: Vec<String>,
     /// Write load, text-encoding, per-step and decode times (ms) and peak RSS to this JSON file.
     #[arg(long)]
     timings_json: Option<PathBuf>,
@@ -78,13 +82,31 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     let t0 = Instant::now();
     let load_bar = bar(LOAD_STAGES.len() as u64, "load");
-    let pipeline = FluxPipeline::load(&paths, &device, dtype, |stage| {
+    let mut pipeline = FluxPipeline::load(&paths, &device, dtype, |stage| {
         load_bar.set_message(stage.to_string());
         load_bar.inc(1);
     })
     .context("loading the model")?;
     load_bar.finish_and_clear();
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+
+    let mut loras = Vec::new();
+    for spec in &args.loras {
+        let (path, strength) = parse_lora_spec(spec)?;
+        let lora = pipeline
+            .load_lora(&path)
+            .with_context(|| format!("loading LoRA {}", path.display()))?;
+        if !lora.text_encoder_modules.is_empty() {
+            tracing::warn!(
+                lora = %path.display(),
+                modules = lora.text_encoder_modules.len(),
+                "this LoRA also trains the text encoder; fluxd applies only its transformer part"
+            );
+        }
+        loras.push((lora, strength));
+    }
+    let refs: Vec<_> = loras.iter().map(|(l, s)| (l, *s)).collect();
+    pipeline.set_loras(&refs).context("applying LoRAs")?;
 
     let params = GenerateParams {
         prompt: args.prompt,
@@ -141,4 +163,42 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     println!("{}", args.output.display());
     Ok(())
+}
+
+/// Parses `FILE` or `FILE:STRENGTH`. A suffix after the last `:` that is not a number is part of
+/// the file name.
+fn parse_lora_spec(spec: &str) -> Result<(PathBuf, f32)> {
+    if let Some((path, strength)) = spec.rsplit_once(':') {
+        if let Ok(s) = strength.parse::<f32>() {
+            if !s.is_finite() {
+                bail!("LoRA strength must be a finite number: {spec}");
+            }
+            return Ok((PathBuf::from(path), s));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_specs() {
+        let p = |s: &str| parse_lora_spec(s).ok();
+        assert_eq!(
+            p("a.safetensors"),
+            Some((PathBuf::from("a.safetensors"), 1.0))
+        );
+        assert_eq!(
+            p("a.safetensors:0.7"),
+            Some((PathBuf::from("a.safetensors"), 0.7))
+        );
+        assert_eq!(
+            p("C:dir/a.safetensors"),
+            Some((PathBuf::from("C:dir/a.safetensors"), 1.0))
+        );
+        assert_eq!(p("x:y:1.5"), Some((PathBuf::from("x:y"), 1.5)));
+        assert!(parse_lora_spec("a:inf").is_err());
+    }
 }

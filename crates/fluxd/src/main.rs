@@ -5,6 +5,7 @@
 
 mod device;
 mod generate;
+mod lora;
 mod model;
 mod progress;
 
@@ -24,7 +25,10 @@ enum Command {
     #[command(subcommand)]
     Model(model::ModelCommand),
     /// Generate one image offline, without the server.
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
+    /// Inspect LoRA fine-tune files.
+    #[command(subcommand)]
+    Lora(lora::LoraCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,7 +42,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
+        Command::Lora(cmd) => lora::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

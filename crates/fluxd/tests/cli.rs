@@ -196,3 +196,63 @@ fn errors_name_the_file_and_tensor() {
         "{err}"
     );
 }
+
+#[test]
+fn lora_flag_changes_the_image_and_inspect_reports_the_file() {
+    use fluxd_engine::lora::{write_random_lora, LoraFormat};
+    let dir = scratch("lora");
+    let lora = dir.join("style.safetensors");
+    write_random_lora(&lora, LoraFormat::Kohya, &FluxConfig::tiny(), 4, 3, &|_| {
+        true
+    })
+    .expect("lora");
+    let (base, zero, styled) = (
+        dir.join("base.png"),
+        dir.join("zero.png"),
+        dir.join("styled.png"),
+    );
+    assert!(generate(tiny(), &base, &[]).status.success());
+    let spec0 = format!("{}:0", s(&lora));
+    assert!(generate(tiny(), &zero, &["--lora", &spec0])
+        .status
+        .success());
+    let spec = format!("{}:1.1", s(&lora));
+    let out = generate(tiny(), &styled, &["--lora", &spec, "--lora", &spec0]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8().into_raw();
+    assert_eq!(pixels(&base), pixels(&zero));
+    assert_ne!(pixels(&base), pixels(&styled));
+
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&["lora", "inspect", s(&lora), "--model", s(tiny())]))
+            .expect("json");
+    assert_eq!(report["format"], "kohya");
+    assert_eq!(report["ranks"], serde_json::json!([4]));
+    assert_eq!(report["alphas"], serde_json::json!([2.0]));
+    assert_eq!(report["model_check"]["fits"], true);
+    assert!(report["transformer_modules"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|x| x == "single_blocks.1.linear1")));
+
+    let missing = fluxd(&[
+        "generate",
+        "--model",
+        s(tiny()),
+        "--lora",
+        "/nonexistent.safetensors",
+        "--output",
+        s(&dir.join("x.png")),
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--steps",
+        "1",
+    ]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.safetensors"));
+}

@@ -9,6 +9,7 @@
 //! Strength semantics follow diffusers: the effective scale is `strength × alpha / rank` when the
 //! file carries an alpha (kohya), `strength` otherwise (`_convert_kohya_flux_lora_to_diffusers`).
 
+mod apply;
 mod keys;
 mod write;
 
@@ -20,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::weights::WeightFiles;
 
+pub use apply::{inspect, set_loras, BaseGuess, LoraSummary};
 pub use keys::{parse_key, Part, Role, Target};
 pub use write::write_random_lora;
 
@@ -86,7 +88,7 @@ struct PartTensors {
     keys: Vec<String>,
 }
 
-fn detect_format(names: &[&str]) -> LoraFormat {
+pub(crate) fn detect_format(names: &[&str]) -> LoraFormat {
     let any = |f: &dyn Fn(&str) -> bool| names.iter().any(|n| f(n));
     if any(&|n| n.contains(".processor.")) {
         LoraFormat::XLabs

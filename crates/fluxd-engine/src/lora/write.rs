@@ -128,19 +128,24 @@ fn swap_halves(t: &Tensor) -> Result<Tensor> {
     )?)
 }
 
-/// Writes the random adapter for `cfg` (same `seed` ⇒ same adapter) in `format`. For kohya the
-/// file stores `alpha` and an up matrix scaled by rank/alpha, so the effective update is equal.
+/// Writes the random adapter for `cfg` (same `seed` ⇒ same adapter) in `format`, keeping the
+/// canonical modules for which `keep` is true. For kohya the file stores `alpha` and an up matrix
+/// scaled by rank/alpha, so the effective update is equal.
 pub fn write_random_lora(
     path: &Path,
     format: LoraFormat,
     cfg: &FluxConfig,
     rank: usize,
     seed: u64,
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     let h = cfg.attention_head_dim * cfg.num_attention_heads;
     let mlp = 4 * h;
     let mut map = TensorMap::new();
     for (module, down, up) in random_canonical(cfg, rank, seed)? {
+        if !keep(&module) {
+            continue;
+        }
         match format {
             LoraFormat::Bfl => {
                 map.insert(format!("{module}.lora_A.weight"), down);

@@ -1,0 +1,322 @@
+//! Fine-tunes against diffusers: the same random adapter stored as PEFT/diffusers, kohya, BFL and
+//! ai-toolkit files, applied at strengths 0, 1.0 and 1.7, must give diffusers' images
+//! (`load_lora_weights` + `joint_attention_kwargs={"scale": s}`), fixtures from
+//! `scripts/reference/make_fixtures.sh`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::{DType, Device, Tensor};
+use fluxd_engine::lora::{write_random_lora, LoraFile, LoraFormat};
+use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Timings};
+use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
+use fluxd_engine::transformer::FluxConfig;
+use fluxd_engine::weights::WeightFiles;
+use sha2::{Digest, Sha256};
+
+/// Seed, rank and model seed of the fixture adapter (`examples/write_random_loras.rs`).
+const LORA_SEED: u64 = 11;
+const RANK: usize = 4;
+const MODEL_SEED: u64 = 7;
+/// Largest |Δ| on the final latents (observed: see the test's output; same order as without LoRA).
+const LATENT_TOL: f32 = 1e-4;
+/// Largest difference on an 8-bit channel value (rounding at .5 boundaries).
+const PIXEL_TOL: u8 = 1;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
+}
+
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fluxd-lora-ref-{}", std::process::id()));
+        write_tiny_model(&dir.join("model"), MODEL_SEED, TinyPreset::Tiny).expect("init-tiny");
+        let cfg = FluxConfig::tiny();
+        let all = |_: &str| true;
+        let kohya_safe = |m: &str| !m.ends_with(".linear1") && !m.starts_with("final_layer.");
+        let layouts: [(&str, LoraFormat, &dyn Fn(&str) -> bool); 5] = [
+            ("peft", LoraFormat::Diffusers, &all),
+            ("bfl", LoraFormat::Bfl, &all),
+            ("aitoolkit", LoraFormat::AiToolkit, &all),
+            ("kohya", LoraFormat::Kohya, &kohya_safe),
+            ("bfl_kohya_safe", LoraFormat::Bfl, &kohya_safe),
+        ];
+        for (name, format, keep) in layouts {
+            let path = dir.join(format!("{name}.safetensors"));
+            write_random_lora(&path, format, &cfg, RANK, LORA_SEED, keep).expect("lora");
+        }
+        dir
+    })
+}
+
+/// One pipeline shared by the tests; adapters are per-pipeline state, hence the lock.
+fn pipeline() -> &'static Mutex<FluxPipeline> {
+    static P: OnceLock<Mutex<FluxPipeline>> = OnceLock::new();
+    P.get_or_init(|| {
+        let paths = ModelPaths::resolve(&scratch().join("model"), None, None).expect("layout");
+        let p = FluxPipeline::load(&paths, &Device::Cpu, DType::F32, |_| {}).expect("load");
+        Mutex::new(p)
+    })
+}
+
+fn params() -> GenerateParams {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("lora_cases.json")).expect("lora_cases.json"),
+    )
+    .expect("json");
+    let c = &meta["case"];
+    GenerateParams {
+        prompt: c["prompt"].as_str().expect("prompt").into(),
+        width: c["width"].as_u64().expect("w") as usize,
+        height: c["height"].as_u64().expect("h") as usize,
+        steps: c["steps"].as_u64().expect("steps") as usize,
+        guidance: c["guidance"].as_f64().expect("g") as f32,
+        seed: c["seed"].as_u64().expect("seed"),
+        max_sequence_length: c["msl"].as_u64().expect("msl") as usize,
+    }
+}
+
+/// Final latents and image with `lora` at `strength` (or no LoRA).
+fn run(pipe: &mut FluxPipeline, lora: Option<(&LoraFile, f32)>) -> (Tensor, image::RgbImage) {
+    let loras: Vec<(&LoraFile, f32)> = lora.into_iter().collect();
+    pipe.set_loras(&loras).expect("set loras");
+    let p = params();
+    let text = pipe
+        .encode_prompt(&p.prompt, p.max_sequence_length)
+        .expect("encode");
+    let latents = pipe
+        .denoise(
+            &p,
+            &text,
+            &mut Timings::default(),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .expect("denoise");
+    let image = pipe.decode(&latents, p.width, p.height).expect("decode");
+    (latents, image)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a.flatten_all().expect("f") - b.flatten_all().expect("f")).expect("sub");
+    d.abs()
+        .expect("abs")
+        .max(0)
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar")
+}
+
+fn worst_pixel(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn fixture_lora_files_are_the_ones_diffusers_saw() {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("lora_cases.json")).expect("json"),
+    )
+    .expect("json");
+    for (name, hash) in meta["lora_files"].as_object().expect("lora_files") {
+        let bytes = std::fs::read(scratch().join(format!("{name}.safetensors"))).expect("file");
+        let got = format!("{:x}", Sha256::digest(&bytes));
+        assert_eq!(
+            Some(got.as_str()),
+            hash.as_str(),
+            "{name}: regenerate the fixtures"
+        );
+    }
+}
+
+#[test]
+fn every_layout_matches_diffusers_at_every_strength() {
+    let mut pipe = pipeline().lock().expect("lock");
+    let cases = [
+        ("peft", "peft"),
+        ("bfl", "peft"),
+        ("aitoolkit", "peft"),
+        ("kohya", "kohya"),
+        ("bfl_kohya_safe", "kohya"),
+    ];
+    for (file, reference) in cases {
+        let path = scratch().join(format!("{file}.safetensors"));
+        let lora = pipe.load_lora(&path).expect("load lora");
+        for strength in [0.0f32, 1.0, 1.7] {
+            let (latents, image) = run(&mut pipe, Some((&lora, strength)));
+            let name = format!("{reference}_{strength:?}");
+            let expected = WeightFiles::open(&[fixtures().join(format!("{name}.safetensors"))])
+                .expect("fixture")
+                .get("final_latents", DType::F32, &Device::Cpu)
+                .expect("latents");
+            let png = image::open(fixtures().join(format!("{name}.png")))
+                .expect("png")
+                .to_rgb8();
+            let d = max_abs_diff(&latents, &expected);
+            let w = worst_pixel(&image, &png);
+            eprintln!("{file} at {strength}: latents max|Δ| {d:e}, worst pixel {w}");
+            assert!(
+                d <= LATENT_TOL,
+                "{file} at {strength}: latents differ by {d}"
+            );
+            assert!(
+                w <= PIXEL_TOL,
+                "{file} at {strength}: a pixel differs by {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn strength_zero_is_the_base_and_switching_leaves_no_trace() {
+    let mut pipe = pipeline().lock().expect("lock");
+    let a = pipe
+        .load_lora(&scratch().join("peft.safetensors"))
+        .expect("a");
+    let b = pipe
+        .load_lora(&scratch().join("kohya.safetensors"))
+        .expect("b");
+    let (base, base_img) = run(&mut pipe, None);
+    let (zero, _) = run(&mut pipe, Some((&a, 0.0)));
+    assert_eq!(max_abs_diff(&base, &zero), 0.0);
+    let (first, first_img) = run(&mut pipe, Some((&a, 1.1)));
+    assert!(
+        worst_pixel(&first_img, &base_img) > 10,
+        "the LoRA must change the image"
+    );
+    let (_, _) = run(&mut pipe, Some((&b, 0.7)));
+    // Two LoRAs at once, each with its own strength.
+    let loras = [(&a, 1.1f32), (&b, 0.7f32)];
+    pipe.set_loras(&loras).expect("two");
+    let (again, _) = run(&mut pipe, Some((&a, 1.1)));
+    assert_eq!(
+        max_abs_diff(&first, &again),
+        0.0,
+        "switching changed the base weights"
+    );
+    let (after, _) = run(&mut pipe, None);
+    assert_eq!(max_abs_diff(&base, &after), 0.0);
+}
+
+#[test]
+fn two_loras_add_up() {
+    let mut pipe = pipeline().lock().expect("lock");
+    // The BFL file holds the same adapter as the PEFT file: A at 0.5 plus A' at 0.5 is A at 1.
+    let a = pipe
+        .load_lora(&scratch().join("peft.safetensors"))
+        .expect("a");
+    let a2 = pipe
+        .load_lora(&scratch().join("bfl.safetensors"))
+        .expect("a2");
+    let (one, _) = run(&mut pipe, Some((&a, 1.0)));
+    pipe.set_loras(&[(&a, 0.5), (&a2, 0.5)]).expect("set");
+    let p = params();
+    let text = pipe
+        .encode_prompt(&p.prompt, p.max_sequence_length)
+        .expect("encode");
+    let halves = pipe
+        .denoise(
+            &p,
+            &text,
+            &mut Timings::default(),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .expect("denoise");
+    let d = max_abs_diff(&one, &halves);
+    assert!(d < 1e-4, "two halves differ from one whole by {d}");
+}
+
+#[test]
+fn a_lora_for_another_base_or_a_broken_file_is_refused_naming_the_module() {
+    let pipe = pipeline().lock().expect("lock");
+    let dir = scratch();
+    // Another base: a wider transformer.
+    let other = FluxConfig {
+        num_attention_heads: 4,
+        ..FluxConfig::tiny()
+    };
+    let wrong = dir.join("wrong_base.safetensors");
+    write_random_lora(&wrong, LoraFormat::Kohya, &other, RANK, 1, &|_| true).expect("write");
+    let err = pipe
+        .load_lora(&wrong)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("double_blocks.0") && err.contains("another base"),
+        "{err}"
+    );
+
+    // Unknown keys.
+    let unknown = dir.join("unknown.safetensors");
+    let t = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).expect("t");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("unet.down_blocks.0.lora_A.weight", t.clone())]),
+        &unknown,
+    )
+    .expect("save");
+    let err = pipe
+        .load_lora(&unknown)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("unet.down_blocks.0.lora_A.weight"), "{err}");
+
+    // NaNs.
+    let nan = dir.join("nan.safetensors");
+    let bad = Tensor::new(&[[f32::NAN; 32]; 4], &Device::Cpu).expect("t");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([
+            ("double_blocks.0.img_attn.proj.lora_A.weight", bad),
+            ("double_blocks.0.img_attn.proj.lora_B.weight", t),
+        ]),
+        &nan,
+    )
+    .expect("save");
+    let err = pipe
+        .load_lora(&nan)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("double_blocks.0.img_attn.proj.lora_A.weight") && err.contains("NaN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kohya_alpha_applies_to_every_module_including_the_final_layer() {
+    // diffusers skips alpha on kohya's final_layer keys; kohya's trainer applies alpha/rank to
+    // every module, and so do we: the full adapter in kohya layout equals it in BFL layout.
+    let mut pipe = pipeline().lock().expect("lock");
+    let full_kohya = scratch().join("kohya_full.safetensors");
+    let cfg = FluxConfig::tiny();
+    write_random_lora(
+        &full_kohya,
+        LoraFormat::Kohya,
+        &cfg,
+        RANK,
+        LORA_SEED,
+        &|_| true,
+    )
+    .expect("write");
+    let k = pipe.load_lora(&full_kohya).expect("kohya");
+    let b = pipe
+        .load_lora(&scratch().join("bfl.safetensors"))
+        .expect("bfl");
+    let (lk, _) = run(&mut pipe, Some((&k, 1.3)));
+    let (lb, _) = run(&mut pipe, Some((&b, 1.3)));
+    let d = max_abs_diff(&lk, &lb);
+    assert!(
+        d < 1e-5,
+        "kohya and BFL layouts of one adapter differ by {d}"
+    );
+}
