@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
-use fluxd_engine::lora::{write_random_lora, LoraFile, LoraFormat};
+use fluxd_engine::lora::{write_random_lora, write_reference_loras, LoraFile, LoraFormat};
 use fluxd_engine::model_dir::ModelPaths;
 use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Timings};
 use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
@@ -34,20 +34,7 @@ fn scratch() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("fluxd-lora-ref-{}", std::process::id()));
         write_tiny_model(&dir.join("model"), MODEL_SEED, TinyPreset::Tiny).expect("init-tiny");
-        let cfg = FluxConfig::tiny();
-        let all = |_: &str| true;
-        let kohya_safe = |m: &str| !m.ends_with(".linear1") && !m.starts_with("final_layer.");
-        let layouts: [(&str, LoraFormat, &dyn Fn(&str) -> bool); 5] = [
-            ("peft", LoraFormat::Diffusers, &all),
-            ("bfl", LoraFormat::Bfl, &all),
-            ("aitoolkit", LoraFormat::AiToolkit, &all),
-            ("kohya", LoraFormat::Kohya, &kohya_safe),
-            ("bfl_kohya_safe", LoraFormat::Bfl, &kohya_safe),
-        ];
-        for (name, format, keep) in layouts {
-            let path = dir.join(format!("{name}.safetensors"));
-            write_random_lora(&path, format, &cfg, RANK, LORA_SEED, keep).expect("lora");
-        }
+        write_reference_loras(&dir, &FluxConfig::tiny(), RANK, LORA_SEED).expect("loras");
         dir
     })
 }

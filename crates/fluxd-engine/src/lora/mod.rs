@@ -23,7 +23,7 @@ use crate::weights::WeightFiles;
 
 pub use apply::{inspect, set_loras, BaseGuess, LoraSummary};
 pub use keys::{parse_key, Part, Role, Target};
-pub use write::write_random_lora;
+pub use write::{kohya_reference_safe, write_random_lora, write_reference_loras, REFERENCE_LORAS};
 
 /// The file layout a LoRA was published in, detected from its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -199,3 +199,37 @@ pub fn write_random_lora(
     }
     write_safetensors(path, &map)
 }
+
+/// Whether a canonical module survives diffusers' kohya converter for a non-FLUX.1-sized model:
+/// it splits single-block linear1 with FLUX.1's hard-coded widths ([3072]*3 + [12288]) and
+/// ignores alpha on the final layer (a "TODO: alphas" in `_convert_kohya_flux_lora_to_diffusers`;
+/// kohya's trainer applies it, and so do we).
+pub fn kohya_reference_safe(module: &str) -> bool {
+    !module.ends_with(".linear1") && !module.starts_with("final_layer.")
+}
+
+/// The adapter files the LoRA reference fixtures are made from: (file stem, layout, whether
+/// only [`kohya_reference_safe`] modules are kept).
+pub const REFERENCE_LORAS: [(&str, LoraFormat, bool); 5] = [
+    ("peft", LoraFormat::Diffusers, false),
+    ("bfl", LoraFormat::Bfl, false),
+    ("aitoolkit", LoraFormat::AiToolkit, false),
+    ("kohya", LoraFormat::Kohya, true),
+    ("bfl_kohya_safe", LoraFormat::Bfl, true),
+];
+
+/// Writes every [`REFERENCE_LORAS`] file for `cfg` into `dir`.
+pub fn write_reference_loras(dir: &Path, cfg: &FluxConfig, rank: usize, seed: u64) -> Result<()> {
+    for (stem, format, kohya_safe) in REFERENCE_LORAS {
+        let keep = |m: &str| !kohya_safe || kohya_reference_safe(m);
+        write_random_lora(
+            &dir.join(format!("{stem}.safetensors")),
+            format,
+            cfg,
+            rank,
+            seed,
+            &keep,
+        )?;
+    }
+    Ok(())
+}
