@@ -3,6 +3,7 @@
 //! This binary wires configuration, telemetry and the subcommands; the work is done by the
 //! library crates.
 
+mod bench;
 mod device;
 mod generate;
 mod lora;
@@ -26,6 +27,8 @@ enum Command {
     Model(model::ModelCommand),
     /// Generate one image offline, without the server.
     Generate(Box<generate::GenerateArgs>),
+    /// Time the pipeline's steps (and LoRA overhead) on a model folder.
+    Bench(Box<bench::BenchArgs>),
     /// Inspect LoRA fine-tune files.
     #[command(subcommand)]
     Lora(lora::LoraCommand),
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Model(cmd) => model::run(cmd),
         Command::Generate(args) => generate::run(*args),
         Command::Lora(cmd) => lora::run(cmd),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

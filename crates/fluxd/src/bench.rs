@@ -1,0 +1,134 @@
+//! `fluxd bench`: per-step time of the whole pipeline on a model folder, with and without an
+//! active LoRA, and the cost of switching fine-tunes. `scripts/bench.sh` runs it beside diffusers
+//! (`scripts/reference/pipeline_bench.py`) on the same folder and settings.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use fluxd_engine::lora::{write_random_lora, LoraFormat};
+use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::pipeline::{FluxPipeline, GenerateParams};
+
+use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Model folder (e.g. one written by `fluxd model init-tiny --preset medium`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Width in pixels.
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    /// Height in pixels.
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    /// Denoising steps per run.
+    #[arg(long, default_value_t = 4)]
+    steps: usize,
+    /// T5 tokens.
+    #[arg(long, default_value_t = 128)]
+    max_sequence_length: usize,
+    /// Timed runs (after one warm-up run).
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+    /// Also time with this LoRA active (strength 1).
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// Write a random kohya LoRA of this rank for the model to `--lora` first.
+    #[arg(long, requires = "lora")]
+    random_lora_rank: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// `f32`, `bf16` or `f16`.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn step_times(pipe: &FluxPipeline, p: &GenerateParams, runs: usize) -> Result<Vec<f64>> {
+    let cancel = AtomicBool::new(false);
+    pipe.generate(p, &mut |_| {}, &cancel)?; // warm-up
+    let mut all = Vec::new();
+    for _ in 0..runs {
+        all.extend(pipe.generate(p, &mut |_| {}, &cancel)?.timings.step_ms);
+    }
+    Ok(all)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let paths = ModelPaths::resolve(&args.model, None, None)?;
+    let t0 = Instant::now();
+    let mut pipe = FluxPipeline::load(&paths, &device, dtype, |_| {})?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let p = GenerateParams {
+        prompt: "a benchmark prompt about a red fox in the snow".into(),
+        width: args.width,
+        height: args.height,
+        steps: args.steps,
+        guidance: 3.5,
+        seed: 0,
+        max_sequence_length: args.max_sequence_length,
+    };
+    let base = step_times(&pipe, &p, args.runs)?;
+    let mut report = serde_json::json!({
+        "model": args.model,
+        "width": args.width, "height": args.height, "steps": args.steps,
+        "max_sequence_length": args.max_sequence_length,
+        "image_tokens": (args.width / 16) * (args.height / 16),
+        "cpus": available_cpus(),
+        "load_ms": load_ms,
+        "step_ms_median": median(base.clone()),
+        "step_ms": base,
+    });
+    if let Some(path) = &args.lora {
+        if let Some(rank) = args.random_lora_rank {
+            let cfg = pipe.transformer().config().clone();
+            write_random_lora(path, LoraFormat::Kohya, &cfg, rank, 1, &|_| true)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let t0 = Instant::now();
+        let lora = pipe.load_lora(path)?;
+        let lora_load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // Switching fine-tune: set, then clear, many times; each is what a request pays.
+        let mut switch = Vec::new();
+        for i in 0..50 {
+            let t0 = Instant::now();
+            if i % 2 == 0 {
+                pipe.set_loras(&[(&lora, 1.0)])?;
+            } else {
+                pipe.set_loras(&[])?;
+            }
+            switch.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        pipe.set_loras(&[(&lora, 1.0)])?;
+        let with = step_times(&pipe, &p, args.runs)?;
+        let base_med = report["step_ms_median"].as_f64().unwrap_or(f64::NAN);
+        report["lora"] = serde_json::json!({
+            "file": path,
+            "rank": lora.rank,
+            "modules": lora.modules.len(),
+            "load_ms": lora_load_ms,
+            "switch_ms_median": median(switch),
+            "step_ms_median": median(with.clone()),
+            "step_overhead_ratio": median(with.clone()) / base_med,
+            "step_ms": with,
+        });
+    }
+    report["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
+    report["weight_bytes"] = serde_json::json!(paths.weight_bytes());
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
