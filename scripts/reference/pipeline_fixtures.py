@@ -117,6 +117,17 @@ def main():
             "name": name, "width": width, "height": height, "steps": steps,
             "guidance": guidance, "seed": seed, "prompt": prompt, "max_sequence_length": msl,
         })
+    # One case again in bfloat16 (what GPUs run): only the 8-bit image is kept.
+    name, width, height, steps, guidance, seed, prompt, msl = CASES[0]
+    bf16 = FluxPipeline.from_pretrained(model_dir, torch_dtype=torch.bfloat16)
+    bf16.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        image = bf16(
+            prompt=prompt, width=width, height=height, num_inference_steps=steps,
+            guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
+            max_sequence_length=msl, output_type="np",
+        ).images[0]
+    Image.fromarray((image * 255).round().astype("uint8")).save(os.path.join(out_dir, f"{name}_bf16.png"))
     meta = {
         "generator": "scripts/reference/pipeline_fixtures.py",
         "versions": {

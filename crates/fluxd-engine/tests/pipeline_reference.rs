@@ -26,6 +26,9 @@ const FORWARD_TOL: f32 = 1e-4;
 const LATENT_TOL: f32 = 1e-4;
 /// Largest |Δ| allowed on the decoded image in [0, 1] before 8-bit rounding (observed: 6.3e-6).
 const IMAGE_TOL: f32 = 5e-5;
+/// Mean |Δ| (8-bit levels) allowed between our bf16 image and diffusers' bf16 image (observed:
+/// 0.85 mean, 7 worst: bf16 rounds at different points in the two implementations).
+const BF16_MEAN_TOL: f64 = 2.0;
 /// Largest difference allowed on an 8-bit channel value: a value within 1e-5 of a .5 boundary
 /// may round the other way (observed: 1, on 4–12 channel values per image).
 const PIXEL_TOL: u8 = 1;
@@ -290,4 +293,79 @@ fn whole_generation_matches_diffusers() {
             case.name
         );
     }
+}
+
+#[test]
+fn progress_reports_every_step_and_cancel_stops_between_steps() {
+    use std::sync::atomic::Ordering;
+    let case = &cases()[0];
+    let p = GenerateParams {
+        steps: 3,
+        ..case.params.clone()
+    };
+    let mut seen = Vec::new();
+    let cancel = AtomicBool::new(false);
+    let out = pipeline()
+        .generate(&p, &mut |e| seen.push(e), &cancel)
+        .expect("generate");
+    use fluxd_engine::pipeline::Progress;
+    assert_eq!(
+        seen,
+        vec![
+            Progress::EncodingText,
+            Progress::Step { done: 1, total: 3 },
+            Progress::Step { done: 2, total: 3 },
+            Progress::Step { done: 3, total: 3 },
+            Progress::Decoding
+        ]
+    );
+    assert_eq!(out.timings.step_ms.len(), 3);
+
+    let mut steps = 0;
+    let err = pipeline()
+        .generate(
+            &p,
+            &mut |e| {
+                if let Progress::Step { .. } = e {
+                    steps += 1;
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            },
+            &cancel,
+        )
+        .err();
+    assert!(
+        matches!(err, Some(fluxd_engine::EngineError::Cancelled)),
+        "{err:?}"
+    );
+    assert_eq!(steps, 1, "cancellation takes effect before the next step");
+}
+
+#[test]
+fn bf16_matches_diffusers_bf16() {
+    // diffusers' own bf16 image differs from its f32 one by 16 levels on average on this random
+    // model, so bf16 is compared with diffusers in bf16, not with f32.
+    let case = &cases()[0];
+    let paths = ModelPaths::resolve(model_dir(), None, None).expect("layout");
+    let bf16 = FluxPipeline::load(&paths, &Device::Cpu, DType::BF16, |_| {}).expect("load bf16");
+    let ours = bf16
+        .generate(&case.params, &mut |_| {}, &AtomicBool::new(false))
+        .expect("bf16")
+        .image;
+    let theirs = image::open(fixtures().join(format!("{}_bf16.png", case.name)))
+        .expect("png")
+        .to_rgb8();
+    let diffs: Vec<u8> = ours
+        .as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .collect();
+    let mean = diffs.iter().map(|d| f64::from(*d)).sum::<f64>() / diffs.len() as f64;
+    let worst = diffs.iter().copied().max().unwrap_or(0);
+    eprintln!("bf16 vs diffusers bf16: mean |Δ| {mean:.3}, worst {worst}");
+    assert!(
+        mean < BF16_MEAN_TOL,
+        "bf16 image differs from diffusers' bf16 by {mean} on average"
+    );
 }
