@@ -319,3 +319,114 @@ fn check_finite(t: &Tensor, path: &Path, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny_init::{write_safetensors, InitRng, TensorMap};
+    use crate::transformer::FluxConfig;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fluxd-lora-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        dir.join(name)
+    }
+
+    #[test]
+    fn xlabs_files_land_on_fused_modules_and_single_block_qkv_rows() -> Result<()> {
+        let cfg = FluxConfig::tiny();
+        let (h, r) = (cfg.hidden(), 2);
+        let mut rng = InitRng::new(1, "xlabs");
+        let mut map = TensorMap::new();
+        let p = "double_blocks.1.processor";
+        map.insert(
+            format!("{p}.qkv_lora1.down.weight"),
+            rng.normal_tensor(&[r, h], 0.0, 1.0)?,
+        );
+        map.insert(
+            format!("{p}.qkv_lora1.up.weight"),
+            rng.normal_tensor(&[3 * h, r], 0.0, 1.0)?,
+        );
+        map.insert(
+            format!("{p}.proj_lora2.down.weight"),
+            rng.normal_tensor(&[r, h], 0.0, 1.0)?,
+        );
+        map.insert(
+            format!("{p}.proj_lora2.up.weight"),
+            rng.normal_tensor(&[h, r], 0.0, 1.0)?,
+        );
+        let s = "single_blocks.0.processor";
+        let single_up = rng.normal_tensor(&[3 * h, r], 0.0, 1.0)?;
+        map.insert(
+            format!("{s}.qkv_lora.down.weight"),
+            rng.normal_tensor(&[r, h], 0.0, 1.0)?,
+        );
+        map.insert(format!("{s}.qkv_lora.up.weight"), single_up.clone());
+        let path = scratch("xlabs.safetensors");
+        write_safetensors(&path, &map)?;
+        let lora = LoraFile::load_for(&path, &cfg)?;
+        assert_eq!(lora.format, LoraFormat::XLabs);
+        let names: Vec<&str> = lora.modules.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "double_blocks.1.img_attn.qkv",
+                "double_blocks.1.txt_attn.proj",
+                "single_blocks.0.linear1"
+            ]
+        );
+        // The single block's qkv update fills linear1's first 3h rows; the mlp rows stay zero.
+        let up = &lora.modules["single_blocks.0.linear1"].up;
+        assert_eq!(up.dims(), [3 * h + cfg.mlp_hidden(), r]);
+        let head = up.narrow(0, 0, 3 * h)?;
+        assert_eq!(
+            (head - &single_up)?.abs()?.sum_all()?.to_scalar::<f32>()?,
+            0.0
+        );
+        let tail = up.narrow(0, 3 * h, cfg.mlp_hidden())?;
+        assert_eq!(tail.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn split_parts_assemble_block_diagonally_and_a_missing_half_is_named() -> Result<()> {
+        let cfg = FluxConfig::tiny();
+        let (h, r) = (cfg.hidden(), 2);
+        let mut rng = InitRng::new(2, "split");
+        let mut map = TensorMap::new();
+        let b = "transformer.transformer_blocks.0.attn";
+        for q in ["to_q", "to_v"] {
+            map.insert(
+                format!("{b}.{q}.lora_A.weight"),
+                rng.normal_tensor(&[r, h], 0.0, 1.0)?,
+            );
+            map.insert(
+                format!("{b}.{q}.lora_B.weight"),
+                rng.normal_tensor(&[h, r], 0.0, 1.0)?,
+            );
+        }
+        let path = scratch("split.safetensors");
+        write_safetensors(&path, &map)?;
+        let lora = LoraFile::load_for(&path, &cfg)?;
+        let m = &lora.modules["double_blocks.0.img_attn.qkv"];
+        assert_eq!(m.down.dims(), [2 * r, h]);
+        assert_eq!(m.up.dims(), [3 * h, 2 * r]);
+        // k rows get nothing; q rows use only q's rank columns.
+        let k_rows = m.up.narrow(0, h, h)?;
+        assert_eq!(k_rows.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+        let q_rows_v_cols = m.up.narrow(0, 0, h)?.narrow(1, r, r)?;
+        assert_eq!(q_rows_v_cols.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+
+        map.remove(&format!("{b}.to_v.lora_B.weight"));
+        write_safetensors(&path, &map)?;
+        let err = LoraFile::load_for(&path, &cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("double_blocks.0.img_attn.qkv") && err.contains("lora_B"),
+            "{err}"
+        );
+        Ok(())
+    }
+}
