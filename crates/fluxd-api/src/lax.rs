@@ -185,7 +185,7 @@ fn int_from_str(s: &str) -> Result<i128, Fault> {
 /// `"40.000"` → `"40"`: pydantic accepts integers written with a zero fraction.
 fn strip_decimal_zeros(s: &str) -> Option<&str> {
     let (whole, frac) = s.split_once('.')?;
-    frac.bytes().all(|c| c == b'0').then_some(whole)
+    (!frac.is_empty() && frac.bytes().all(|c| c == b'0')).then_some(whole)
 }
 
 /// `[+-]?digits` with single underscores between digits (Python's `int()` literal rules, ASCII
@@ -290,15 +290,21 @@ pub(crate) fn boolean(input: &Json) -> Result<bool, Fault> {
         Json::Bool(b) => Ok(*b),
         Json::Int(0) => Ok(false),
         Json::Int(1) => Ok(true),
-        Json::Int(_) => Err(unparsable()),
+        // pydantic-core reads JSON numbers as i64 first: other i64 values are "unable to
+        // interpret", wider ones (big ints) are not numbers it would interpret at all.
+        Json::Int(i) if i64::try_from(*i).is_ok() => Err(unparsable()),
         Json::Float(f) if *f == 0.0 => Ok(false),
         Json::Float(f) if *f == 1.0 => Ok(true),
+        // A float without fraction is read as an int; one with a fraction is no boolean.
+        Json::Float(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Err(unparsable()),
         Json::Str(s) => match s.to_ascii_lowercase().as_str() {
             "0" | "off" | "f" | "false" | "n" | "no" => Ok(false),
             "1" | "on" | "t" | "true" | "y" | "yes" => Ok(true),
             _ => Err(unparsable()),
         },
-        Json::Float(_) | Json::Null | Json::Array(_) | Json::Object(_) => Err(wrong_type()),
+        Json::Int(_) | Json::Float(_) | Json::Null | Json::Array(_) | Json::Object(_) => {
+            Err(wrong_type())
+        }
     }
 }
 
@@ -390,7 +396,7 @@ mod tests {
             ("+40", Some(40)),
             ("4_0", Some(40)),
             ("40.00", Some(40)),
-            ("40.", Some(40)),
+            ("40.", None),
             ("0040", Some(40)),
             ("-0", Some(0)),
             ("4__0", None),

@@ -121,6 +121,20 @@ FINETUNED = [
     ("ok: whitespace around", ' \n {"finetune_id" : "x" } \n'),
     ("ok: unicode escapes", '{"finetune_id": "\\u00fc\\ud83d\\ude00", "prompt": "caf\\u00e9"}'),
     ("ok: exponent ints", j(steps=4e1, width=5.12e2, seed=1e3)),
+    ("ok: UTF-8 BOM", '\ufeff{"finetune_id": "x"}'),
+    ("ok: duplicate keys, last wins", '{"finetune_id": "a", "steps": 3, "finetune_id": "b"}'),
+    ("duplicate keys, missing echo", '{"steps": 3, "steps": 4}'),
+    ("malformed: open bracket", "["),
+    ("malformed: object trailing comma short", '{"a":1,}'),
+    ("malformed: colon then end", '{"a" :'),
+    ("malformed: NaN-like word", '{"finetune_id": "x", "steps": nul}'),
+    ("malformed: fraction without digits", '{"finetune_id": "x", "guidance": 2.}'),
+    ("malformed: exponent without digits", '{"finetune_id": "x", "guidance": 2e}'),
+    ("malformed: escape at end", '{"finetune_id": "x\\'),
+    ("malformed: unicode escape at end", '"\\u0041'),
+    ("malformed: second surrogate bad", '{"prompt": "\\ud83d\\uzzzz"}'),
+    ("ok: high surrogate then plain escape", '{"finetune_id": "x", "prompt": "\\u00e9\\n"}'),
+    ("malformed: deep but fine then error", '{"finetune_id": "x", "a": [[[{"b": [1, 2 3]}]]]}'),
     ("finetune_id types", '{"finetune_id": 5}'),
     ("finetune_id float", '{"finetune_id": 5.5}'),
     ("finetune_id bool", '{"finetune_id": true}'),
@@ -131,12 +145,15 @@ FINETUNED = [
 ]
 FINETUNED += field_cases("steps", [0, 1, 50, 51, -1, 40.0, 40.5, "40", " 40 ", "40.0", "4_0", "+40", "abc", "",
                                   True, False, None, [40], {"a": 1}, 1e20, 1.0e300, "1e1", "0x10",
-                                  "9999999999999999999999", 2**70])
+                                  "9999999999999999999999", 2**70, "-0", "0040", "40.00", "40.", "4__0",
+                                  "40_", "_40", "+ 40", "\u0661\u0662", "\t40\n", -1e20, 2**63, -2**63 - 1,
+                                  1e19, 9.2e18, -0.0])
 FINETUNED += field_cases("width", [224, 256, 1440, 1472, 1000, 1441, 0, 255, 2048, 1024.0, "512", 1e3, 33])
 FINETUNED += field_cases("height", [224, 256, 1440, 1472, 1000, 768, "768"])
 FINETUNED += field_cases("guidance", [1.49, 1.5, 5, 5.0, 5.01, 1, "2.5", " 3 ", "abc", "", True, False, None,
                                      "nan", "inf", "-inf", "NaN", "Infinity", "1e0", "2.", ".5e1", "1_000",
-                                     [2.5]])
+                                     [2.5], "+2.5", "2,5", 10**25, {}, "\u00a02.5", "2.5_0", "_2.5", "1__0",
+                                     "-nan", "+inf", "infinity", "1e", 1e-400])
 FINETUNED += field_cases("finetune_strength", [-0.01, 0, 0.0, 2, 2.0, 2.01, "1.5", True, None, -1e-300, "x"])
 FINETUNED += field_cases("safety_tolerance", [-1, 0, 1, 2, 3, 4, 5, 6, 7, 6.0, "6", 2.5, True, None])
 FINETUNED += field_cases("output_format", ["png", "jpeg", "gif", "JPEG", "Png", "", 1, None, ["png"], "jpg"])
@@ -145,9 +162,12 @@ FINETUNED += field_cases("webhook_url", [
     "http://x", "https://example.com/hook?a=1#f", "HTTPS://EXAMPLE.COM/A", "http://", "https://",
     "http://exa mple.com", "http://[::1]:8080/x", "http://127.0.0.1:99999/", "mailto:a@b.c", "//x.com/a",
     "http:example.com", " https://e.com ", "https://ü.com/", 5, True, ["x"], None, "file:///etc/passwd",
-    "http://user:pw@host/", "https://e.com:443/", "ws://x"])
+    "http://user:pw@host/", "https://e.com:443/", "ws://x", "x" * 2084, "  " + "x" * 2082, "http://a b/",
+    "https://exa%20mple.com", "https://a..b/", "http://999.1.1.1/", "http://[::1/", "1http://x", "http:/x",
+    "HTTP://x", "http://x:0/", "https://e.com/ä?q=ü", "   ", "http://localhost:8080/hook",
+    "https://xn--tda.com/", "http://%41.com/"])
 FINETUNED += field_cases("prompt_upsampling", [
-    True, False, 0, 1, 2, -1, 0.0, 1.0, 0.5, "true", "false", "True", "FALSE", "yes", "no", "on", "off",
+    True, False, 0, 1, 2, -1, 0.0, 1.0, 0.5, 2.0, -0.0, 1e0, "OFF", "Yes", "oN", 10**30, "true", "false", "True", "FALSE", "yes", "no", "on", "off",
     "1", "0", "t", "f", "y", "n", "Y", "maybe", "", " true ", "2", None, [True]])
 FINETUNED += field_cases("seed", [None, 0, 42, -1, 2**64 - 1, 2**64, "42", 42.0, 42.5, True, "abc", "-5"])
 FINETUNED += field_cases("prompt", ["", "a photo", None, 5, 1.5, True, ["a"], {"a": "b"}, "x" * 5000])
