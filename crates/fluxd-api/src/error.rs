@@ -40,7 +40,9 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    /// A required query parameter that was not given, as FastAPI reports it.
+    /// A required query parameter that was not given, as FastAPI reports it (checked against
+    /// FastAPI 0.165: `?id=` is an empty string, not missing; a repeated parameter's last value
+    /// wins).
     pub fn missing_query(name: &str) -> Self {
         ValidationError {
             kind: "missing".into(),
@@ -58,6 +60,14 @@ impl ValidationError {
 pub struct ValidationErrors {
     /// One entry per problem, in the order pydantic reports them (model field order).
     pub detail: Vec<ValidationError>,
+}
+
+impl From<ValidationError> for ValidationErrors {
+    fn from(error: ValidationError) -> Self {
+        ValidationErrors {
+            detail: vec![error],
+        }
+    }
 }
 
 /// The `{"detail": "..."}` body of every non-validation error (403, 404, 429...).

@@ -21,7 +21,7 @@ mod request;
 mod response;
 
 pub use error::{ErrorDetail, LocItem, RequestError, ValidationError, ValidationErrors};
-pub use openapi::{openapi, SECURITY_SCHEME};
+pub use openapi::{openapi, openapi_json, SECURITY_SCHEME};
 pub use request::{
     limits, parse_delete_finetune_request, parse_finetuned_request, DeleteFinetuneRequest,
     FinetunedRequest, OutputFormat,

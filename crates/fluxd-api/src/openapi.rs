@@ -144,6 +144,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// [`openapi()`] as pretty-printed JSON with a trailing newline: the form checked in and diffed.
+pub fn openapi_json() -> Result<String, serde_json::Error> {
+    let mut text = serde_json::to_string_pretty(&openapi())?;
+    text.push('\n');
+    Ok(text)
+}
+
 fn op(id: &str, summary: &str, description: &str) -> OperationBuilder {
     OperationBuilder::new()
         .operation_id(Some(id))
@@ -288,6 +295,23 @@ mod tests {
                 "dangling {r}"
             );
         }
+    }
+
+    /// The checked-in `openapi.json` is what the code generates. After an intended change,
+    /// regenerate it with `FLUXD_UPDATE_OPENAPI=1 cargo test -p fluxd-api openapi` and review the
+    /// diff.
+    #[test]
+    fn checked_in_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        let generated = openapi_json().unwrap();
+        if std::env::var_os("FLUXD_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "{path} is stale: run FLUXD_UPDATE_OPENAPI=1 cargo test -p fluxd-api openapi"
+        );
     }
 
     fn collect_refs(v: &Value, out: &mut Vec<String>) {

@@ -99,11 +99,14 @@ mod defaults {
 /// of the reference model (defaults filled in, `webhook_url` normalised), so it can be stored and
 /// read back with `serde_json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({
+#[schema(
+    description = "Generate an image with a fine-tune. Only `finetune_id` is required.",
+    example = json!({
     "finetune_id": "my-finetune", "finetune_strength": 1.1, "steps": 40, "guidance": 2.5,
     "prompt": "ein fantastisches bild", "width": 1024, "height": 768, "prompt_upsampling": false,
     "seed": 42, "safety_tolerance": 2, "output_format": "jpeg"
-}))]
+    })
+)]
 pub struct FinetunedRequest {
     /// ID of the fine-tuned model you want to use.
     #[schema(example = "my-finetune")]
