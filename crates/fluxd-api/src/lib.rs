@@ -7,6 +7,15 @@
 //! - Response bodies ([`SubmitResponse`], [`GetResultResponse`], ...) and the webhook payload.
 //! - [`openapi()`]: the OpenAPI document, generated from these types.
 //!
+//! Where the reference has no answer of its own (it fails with a 500) or says nothing, the choice
+//! is ours:
+//! - `seed` must fit a `u64`: -1 or 2⁶⁴ get pydantic's `greater_than_equal`/`less_than_equal`.
+//! - `NaN`/`Infinity` literals are `json_invalid` ("Expecting value"); a lone surrogate escape
+//!   becomes U+FFFD; nesting deeper than 256 levels is the 400 for an unreadable body.
+//! - An echoed `input` holds integers wider than 64 bits as the nearest float, and objects with
+//!   keys in `serde_json`'s order rather than the request's (the same JSON value).
+//! - `webhook_url` is kept normalised as pydantic's `HttpUrl` prints it (`http://x` → `http://x/`).
+//!
 //! No I/O and no HTTP framework: the server maps [`RequestError::status`] and the bodies here onto
 //! its responses.
 
