@@ -12,6 +12,8 @@
 //! value back): `NaN`/`Infinity`/`-Infinity` literals are "Expecting value" here, and a lone
 //! surrogate escape (`\ud800`) becomes U+FFFD.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Number, Value};
 
 /// Nesting deeper than this is refused as an unreadable body: CPython's scanner hits its
@@ -164,6 +166,8 @@ impl Scanner<'_> {
     /// `_parse_object_unicode`; `i` is just past the `{`.
     fn object(&mut self, i: usize) -> Scan<Json> {
         let mut fields: Vec<(String, Json)> = Vec::new();
+        // Key → position in `fields`, so that many keys stay linear, not quadratic.
+        let mut index: HashMap<String, usize> = HashMap::new();
         let mut i = self.skip_ws(i);
         if self.at(i) == Some(b'}') {
             return Ok((Json::Object(fields), i + 1));
@@ -182,9 +186,12 @@ impl Scanner<'_> {
             }
             i = self.skip_ws(i + 1);
             let (value, end) = self.value(i)?;
-            match fields.iter_mut().find(|(k, _)| *k == key) {
+            match index.get(&key).and_then(|&at| fields.get_mut(at)) {
                 Some(slot) => slot.1 = value,
-                None => fields.push((key, value)),
+                None => {
+                    index.insert(key.clone(), fields.len());
+                    fields.push((key, value));
+                }
             }
             i = self.skip_ws(end);
             match self.at(i) {
@@ -409,6 +416,19 @@ mod tests {
         assert_eq!(err("NaN"), ("Expecting value", 0));
         assert_eq!(err("-"), ("Expecting value", 0));
         assert_eq!(err("\"é\" x"), ("Extra data", 4));
+    }
+
+    #[test]
+    fn many_keys_stay_cheap() {
+        let body: String = std::iter::once("{".to_string())
+            .chain((0..200_000).map(|k| format!("\"k{k}\":{k},")))
+            .chain(std::iter::once("\"k0\":-1}".to_string()))
+            .collect();
+        let Json::Object(fields) = decode(body.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(fields.len(), 200_000);
+        assert_eq!(fields[0].1, Json::Int(-1));
     }
 
     #[test]
