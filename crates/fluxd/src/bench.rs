@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// Also time with this LoRA active (strength 1).
     #[arg(long)]
     lora: Option<PathBuf>,
-    /// Write a random kohya LoRA of this rank for the model to `--lora` first.
+    /// Write a random LoRA (diffusers/PEFT layout, which diffusers loads for any model size) of
+    /// this rank for the model to `--lora` first.
     #[arg(long, requires = "lora")]
     random_lora_rank: Option<usize>,
     /// `cpu`, `cuda` or `cuda:N`.
@@ -92,7 +93,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(path) = &args.lora {
         if let Some(rank) = args.random_lora_rank {
             let cfg = pipe.transformer().config().clone();
-            write_random_lora(path, LoraFormat::Kohya, &cfg, rank, 1, &|_| true)
+            write_random_lora(path, LoraFormat::Diffusers, &cfg, rank, 1, &|_| true)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         let t0 = Instant::now();
