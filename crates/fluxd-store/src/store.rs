@@ -19,7 +19,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// `worker_id` that claimed the task and fail with [`StoreError::LeaseLost`] once the task is no
 /// longer leased to that worker (lease ran out, claimed again, finished), so a slow worker can never
 /// overwrite the result of the one that took over. Reads are scoped by tenant: another tenant's
-/// task or fine-tune reads as absent.
+/// task or fine-tune reads as absent. Times are stored to the millisecond.
 #[async_trait]
 pub trait Store: Send + Sync {
     // --- keys -------------------------------------------------------------------------------

@@ -325,7 +325,7 @@ pub struct FinetuneRecord {
     pub size_bytes: u64,
     /// Lowercase hex SHA-256 of the file.
     pub sha256: String,
-    /// When it was imported.
+    /// When it was imported (kept to the millisecond, like every stored time).
     pub created_at: SystemTime,
     /// Whether other tenants may use it as `<tenant>/<id>`.
     pub shared: bool,
