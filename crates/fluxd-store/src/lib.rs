@@ -17,7 +17,7 @@ mod types;
 pub use apikey::KEY_PREFIX;
 pub use blob::BlobStore;
 pub use error::{Source, StoreError};
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
 pub use store::{Result, Store};
 pub use types::{
     Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,

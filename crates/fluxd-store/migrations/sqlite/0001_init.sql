@@ -52,7 +52,8 @@ CREATE TABLE tasks (
     updated_at BIGINT NOT NULL,
     finished_at BIGINT
 );
-CREATE INDEX tasks_queue ON tasks (status, created_at);
+-- Claims scan pending tasks in submission order (ties broken by id).
+CREATE INDEX tasks_queue ON tasks (status, created_at, id);
 CREATE INDEX tasks_key_status ON tasks (key_id, status);
 CREATE INDEX tasks_finished ON tasks (finished_at);
 

@@ -26,6 +26,7 @@ use sqlx::ConnectOptions;
 
 use crate::{StoreError, DEFAULT_MAX_ATTEMPTS};
 use writer::Writer;
+pub use writer::WriterStats;
 
 /// Knobs of [`SqliteStore::open_with`].
 #[derive(Debug, Clone)]
@@ -102,6 +103,13 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Group-commit counters of the writer (for metrics).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+}
+
 /// Classifies a driver error for callers: busy and I/O failures are retryable, constraint
 /// violations say what the caller did wrong, anything else is a database bug.
 pub(crate) fn map_sqlx(err: sqlx::Error) -> StoreError {
@@ -136,5 +144,77 @@ pub(crate) fn map_sqlx(err: sqlx::Error) -> StoreError {
             StoreError::Unavailable(Arc::new(err))
         }
         other => StoreError::Database(Arc::new(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pragma's value as the write connection sees it, as text.
+    async fn pragma_on_writer(
+        store: &SqliteStore,
+        sql: &'static str,
+    ) -> Result<String, StoreError> {
+        store
+            .writer
+            .write(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(sql).fetch_one(c).await.map_err(map_sqlx)?;
+                    // journal_mode answers text, the others integers.
+                    let text = rows::get::<String>(&row, "journal_mode").or_else(|_| {
+                        sqlx::Row::try_get::<i64, _>(&row, 0)
+                            .map(|n| n.to_string())
+                            .map_err(map_sqlx)
+                    })?;
+                    Ok(text)
+                })
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn connections_use_wal_full_sync_foreign_keys_and_a_busy_timeout(
+    ) -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(StoreError::io)?;
+        let store = SqliteStore::open(dir.path().join("p.db")).await?;
+        assert_eq!(
+            pragma_on_writer(&store, "PRAGMA journal_mode").await?,
+            "wal"
+        );
+        // 2 = FULL
+        assert_eq!(pragma_on_writer(&store, "PRAGMA synchronous").await?, "2");
+        assert_eq!(pragma_on_writer(&store, "PRAGMA foreign_keys").await?, "1");
+        assert_eq!(
+            pragma_on_writer(&store, "PRAGMA busy_timeout").await?,
+            "5000"
+        );
+        let read: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.reads)
+            .await
+            .map_err(map_sqlx)?;
+        assert_eq!(read, 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tasks_need_an_existing_key() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(StoreError::io)?;
+        let store = SqliteStore::open(dir.path().join("fk.db")).await?;
+        let orphan = crate::NewTask {
+            id: uuid::Uuid::new_v4(),
+            tenant: "ghost".into(),
+            key_id: uuid::Uuid::new_v4(),
+            params: serde_json::json!({}),
+            finetune_id: None,
+            webhook_url: None,
+            webhook_secret: None,
+        };
+        let inserted = crate::Store::insert_task(&store, orphan).await;
+        assert!(
+            matches!(inserted, Err(StoreError::Invalid(_))),
+            "{inserted:?}"
+        );
+        Ok(())
     }
 }

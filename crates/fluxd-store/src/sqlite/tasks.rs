@@ -21,49 +21,80 @@ macro_rules! owned_by_worker {
     };
 }
 
+/// The insert of [`insert`] and [`insert_if_under_limit`]: the row comes from a SELECT so that a
+/// condition can be attached (`$10`, unfinished tasks of the key fewer than the limit).
+macro_rules! insert_task_sql {
+    ($condition:literal) => {
+        concat!(
+            "INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, \
+             webhook_secret, status, attempts, max_attempts, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, 'Pending', 0, $8, $9, $9",
+            $condition
+        )
+    };
+}
+
+/// Binds `$1`..`$9` of [`insert_task_sql`].
+fn bind_task<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    task: &'q NewTask,
+    max_attempts: u32,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(task.id.to_string())
+        .bind(task.tenant.as_str())
+        .bind(task.key_id.to_string())
+        .bind(task.params.to_string())
+        .bind(task.finetune_id.as_deref())
+        .bind(task.webhook_url.as_deref())
+        .bind(task.webhook_secret.as_deref())
+        .bind(rows::int(max_attempts))
+        .bind(now_millis())
+}
+
+fn task_conflict(id: Uuid) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |err| match map_sqlx(err) {
+        StoreError::Conflict(_) => StoreError::Conflict(format!("task {id}")),
+        other => other,
+    }
+}
+
 pub(super) async fn insert(
     conn: &mut SqliteConnection,
     task: NewTask,
     max_attempts: u32,
 ) -> Result<(), StoreError> {
-    let now = now_millis();
-    sqlx::query(
-        "INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, \
-         status, attempts, max_attempts, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Pending', 0, $8, $9, $9)",
-    )
-    .bind(task.id.to_string())
-    .bind(&task.tenant)
-    .bind(task.key_id.to_string())
-    .bind(task.params.to_string())
-    .bind(&task.finetune_id)
-    .bind(&task.webhook_url)
-    .bind(&task.webhook_secret)
-    .bind(rows::int(max_attempts))
-    .bind(now)
-    .execute(conn)
-    .await
-    .map_err(|err| match map_sqlx(err) {
-        StoreError::Conflict(_) => StoreError::Conflict(format!("task {}", task.id)),
-        other => other,
-    })?;
+    bind_task(sqlx::query(insert_task_sql!("")), &task, max_attempts)
+        .execute(conn)
+        .await
+        .map_err(task_conflict(task.id))?;
     Ok(())
 }
 
-/// Count and insert run on the single writer inside one transaction, so no other submit can slip
-/// in between them.
+/// Check and insert are one statement, run by the single writer: no other submit can slip in
+/// between them, and a submit costs one round trip to the database thread.
 pub(super) async fn insert_if_under_limit(
     conn: &mut SqliteConnection,
     task: NewTask,
     limit: u32,
     max_attempts: u32,
 ) -> Result<InsertOutcome, StoreError> {
-    let active = count_unfinished(&mut *conn, task.key_id).await?;
-    if active >= limit {
-        return Ok(InsertOutcome::LimitReached { active });
+    let done = bind_task(
+        sqlx::query(insert_task_sql!(
+            " WHERE (SELECT COUNT(*) FROM tasks WHERE key_id = $3 AND status = 'Pending') < $10"
+        )),
+        &task,
+        max_attempts,
+    )
+    .bind(rows::int(limit))
+    .execute(&mut *conn)
+    .await
+    .map_err(task_conflict(task.id))?;
+    if done.rows_affected() > 0 {
+        return Ok(InsertOutcome::Inserted);
     }
-    insert(conn, task, max_attempts).await?;
-    Ok(InsertOutcome::Inserted)
+    let active = count_unfinished(conn, task.key_id).await?;
+    Ok(InsertOutcome::LimitReached { active })
 }
 
 pub(super) async fn count_unfinished<'e>(

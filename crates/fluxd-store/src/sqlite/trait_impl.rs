@@ -31,13 +31,13 @@ impl Store for SqliteStore {
 
     async fn revoke_key(&self, key_id: Uuid) -> Result<bool> {
         self.writer
-            .write(move |c| Box::pin(keys::revoke(c, key_id)))
+            .write_one(move |c| Box::pin(keys::revoke(c, key_id)))
             .await
     }
 
     async fn set_max_active_tasks(&self, key_id: Uuid, max_active_tasks: u32) -> Result<bool> {
         self.writer
-            .write(move |c| Box::pin(keys::set_max_active_tasks(c, key_id, max_active_tasks)))
+            .write_one(move |c| Box::pin(keys::set_max_active_tasks(c, key_id, max_active_tasks)))
             .await
     }
 
@@ -48,14 +48,16 @@ impl Store for SqliteStore {
     async fn insert_task(&self, task: NewTask) -> Result<()> {
         let max_attempts = self.max_attempts;
         self.writer
-            .write(move |c| Box::pin(tasks::insert(c, task, max_attempts)))
+            .write_one(move |c| Box::pin(tasks::insert(c, task, max_attempts)))
             .await
     }
 
     async fn insert_task_if_under_limit(&self, task: NewTask, limit: u32) -> Result<InsertOutcome> {
         let max_attempts = self.max_attempts;
         self.writer
-            .write(move |c| Box::pin(tasks::insert_if_under_limit(c, task, limit, max_attempts)))
+            .write_one(move |c| {
+                Box::pin(tasks::insert_if_under_limit(c, task, limit, max_attempts))
+            })
             .await
     }
 
@@ -73,7 +75,7 @@ impl Store for SqliteStore {
     async fn heartbeat(&self, task_id: Uuid, worker_id: &str, lease: Duration) -> Result<()> {
         let worker_id = worker_id.to_owned();
         self.writer
-            .write(move |c| Box::pin(tasks::heartbeat(c, task_id, worker_id, lease)))
+            .write_one(move |c| Box::pin(tasks::heartbeat(c, task_id, worker_id, lease)))
             .await
     }
 
@@ -85,7 +87,7 @@ impl Store for SqliteStore {
         }
         let worker_id = worker_id.to_owned();
         self.writer
-            .write(move |c| Box::pin(tasks::set_progress(c, task_id, worker_id, progress)))
+            .write_one(move |c| Box::pin(tasks::set_progress(c, task_id, worker_id, progress)))
             .await
     }
 
@@ -173,13 +175,13 @@ impl Store for SqliteStore {
     async fn delete_finetune(&self, tenant: &str, id: &str) -> Result<Option<FinetuneRecord>> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         self.writer
-            .write(move |c| Box::pin(finetunes::delete(c, tenant, id)))
+            .write_one(move |c| Box::pin(finetunes::delete(c, tenant, id)))
             .await
     }
 
     async fn enqueue_webhook(&self, task_id: Uuid, webhook: NewWebhook) -> Result<Uuid> {
         self.writer
-            .write(move |c| Box::pin(webhooks::enqueue(c, task_id, webhook)))
+            .write_one(move |c| Box::pin(webhooks::enqueue(c, task_id, webhook)))
             .await
     }
 
@@ -197,7 +199,7 @@ impl Store for SqliteStore {
 
     async fn webhook_delivered(&self, id: Uuid) -> Result<()> {
         self.writer
-            .write(move |c| Box::pin(webhooks::delivered(c, id)))
+            .write_one(move |c| Box::pin(webhooks::delivered(c, id)))
             .await
     }
 
@@ -209,7 +211,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let error = error.to_owned();
         self.writer
-            .write(move |c| Box::pin(webhooks::failed(c, id, error, next_attempt_at)))
+            .write_one(move |c| Box::pin(webhooks::failed(c, id, error, next_attempt_at)))
             .await
     }
 
