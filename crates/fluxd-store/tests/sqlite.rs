@@ -126,3 +126,42 @@ async fn a_newer_schema_is_refused() -> Result {
     );
     Ok(())
 }
+
+/// Two stores on one file (the server and an admin command, say) see each other's writes; the
+/// write lock is shared through SQLite's own locking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_one_file() -> Result {
+    let dir = temp()?;
+    let path = dir.path().join("fluxd.db");
+    let server = SqliteStore::open(&path).await?;
+    let admin = SqliteStore::open(&path).await?;
+    let key = admin.create_key("alice", Some("made by the admin")).await?;
+    let info = server.authenticate(&key.key).await?;
+    assert_eq!(info.map(|i| i.tenant), Some("alice".to_owned()));
+    let submits = (0..20).map(|i| {
+        let store = if i % 2 == 0 { &server } else { &admin };
+        store.insert_task_if_under_limit(
+            fluxd_store::NewTask {
+                id: uuid::Uuid::new_v4(),
+                tenant: "alice".into(),
+                key_id: key.key_id,
+                params: serde_json::json!({ "i": i }),
+                finetune_id: None,
+                webhook_url: None,
+                webhook_secret: None,
+            },
+            12,
+        )
+    });
+    let outcomes = futures_util::future::join_all(submits).await;
+    let inserted = outcomes
+        .into_iter()
+        .filter(|o| matches!(o, Ok(fluxd_store::InsertOutcome::Inserted)))
+        .count();
+    // Each store's check-and-insert is one statement under SQLite's write lock.
+    assert_eq!(inserted, 12);
+    assert_eq!(server.count_unfinished(key.key_id).await?, 12);
+    admin.close().await;
+    server.close().await;
+    Ok(())
+}
