@@ -1,4 +1,5 @@
-//! [`Store`] for [`SqliteStore`]: reads go to the pool, writes to the group-commit writer.
+//! [`Store`] for [`SqliteStore`]: reads go to the pool, writes to the group-commit writer. Task
+//! methods open debug-level spans carrying `task_id`, so store failures show under their task.
 
 use std::time::{Duration, SystemTime};
 
@@ -45,6 +46,7 @@ impl Store for SqliteStore {
         keys::list(&self.reads, tenant).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(task_id = %task.id))]
     async fn insert_task(&self, task: NewTask) -> Result<()> {
         let max_attempts = self.max_attempts;
         self.writer
@@ -52,6 +54,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(task_id = %task.id))]
     async fn insert_task_if_under_limit(&self, task: NewTask, limit: u32) -> Result<InsertOutcome> {
         let max_attempts = self.max_attempts;
         self.writer
@@ -65,6 +68,7 @@ impl Store for SqliteStore {
         tasks::count_unfinished(&self.reads, key_id).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(worker_id))]
     async fn claim_next(&self, worker_id: &str, lease: Duration) -> Result<Option<Claim>> {
         let worker_id = worker_id.to_owned();
         self.writer
@@ -72,6 +76,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
     async fn heartbeat(&self, task_id: Uuid, worker_id: &str, lease: Duration) -> Result<()> {
         let worker_id = worker_id.to_owned();
         self.writer
@@ -79,6 +84,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id, progress))]
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()> {
         if !(0.0..=1.0).contains(&progress) {
             return Err(StoreError::Invalid(format!(
@@ -91,6 +97,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
     async fn complete_ready(
         &self,
         task_id: Uuid,
@@ -104,6 +111,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id, ?kind))]
     async fn complete_moderated(
         &self,
         task_id: Uuid,
@@ -122,6 +130,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id, retryable))]
     async fn complete_error(
         &self,
         task_id: Uuid,
@@ -140,6 +149,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>> {
         tasks::get(&self.reads, tenant, id).await
     }
