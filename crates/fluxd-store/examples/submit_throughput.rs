@@ -1,0 +1,65 @@
+//! Durable submits per second on a fresh SQLite file, one by one and concurrently, to see what
+//! group commit buys: `cargo run --release -p fluxd-store --example submit_throughput [N] [C]`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fluxd_store::{InsertOutcome, NewTask, SqliteStore, Store, StoreError};
+use uuid::Uuid;
+
+/// Keys the submits are spread over.
+const KEYS: usize = 200;
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), StoreError> {
+    let mut args = std::env::args().skip(1);
+    let total: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let concurrency: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
+    for clients in [1, concurrency] {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Unavailable(Arc::new(e)))?;
+        let store = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await?);
+        // Many keys, as in service: each key's count of unfinished tasks stays small.
+        let mut keys = Vec::new();
+        for _ in 0..KEYS {
+            keys.push(store.create_key("bench", None).await?.key_id);
+        }
+        let start = Instant::now();
+        let mut clients_done = Vec::new();
+        for c in 0..clients {
+            let store = Arc::clone(&store);
+            let keys = keys.clone();
+            let share = total / clients + usize::from(c < total % clients);
+            clients_done.push(tokio::spawn(async move {
+                for i in 0..share {
+                    let key_id = keys[(c + i * clients) % KEYS];
+                    let task = NewTask {
+                        id: Uuid::new_v4(),
+                        tenant: "bench".into(),
+                        key_id,
+                        params: serde_json::json!({"prompt": "a cat", "steps": 28}),
+                        finetune_id: Some("style".into()),
+                        webhook_url: None,
+                        webhook_secret: None,
+                    };
+                    let outcome = store.insert_task_if_under_limit(task, 10_000).await?;
+                    assert_eq!(outcome, InsertOutcome::Inserted);
+                }
+                Ok::<(), StoreError>(())
+            }));
+        }
+        for done in clients_done {
+            done.await
+                .map_err(|e| StoreError::Unavailable(Arc::new(e)))??;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let stats = store.writer_stats();
+        println!(
+            "{clients:>4} clients: {total} durable submits in {seconds:.3} s = {:.0}/s, \
+             {:.1} writes per commit",
+            total as f64 / seconds,
+            stats.writes as f64 / stats.commits.max(1) as f64
+        );
+        store.close().await;
+    }
+    Ok(())
+}
