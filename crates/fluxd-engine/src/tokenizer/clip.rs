@@ -107,7 +107,7 @@ impl ClipTokenizer {
             }
         }
         let added: Vec<_> = specials.iter().map(|t| added_special(t, &config)).collect();
-        tokenizer.add_special_tokens(&added);
+        tokenizer.add_special_tokens(added.iter().cloned());
         let id = |tok: &str| {
             tokenizer
                 .token_to_id(tok)

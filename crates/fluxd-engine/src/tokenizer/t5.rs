@@ -46,7 +46,7 @@ pub(super) fn build_t5(
         WhitespaceSplit.into(),
         Metaspace::new('▁', PrependScheme::Always, true).into(),
     ])));
-    tokenizer.add_special_tokens(specials);
+    tokenizer.add_special_tokens(specials.iter().cloned());
     let eos_id = tokenizer
         .token_to_id(eos)
         .ok_or_else(|| tok_err(path, format!("eos token {eos} is not in the vocabulary")))?;
