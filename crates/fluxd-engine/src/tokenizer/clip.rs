@@ -98,7 +98,9 @@ impl ClipTokenizer {
             .build()
             .map_err(|e| tok_err(dir, format!("loading vocab.json/merges.txt: {e}")))?;
         let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_normalizer(Some(clip_normalizer(dir)?));
+        tokenizer
+            .with_normalizer(Some(clip_normalizer(dir)?))
+            .map_err(|e| tok_err(dir, e))?;
         tokenizer.with_pre_tokenizer(Some(clip_pre_tokenizer(dir)?));
         let mut specials = vec![];
         for tok in [&bos, &eos, &unk, &pad] {
@@ -107,7 +109,9 @@ impl ClipTokenizer {
             }
         }
         let added: Vec<_> = specials.iter().map(|t| added_special(t, &config)).collect();
-        tokenizer.add_special_tokens(added.iter().cloned());
+        tokenizer
+            .add_special_tokens(added.iter().cloned())
+            .map_err(|e| tok_err(dir, e))?;
         let id = |tok: &str| {
             tokenizer
                 .token_to_id(tok)

@@ -41,12 +41,16 @@ pub(super) fn build_t5(
     // transformers hard-codes `unk_id=2` and `byte_fallback=False` for T5.
     let unigram = Unigram::from(vocab, Some(2), false).map_err(|e| tok_err(path, e))?;
     let mut tokenizer = Tokenizer::new(unigram);
-    tokenizer.with_normalizer(charsmap.map(NormalizerWrapper::Precompiled));
+    tokenizer
+        .with_normalizer(charsmap.map(NormalizerWrapper::Precompiled))
+        .map_err(|e| tok_err(path, e))?;
     tokenizer.with_pre_tokenizer(Some(PreSeq::new(vec![
         WhitespaceSplit.into(),
         Metaspace::new('▁', PrependScheme::Always, true).into(),
     ])));
-    tokenizer.add_special_tokens(specials.iter().cloned());
+    tokenizer
+        .add_special_tokens(specials.iter().cloned())
+        .map_err(|e| tok_err(path, e))?;
     let eos_id = tokenizer
         .token_to_id(eos)
         .ok_or_else(|| tok_err(path, format!("eos token {eos} is not in the vocabulary")))?;
