@@ -1,0 +1,26 @@
+//! Durable state of fluxd: API keys and tenants, the task queue, fine-tune records, the webhook
+//! outbox (all behind the [`Store`] trait) and blobs ([`BlobStore`]).
+//!
+//! [`SqliteStore`] is the default backend: one file, WAL, `synchronous=FULL`, writes group-committed
+//! by a single writer. Other backends implement the same trait and prove it by passing
+//! [`conformance`].
+
+mod apikey;
+mod blob;
+pub mod conformance;
+mod error;
+mod sqlite;
+mod store;
+mod time;
+mod types;
+
+pub use apikey::KEY_PREFIX;
+pub use blob::BlobStore;
+pub use error::{Source, StoreError};
+pub use sqlite::{SqliteOptions, SqliteStore};
+pub use store::{Result, Store};
+pub use types::{
+    Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, TaskRecord, TaskState, TaskStatus,
+    WebhookDelivery, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS,
+};

@@ -1,0 +1,397 @@
+//! The durable task queue: submit, claim with a lease, heartbeat, progress, completion, retention.
+
+use std::time::{Duration, SystemTime};
+
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::SqliteExecutor;
+use uuid::Uuid;
+
+use crate::sqlite::{map_sqlx, rows, webhooks};
+use crate::time::{duration_millis, now_millis, to_millis};
+use crate::{
+    Claim, ClaimedTask, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook,
+    ReadyRecord, StoreError, TaskRecord, TaskState, TaskStatus,
+};
+
+/// The rows a worker may still write: its own, unfinished, lease not run out. `$1` task id,
+/// `$2` worker id, `$3` now.
+macro_rules! owned_by_worker {
+    () => {
+        "id = $1 AND worker_id = $2 AND status = 'Pending' AND lease_until > $3"
+    };
+}
+
+pub(super) async fn insert(
+    conn: &mut SqliteConnection,
+    task: NewTask,
+    max_attempts: u32,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    sqlx::query(
+        "INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, \
+         status, attempts, max_attempts, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Pending', 0, $8, $9, $9)",
+    )
+    .bind(task.id.to_string())
+    .bind(&task.tenant)
+    .bind(task.key_id.to_string())
+    .bind(task.params.to_string())
+    .bind(&task.finetune_id)
+    .bind(&task.webhook_url)
+    .bind(&task.webhook_secret)
+    .bind(rows::int(max_attempts))
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(|err| match map_sqlx(err) {
+        StoreError::Conflict(_) => StoreError::Conflict(format!("task {}", task.id)),
+        other => other,
+    })?;
+    Ok(())
+}
+
+/// Count and insert run on the single writer inside one transaction, so no other submit can slip
+/// in between them.
+pub(super) async fn insert_if_under_limit(
+    conn: &mut SqliteConnection,
+    task: NewTask,
+    limit: u32,
+    max_attempts: u32,
+) -> Result<InsertOutcome, StoreError> {
+    let active = count_unfinished(&mut *conn, task.key_id).await?;
+    if active >= limit {
+        return Ok(InsertOutcome::LimitReached { active });
+    }
+    insert(conn, task, max_attempts).await?;
+    Ok(InsertOutcome::Inserted)
+}
+
+pub(super) async fn count_unfinished<'e>(
+    executor: impl SqliteExecutor<'e>,
+    key_id: Uuid,
+) -> Result<u32, StoreError> {
+    let active: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE key_id = $1 AND status = 'Pending'")
+            .bind(key_id.to_string())
+            .fetch_one(executor)
+            .await
+            .map_err(map_sqlx)?;
+    u32::try_from(active).map_err(|_| StoreError::Corrupt(format!("{active} unfinished tasks")))
+}
+
+/// One statement picks and leases the oldest runnable task; SQLite runs it under the write lock,
+/// so two workers cannot pick the same row. (PostgreSQL adds `FOR UPDATE SKIP LOCKED` to the
+/// inner SELECT for the same effect without serialising workers.)
+pub(super) async fn claim_next(
+    conn: &mut SqliteConnection,
+    worker_id: String,
+    lease: Duration,
+) -> Result<Option<Claim>, StoreError> {
+    let now = now_millis();
+    let found = sqlx::query(
+        "UPDATE tasks SET worker_id = $1, lease_until = $2, attempts = attempts + 1, \
+         progress = 0, updated_at = $3 \
+         WHERE id = (SELECT id FROM tasks WHERE status = 'Pending' \
+                     AND (lease_until IS NULL OR lease_until <= $3) \
+                     ORDER BY created_at, id LIMIT 1) \
+         RETURNING id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, \
+                   attempts, max_attempts, created_at",
+    )
+    .bind(worker_id)
+    .bind(now.saturating_add(duration_millis(lease)))
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_sqlx)?;
+    let Some(row) = found else {
+        return Ok(None);
+    };
+    let task = ClaimedTask {
+        id: rows::uuid(&row, "id")?,
+        tenant: rows::get(&row, "tenant")?,
+        key_id: rows::uuid(&row, "key_id")?,
+        params: rows::json(&row, "params")?,
+        finetune_id: rows::get(&row, "finetune_id")?,
+        webhook_url: rows::get(&row, "webhook_url")?,
+        webhook_secret: rows::get(&row, "webhook_secret")?,
+        attempts: rows::count(&row, "attempts")?,
+        max_attempts: rows::count(&row, "max_attempts")?,
+        created_at: rows::time(&row, "created_at")?,
+    };
+    Ok(Some(if task.attempts > task.max_attempts {
+        tracing::warn!(task_id = %task.id, attempts = task.attempts, "task lost its worker too often");
+        Claim::Exhausted(task)
+    } else {
+        Claim::Run(task)
+    }))
+}
+
+pub(super) async fn heartbeat(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    let done = sqlx::query(concat!(
+        "UPDATE tasks SET lease_until = $4, updated_at = $3 WHERE ",
+        owned_by_worker!()
+    ))
+    .bind(task_id.to_string())
+    .bind(worker_id)
+    .bind(now)
+    .bind(now.saturating_add(duration_millis(lease)))
+    .execute(conn)
+    .await
+    .map_err(map_sqlx)?;
+    expect_owned(done.rows_affected(), task_id)
+}
+
+pub(super) async fn set_progress(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+    progress: f64,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    let done = sqlx::query(concat!(
+        "UPDATE tasks SET progress = $4, updated_at = $3 WHERE ",
+        owned_by_worker!()
+    ))
+    .bind(task_id.to_string())
+    .bind(worker_id)
+    .bind(now)
+    .bind(progress)
+    .execute(conn)
+    .await
+    .map_err(map_sqlx)?;
+    expect_owned(done.rows_affected(), task_id)
+}
+
+pub(super) async fn complete_ready(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+    ready: ReadyRecord,
+    webhook: Option<NewWebhook>,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    let done = sqlx::query(concat!(
+        "UPDATE tasks SET status = 'Ready', sample_key = $4, prompt_used = $5, seed_used = $6, \
+         start_time = $7, end_time = $8, progress = NULL, lease_until = NULL, \
+         finished_at = $3, updated_at = $3 WHERE ",
+        owned_by_worker!()
+    ))
+    .bind(task_id.to_string())
+    .bind(worker_id)
+    .bind(now)
+    .bind(ready.sample_key)
+    .bind(ready.prompt_used)
+    // The seed's bits, reinterpreted: SQL integers are signed 64-bit.
+    .bind(i64::from_ne_bytes(ready.seed_used.to_ne_bytes()))
+    .bind(ready.start_time)
+    .bind(ready.end_time)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    expect_owned(done.rows_affected(), task_id)?;
+    enqueue_final_webhook(conn, task_id, webhook).await
+}
+
+pub(super) async fn complete_moderated(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+    kind: ModerationKind,
+    reasons: Vec<String>,
+    webhook: Option<NewWebhook>,
+) -> Result<(), StoreError> {
+    let status = match kind {
+        ModerationKind::Request => TaskStatus::RequestModerated,
+        ModerationKind::Content => TaskStatus::ContentModerated,
+    };
+    let now = now_millis();
+    let done = sqlx::query(concat!(
+        "UPDATE tasks SET status = $4, details = $5, progress = NULL, lease_until = NULL, \
+         finished_at = $3, updated_at = $3 WHERE ",
+        owned_by_worker!()
+    ))
+    .bind(task_id.to_string())
+    .bind(worker_id)
+    .bind(now)
+    .bind(status.as_str())
+    .bind(serde_json::Value::from(reasons).to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    expect_owned(done.rows_affected(), task_id)?;
+    enqueue_final_webhook(conn, task_id, webhook).await
+}
+
+pub(super) async fn complete_error(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+    details: String,
+    retryable: bool,
+    webhook: Option<NewWebhook>,
+) -> Result<ErrorOutcome, StoreError> {
+    let now = now_millis();
+    let found = sqlx::query(concat!(
+        "SELECT attempts, max_attempts FROM tasks WHERE ",
+        owned_by_worker!()
+    ))
+    .bind(task_id.to_string())
+    .bind(&worker_id)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    let Some(row) = found else {
+        return Err(StoreError::LeaseLost { task_id });
+    };
+    let attempts = rows::count(&row, "attempts")?;
+    if retryable && attempts < rows::count(&row, "max_attempts")? {
+        // Back to the queue, in its original place (claims order by submission time).
+        sqlx::query(concat!(
+            "UPDATE tasks SET worker_id = NULL, lease_until = NULL, progress = NULL, \
+             last_error = $4, updated_at = $3 WHERE ",
+            owned_by_worker!()
+        ))
+        .bind(task_id.to_string())
+        .bind(worker_id)
+        .bind(now)
+        .bind(details)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+        return Ok(ErrorOutcome::Requeued { attempts });
+    }
+    sqlx::query(concat!(
+        "UPDATE tasks SET status = 'Error', details = $4, last_error = $4, progress = NULL, \
+         lease_until = NULL, finished_at = $3, updated_at = $3 WHERE ",
+        owned_by_worker!()
+    ))
+    .bind(task_id.to_string())
+    .bind(worker_id)
+    .bind(now)
+    .bind(details)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    enqueue_final_webhook(conn, task_id, webhook).await?;
+    Ok(ErrorOutcome::Failed)
+}
+
+pub(super) async fn get(
+    pool: &SqlitePool,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let found = sqlx::query("SELECT * FROM tasks WHERE id = $1 AND tenant = $2")
+        .bind(id.to_string())
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await
+        .map_err(map_sqlx)?;
+    found.as_ref().map(record).transpose()
+}
+
+pub(super) async fn expire_finished(
+    conn: &mut SqliteConnection,
+    finished_before: SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let cutoff = to_millis(finished_before);
+    let deleted: Vec<Option<String>> = sqlx::query_scalar(
+        "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 \
+         RETURNING sample_key",
+    )
+    .bind(cutoff)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    webhooks::expire_settled(conn, cutoff).await?;
+    Ok(deleted.into_iter().flatten().collect())
+}
+
+fn expect_owned(rows_affected: u64, task_id: Uuid) -> Result<(), StoreError> {
+    if rows_affected == 0 {
+        Err(StoreError::LeaseLost { task_id })
+    } else {
+        Ok(())
+    }
+}
+
+async fn enqueue_final_webhook(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    webhook: Option<NewWebhook>,
+) -> Result<(), StoreError> {
+    if let Some(webhook) = webhook {
+        webhooks::enqueue(conn, task_id, webhook).await?;
+    }
+    Ok(())
+}
+
+/// Builds a task record, checking that each status has the columns it needs.
+fn record(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
+    let id = rows::uuid(row, "id")?;
+    let status_text: String = rows::get(row, "status")?;
+    let status = TaskStatus::parse(&status_text)
+        .ok_or_else(|| StoreError::Corrupt(format!("task {id}: status {status_text:?}")))?;
+    let missing =
+        |column: &str| StoreError::Corrupt(format!("task {id}: {status} without {column}"));
+    let details: Option<String> = rows::get(row, "details")?;
+    let reasons = |details: Option<String>| -> Result<Vec<String>, StoreError> {
+        let text = details.ok_or_else(|| missing("details"))?;
+        serde_json::from_str(&text)
+            .map_err(|err| StoreError::Corrupt(format!("task {id}: moderation reasons: {err}")))
+    };
+    let state = match status {
+        TaskStatus::Pending => TaskState::Pending {
+            progress: rows::get(row, "progress")?,
+        },
+        TaskStatus::Ready => {
+            let seed: Option<i64> = rows::get(row, "seed_used")?;
+            TaskState::Ready(ReadyRecord {
+                sample_key: rows::get::<Option<String>>(row, "sample_key")?
+                    .ok_or_else(|| missing("sample_key"))?,
+                prompt_used: rows::get::<Option<String>>(row, "prompt_used")?
+                    .ok_or_else(|| missing("prompt_used"))?,
+                seed_used: u64::from_ne_bytes(
+                    seed.ok_or_else(|| missing("seed_used"))?.to_ne_bytes(),
+                ),
+                start_time: rows::get::<Option<f64>>(row, "start_time")?
+                    .ok_or_else(|| missing("start_time"))?,
+                end_time: rows::get::<Option<f64>>(row, "end_time")?
+                    .ok_or_else(|| missing("end_time"))?,
+            })
+        }
+        TaskStatus::RequestModerated => TaskState::Moderated {
+            kind: ModerationKind::Request,
+            reasons: reasons(details)?,
+        },
+        TaskStatus::ContentModerated => TaskState::Moderated {
+            kind: ModerationKind::Content,
+            reasons: reasons(details)?,
+        },
+        TaskStatus::Error => TaskState::Error {
+            details: details.ok_or_else(|| missing("details"))?,
+        },
+    };
+    Ok(TaskRecord {
+        id,
+        tenant: rows::get(row, "tenant")?,
+        key_id: rows::uuid(row, "key_id")?,
+        params: rows::json(row, "params")?,
+        finetune_id: rows::get(row, "finetune_id")?,
+        webhook_url: rows::get(row, "webhook_url")?,
+        webhook_secret: rows::get(row, "webhook_secret")?,
+        state,
+        attempts: rows::count(row, "attempts")?,
+        max_attempts: rows::count(row, "max_attempts")?,
+        last_error: rows::get(row, "last_error")?,
+        created_at: rows::time(row, "created_at")?,
+        finished_at: rows::opt_time(row, "finished_at")?,
+    })
+}

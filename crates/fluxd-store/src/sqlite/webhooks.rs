@@ -1,0 +1,143 @@
+//! The webhook outbox: rows written with a task's final status, leased to delivery workers.
+
+use std::time::{Duration, SystemTime};
+
+use sqlx::sqlite::SqliteConnection;
+use uuid::Uuid;
+
+use crate::sqlite::{map_sqlx, rows};
+use crate::time::{duration_millis, now_millis, to_millis};
+use crate::{NewWebhook, StoreError, WebhookDelivery};
+
+pub(super) async fn enqueue(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    webhook: NewWebhook,
+) -> Result<Uuid, StoreError> {
+    let id = Uuid::new_v4();
+    let now = now_millis();
+    sqlx::query(
+        "INSERT INTO webhooks (id, task_id, webhook_id, url, secret, payload, status, attempts, \
+         next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7)",
+    )
+    .bind(id.to_string())
+    .bind(task_id.to_string())
+    .bind(webhook.webhook_id)
+    .bind(webhook.url)
+    .bind(webhook.secret)
+    .bind(webhook.payload.to_string())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(id)
+}
+
+pub(super) async fn claim_due(
+    conn: &mut SqliteConnection,
+    worker_id: String,
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<WebhookDelivery>, StoreError> {
+    let now = now_millis();
+    let claimed = sqlx::query(
+        "UPDATE webhooks SET worker_id = $1, lease_until = $2, attempts = attempts + 1, \
+         updated_at = $3 \
+         WHERE id IN (SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= $3 \
+                      AND (lease_until IS NULL OR lease_until <= $3) \
+                      ORDER BY next_attempt_at, created_at LIMIT $4) \
+         RETURNING id, task_id, webhook_id, url, secret, payload, attempts, created_at, \
+                   next_attempt_at",
+    )
+    .bind(worker_id)
+    .bind(now.saturating_add(duration_millis(lease)))
+    .bind(now)
+    .bind(rows::int(limit))
+    .fetch_all(conn)
+    .await
+    .map_err(map_sqlx)?;
+    let mut due = claimed
+        .iter()
+        .map(|row| {
+            let delivery = WebhookDelivery {
+                id: rows::uuid(row, "id")?,
+                task_id: rows::uuid(row, "task_id")?,
+                webhook_id: rows::get(row, "webhook_id")?,
+                url: rows::get(row, "url")?,
+                secret: rows::get(row, "secret")?,
+                payload: rows::get(row, "payload")?,
+                attempts: rows::count(row, "attempts")?,
+                created_at: rows::time(row, "created_at")?,
+            };
+            Ok((rows::get::<i64>(row, "next_attempt_at")?, delivery))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // RETURNING has no defined order; hand out the longest-waiting first.
+    due.sort_by_key(|(next, delivery)| (*next, delivery.created_at));
+    Ok(due.into_iter().map(|(_, delivery)| delivery).collect())
+}
+
+pub(super) async fn delivered(conn: &mut SqliteConnection, id: Uuid) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE webhooks SET status = 'delivered', lease_until = NULL, updated_at = $2 \
+         WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .bind(now_millis())
+    .execute(conn)
+    .await
+    .map_err(map_sqlx)?;
+    found(done.rows_affected(), id)
+}
+
+pub(super) async fn failed(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    error: String,
+    next_attempt_at: Option<SystemTime>,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    let done = match next_attempt_at {
+        Some(next) => sqlx::query(
+            "UPDATE webhooks SET status = 'pending', next_attempt_at = $3, worker_id = NULL, \
+             lease_until = NULL, last_error = $4, updated_at = $2 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(to_millis(next))
+        .bind(error),
+        None => sqlx::query(
+            "UPDATE webhooks SET status = 'failed', lease_until = NULL, last_error = $3, \
+             updated_at = $2 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(error),
+    }
+    .execute(conn)
+    .await
+    .map_err(map_sqlx)?;
+    found(done.rows_affected(), id)
+}
+
+/// Forgets deliveries settled (delivered or given up) before `cutoff` (epoch milliseconds).
+pub(super) async fn expire_settled(
+    conn: &mut SqliteConnection,
+    cutoff: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM webhooks WHERE status <> 'pending' AND updated_at < $1")
+        .bind(cutoff)
+        .execute(conn)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+fn found(rows_affected: u64, id: Uuid) -> Result<(), StoreError> {
+    if rows_affected == 0 {
+        Err(StoreError::NotFound(format!("webhook delivery {id}")))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! The [`Store`] trait: everything durable the service does, independent of the database.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::{
+    Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind, NewKey,
+    NewTask, NewWebhook, ReadyRecord, StoreError, TaskRecord, WebhookDelivery,
+};
+
+/// Shorthand for the store's results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The durable state of fluxd.
+///
+/// Every method that writes has committed when it returns `Ok`. Worker methods take the
+/// `worker_id` that claimed the task and fail with [`StoreError::LeaseLost`] once the task is no
+/// longer leased to that worker (lease ran out, claimed again, finished), so a slow worker can never
+/// overwrite the result of the one that took over. Reads are scoped by tenant: another tenant's
+/// task or fine-tune reads as absent. Times are stored to the millisecond.
+#[async_trait]
+pub trait Store: Send + Sync {
+    // --- keys -------------------------------------------------------------------------------
+
+    /// Creates a key for `tenant` (creating the tenant on first use) and returns the plaintext,
+    /// which is not stored and cannot be recovered. The key may have
+    /// [`DEFAULT_MAX_ACTIVE_TASKS`](crate::DEFAULT_MAX_ACTIVE_TASKS) unfinished tasks.
+    async fn create_key(&self, tenant: &str, label: Option<&str>) -> Result<NewKey>;
+
+    /// The key's tenant and limits, or None for an unknown, malformed or revoked key. One indexed
+    /// lookup by the key's prefix, then a constant-time comparison of hashes.
+    async fn authenticate(&self, key: &str) -> Result<Option<KeyInfo>>;
+
+    /// Revokes a key; true if it existed and was not yet revoked.
+    async fn revoke_key(&self, key_id: Uuid) -> Result<bool>;
+
+    /// Sets how many unfinished tasks the key may have; true if the key exists.
+    async fn set_max_active_tasks(&self, key_id: Uuid, max_active_tasks: u32) -> Result<bool>;
+
+    /// The tenant's keys, revoked ones included, oldest first.
+    async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyRecord>>;
+
+    // --- the task queue -----------------------------------------------------------------------
+
+    /// Queues a task. Committed (fsynced) when it returns; a duplicate id is a
+    /// [`StoreError::Conflict`].
+    async fn insert_task(&self, task: NewTask) -> Result<()>;
+
+    /// Queues a task unless its key already has `limit` or more unfinished tasks. The check and
+    /// the insert are one atomic step: concurrent submits cannot together pass the limit.
+    async fn insert_task_if_under_limit(&self, task: NewTask, limit: u32) -> Result<InsertOutcome>;
+
+    /// Unfinished (`Pending`, queued or running) tasks of a key.
+    async fn count_unfinished(&self, key_id: Uuid) -> Result<u32>;
+
+    /// Leases the oldest runnable task to `worker_id` for `lease`: a queued task, or a running one
+    /// whose lease ran out (its worker died). Each claim counts one attempt and sets progress to
+    /// 0. Atomic: concurrent workers never get the same task.
+    async fn claim_next(&self, worker_id: &str, lease: Duration) -> Result<Option<Claim>>;
+
+    /// Extends the lease to `lease` from now; [`StoreError::LeaseLost`] if it already ran out.
+    async fn heartbeat(&self, task_id: Uuid, worker_id: &str, lease: Duration) -> Result<()>;
+
+    /// Records the fraction of the work done, from 0 to 1.
+    async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()>;
+
+    /// Finishes the task as `Ready` and, in the same transaction, queues its webhook.
+    async fn complete_ready(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        ready: ReadyRecord,
+        webhook: Option<NewWebhook>,
+    ) -> Result<()>;
+
+    /// Finishes the task as `Request Moderated` or `Content Moderated` and, in the same
+    /// transaction, queues its webhook.
+    async fn complete_moderated(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        kind: ModerationKind,
+        reasons: Vec<String>,
+        webhook: Option<NewWebhook>,
+    ) -> Result<()>;
+
+    /// Records a failure. A retryable one re-queues the task while runs remain (the webhook is
+    /// not sent: the task is not final); otherwise the task becomes `Error` with `details` and the
+    /// webhook is queued in the same transaction.
+    async fn complete_error(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        details: String,
+        retryable: bool,
+        webhook: Option<NewWebhook>,
+    ) -> Result<ErrorOutcome>;
+
+    /// The tenant's task, or None if it does not exist, expired, or belongs to another tenant.
+    async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>>;
+
+    /// Deletes tasks that finished before `finished_before`, and outbox rows that were settled
+    /// (delivered or given up) before it. Returns the blob keys of the deleted tasks' images, for
+    /// the caller to delete from the blob store.
+    async fn expire_finished(&self, finished_before: SystemTime) -> Result<Vec<String>>;
+
+    // --- fine-tunes ---------------------------------------------------------------------------
+
+    /// Records a fine-tune (creating the tenant on first use); a taken name is a
+    /// [`StoreError::Conflict`].
+    async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()>;
+
+    /// Names of the tenant's fine-tunes, oldest first.
+    async fn list_finetunes(&self, tenant: &str) -> Result<Vec<String>>;
+
+    /// Resolves `finetune_id` as `requester` would: its own fine-tune of that name, else
+    /// `<owner>/<name>` when the owner shared it.
+    async fn get_finetune(
+        &self,
+        requester: &str,
+        finetune_id: &str,
+    ) -> Result<Option<FinetuneRecord>>;
+
+    /// Deletes the tenant's own fine-tune and returns what was deleted (its blob is the caller's
+    /// to delete), or None if there was none.
+    async fn delete_finetune(&self, tenant: &str, id: &str) -> Result<Option<FinetuneRecord>>;
+
+    // --- webhook outbox -------------------------------------------------------------------------
+
+    /// Queues a webhook on its own (task completions take theirs in the same transaction).
+    async fn enqueue_webhook(&self, task_id: Uuid, webhook: NewWebhook) -> Result<Uuid>;
+
+    /// Leases up to `limit` due deliveries (oldest due first) to `worker_id` for `lease`; each
+    /// claim counts one attempt. Deliveries whose lease ran out are due again.
+    async fn claim_due_webhooks(
+        &self,
+        worker_id: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<WebhookDelivery>>;
+
+    /// Marks a delivery done.
+    async fn webhook_delivered(&self, id: Uuid) -> Result<()>;
+
+    /// Records a failed attempt: due again at `next_attempt_at`, or given up for good with None.
+    async fn webhook_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt_at: Option<SystemTime>,
+    ) -> Result<()>;
+
+    // --- lifecycle ------------------------------------------------------------------------------
+
+    /// Finishes writes already submitted, then refuses new ones with [`StoreError::Closed`].
+    async fn close(&self);
+}

@@ -1,0 +1,429 @@
+//! The records that cross the [`Store`](crate::Store) trait: plain data, no backend types.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+/// Unfinished tasks a key may have at once unless configured otherwise (the contract's 24).
+pub const DEFAULT_MAX_ACTIVE_TASKS: u32 = 24;
+
+/// Runs a task may start before a retryable failure or a lost worker becomes a final `Error`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// A freshly created API key. The plaintext exists only here; the store keeps its hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewKey {
+    /// Stable id of the key, used to revoke it and to attribute tasks.
+    pub key_id: Uuid,
+    /// Tenant the key acts for.
+    pub tenant: String,
+    /// The secret, `fxd_` followed by 40 base62 characters. Show it once, then forget it.
+    pub key: String,
+    /// Non-secret first characters of the key, for operators to tell keys apart.
+    pub prefix: String,
+}
+
+impl fmt::Debug for NewKey {
+    // The plaintext must not reach logs through a stray `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewKey")
+            .field("key_id", &self.key_id)
+            .field("tenant", &self.tenant)
+            .field("key", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// What a successful authentication tells the server about the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key that authenticated.
+    pub key_id: Uuid,
+    /// Tenant the key acts for; every read and write is scoped to it.
+    pub tenant: String,
+    /// Unfinished tasks this key may have at once.
+    pub max_active_tasks: u32,
+}
+
+/// An API key as operators see it (never the secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    /// Stable id of the key.
+    pub key_id: Uuid,
+    /// Tenant the key acts for.
+    pub tenant: String,
+    /// Operator's note.
+    pub label: Option<String>,
+    /// Non-secret first characters of the key.
+    pub prefix: String,
+    /// Unfinished tasks this key may have at once.
+    pub max_active_tasks: u32,
+    /// When the key was created.
+    pub created_at: SystemTime,
+    /// When the key was revoked, if it was.
+    pub revoked_at: Option<SystemTime>,
+}
+
+/// A validated generation request to queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// Id chosen by the server (it appears in the polling URL).
+    pub id: Uuid,
+    /// Tenant that owns the task.
+    pub tenant: String,
+    /// Key that submitted it (counts against that key's limit).
+    pub key_id: Uuid,
+    /// The validated request, exactly as the worker will read it back.
+    pub params: serde_json::Value,
+    /// Fine-tune the request names, as the caller wrote it.
+    pub finetune_id: Option<String>,
+    /// Where to POST the final result.
+    pub webhook_url: Option<String>,
+    /// Secret that signs the webhook.
+    pub webhook_secret: Option<String>,
+}
+
+/// Result of [`Store::insert_task_if_under_limit`](crate::Store::insert_task_if_under_limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// The task is durably queued.
+    Inserted,
+    /// The key already has `active` unfinished tasks, at or above its limit; nothing was written.
+    LimitReached {
+        /// Unfinished tasks of the key at the time of the check.
+        active: u32,
+    },
+}
+
+/// A task handed to a worker, leased to it until the lease runs out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedTask {
+    /// Task id.
+    pub id: Uuid,
+    /// Tenant that owns the task (fine-tunes are resolved as this tenant).
+    pub tenant: String,
+    /// Key that submitted it.
+    pub key_id: Uuid,
+    /// The validated request.
+    pub params: serde_json::Value,
+    /// Fine-tune the request names.
+    pub finetune_id: Option<String>,
+    /// Where to POST the final result.
+    pub webhook_url: Option<String>,
+    /// Secret that signs the webhook.
+    pub webhook_secret: Option<String>,
+    /// Runs started so far, this one included.
+    pub attempts: u32,
+    /// Runs allowed before the task fails for good.
+    pub max_attempts: u32,
+    /// When the task was submitted.
+    pub created_at: SystemTime,
+}
+
+/// What [`Store::claim_next`](crate::Store::claim_next) hands out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Run the task.
+    Run(ClaimedTask),
+    /// The task's earlier runs all lost their worker (`attempts > max_attempts` now): do not run
+    /// it again; finish it with [`Store::complete_error`](crate::Store::complete_error), so that
+    /// the caller, who builds webhook payloads, can notify the client. The lease is held as for
+    /// `Run`.
+    Exhausted(ClaimedTask),
+}
+
+impl Claim {
+    /// The claimed task, whichever the verdict.
+    pub fn task(&self) -> &ClaimedTask {
+        match self {
+            Self::Run(task) | Self::Exhausted(task) => task,
+        }
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadyRecord {
+    /// Blob key of the image.
+    pub sample_key: String,
+    /// The prompt the image was generated from (after upsampling, if any).
+    pub prompt_used: String,
+    /// The seed used.
+    pub seed_used: u64,
+    /// When generation started, seconds since the Unix epoch.
+    pub start_time: f64,
+    /// When generation ended, seconds since the Unix epoch.
+    pub end_time: f64,
+}
+
+/// Which side moderation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModerationKind {
+    /// The prompt or image prompt was refused.
+    Request,
+    /// The generated image was refused.
+    Content,
+}
+
+/// The contract's task status, one to one with the strings `get_result` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskStatus {
+    /// Queued or running.
+    Pending,
+    /// Finished with an image.
+    Ready,
+    /// Failed.
+    Error,
+    /// The request was refused by moderation.
+    RequestModerated,
+    /// The generated image was refused by moderation.
+    ContentModerated,
+}
+
+impl TaskStatus {
+    /// The exact wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Ready => "Ready",
+            Self::Error => "Error",
+            Self::RequestModerated => "Request Moderated",
+            Self::ContentModerated => "Content Moderated",
+        }
+    }
+
+    /// Parses the wire string (as stored).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Ready,
+            Self::Error,
+            Self::RequestModerated,
+            Self::ContentModerated,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a task stands, with exactly the data each status has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskState {
+    /// Queued (`progress` None) or running (`progress` the fraction done, from 0 to 1).
+    Pending {
+        /// Fraction of the work done while a worker holds the task.
+        progress: Option<f64>,
+    },
+    /// Finished with an image.
+    Ready(ReadyRecord),
+    /// Refused by moderation.
+    Moderated {
+        /// Which side refused it.
+        kind: ModerationKind,
+        /// Reasons to show the user.
+        reasons: Vec<String>,
+    },
+    /// Failed for good.
+    Error {
+        /// Why, in words the user can act on.
+        details: String,
+    },
+}
+
+impl TaskState {
+    /// The contract status of this state.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Self::Pending { .. } => TaskStatus::Pending,
+            Self::Ready(_) => TaskStatus::Ready,
+            Self::Moderated {
+                kind: ModerationKind::Request,
+                ..
+            } => TaskStatus::RequestModerated,
+            Self::Moderated {
+                kind: ModerationKind::Content,
+                ..
+            } => TaskStatus::ContentModerated,
+            Self::Error { .. } => TaskStatus::Error,
+        }
+    }
+}
+
+/// A task as `get_result` reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: Uuid,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Submitting key.
+    pub key_id: Uuid,
+    /// The validated request.
+    pub params: serde_json::Value,
+    /// Fine-tune the request names.
+    pub finetune_id: Option<String>,
+    /// Where the final result is POSTed.
+    pub webhook_url: Option<String>,
+    /// Secret that signs the webhook.
+    pub webhook_secret: Option<String>,
+    /// Status and its data.
+    pub state: TaskState,
+    /// Runs started so far.
+    pub attempts: u32,
+    /// Runs allowed.
+    pub max_attempts: u32,
+    /// The last retryable failure, kept for operators after the task was re-queued.
+    pub last_error: Option<String>,
+    /// When the task was submitted.
+    pub created_at: SystemTime,
+    /// When the task reached a final status.
+    pub finished_at: Option<SystemTime>,
+}
+
+/// Result of [`Store::complete_error`](crate::Store::complete_error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorOutcome {
+    /// The failure was retryable and runs remain: the task is queued again (no webhook sent).
+    Requeued {
+        /// Runs started so far.
+        attempts: u32,
+    },
+    /// The task is now `Error` (and its webhook, if given, is in the outbox).
+    Failed,
+}
+
+/// A fine-tune (a LoRA file) a tenant owns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetuneRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Name, unique within the tenant; the `finetune_id` clients send.
+    pub id: String,
+    /// Layout the file was published in (e.g. "diffusers", "kohya").
+    pub format: String,
+    /// LoRA rank.
+    pub rank: u32,
+    /// LoRA alpha, when the file states one.
+    pub alpha: Option<f64>,
+    /// Hidden size of the base model the file was made for, when it can be told.
+    pub base_hidden: Option<u32>,
+    /// Word that triggers the fine-tuned concept.
+    pub trigger_word: Option<String>,
+    /// Owner's note.
+    pub comment: Option<String>,
+    /// Blob key of the file.
+    pub blob_key: String,
+    /// File size in bytes.
+    pub size_bytes: u64,
+    /// Lowercase hex SHA-256 of the file.
+    pub sha256: String,
+    /// When it was imported (kept to the millisecond, like every stored time).
+    pub created_at: SystemTime,
+    /// Whether other tenants may use it as `<tenant>/<id>`.
+    pub shared: bool,
+}
+
+/// A webhook to put in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWebhook {
+    /// Target URL.
+    pub url: String,
+    /// Signing secret.
+    pub secret: Option<String>,
+    /// Body to POST; stored serialized once, so every retry sends (and signs) the same bytes.
+    pub payload: serde_json::Value,
+    /// Standard Webhooks `webhook-id`, stable across retries.
+    pub webhook_id: String,
+}
+
+/// A webhook delivery leased to a delivery worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDelivery {
+    /// Outbox row id, for [`Store::webhook_delivered`](crate::Store::webhook_delivered) and
+    /// [`Store::webhook_failed`](crate::Store::webhook_failed).
+    pub id: Uuid,
+    /// Task the webhook reports on.
+    pub task_id: Uuid,
+    /// Standard Webhooks `webhook-id`.
+    pub webhook_id: String,
+    /// Target URL.
+    pub url: String,
+    /// Signing secret.
+    pub secret: Option<String>,
+    /// The exact body bytes to send and sign.
+    pub payload: String,
+    /// Delivery attempts started, this one included.
+    pub attempts: u32,
+    /// When the webhook entered the outbox (retries give up some time after it).
+    pub created_at: SystemTime,
+}
+
+/// Longest tenant name accepted; tenants are ids, not prose.
+const MAX_TENANT_LEN: usize = 128;
+
+/// Tenant names are non-empty, short, printable, and free of `/`, which separates owner and name
+/// in shared fine-tune ids (`<tenant>/<name>`).
+pub(crate) fn check_tenant(tenant: &str) -> Result<(), crate::StoreError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= MAX_TENANT_LEN
+        && !tenant.contains('/')
+        && !tenant.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::StoreError::Invalid(format!(
+            "tenant {tenant:?}: must be 1..={MAX_TENANT_LEN} printable characters without '/'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_strings_are_the_contract_strings() {
+        let all = [
+            (TaskStatus::Pending, "Pending"),
+            (TaskStatus::Ready, "Ready"),
+            (TaskStatus::Error, "Error"),
+            (TaskStatus::RequestModerated, "Request Moderated"),
+            (TaskStatus::ContentModerated, "Content Moderated"),
+        ];
+        for (status, wire) in all {
+            assert_eq!(status.as_str(), wire);
+            assert_eq!(TaskStatus::parse(wire), Some(status));
+        }
+        assert_eq!(TaskStatus::parse("pending"), None);
+    }
+
+    #[test]
+    fn new_key_debug_hides_the_secret() {
+        let key = NewKey {
+            key_id: Uuid::nil(),
+            tenant: "acme".into(),
+            key: "fxd_secretsecretsecret".into(),
+            prefix: "fxd_secr".into(),
+        };
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("secretsecret"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn tenant_names_exclude_the_share_separator() {
+        assert!(check_tenant("acme-42").is_ok());
+        assert!(check_tenant("").is_err());
+        assert!(check_tenant("a/b").is_err());
+        assert!(check_tenant("a\nb").is_err());
+        assert!(check_tenant(&"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! The conformance suite against SQLite on real files, plus what only SQLite has: the file and
+//! directories it creates and its schema versioning.
+
+use std::path::{Path, PathBuf};
+
+use fluxd_store::{conformance, SqliteStore, Store, StoreError};
+use tempfile::TempDir;
+
+type Result<T = ()> = std::result::Result<T, StoreError>;
+
+fn temp() -> Result<TempDir> {
+    tempfile::tempdir().map_err(|err| StoreError::Unavailable(std::sync::Arc::new(err)))
+}
+
+/// A fresh database in a new directory that lives as long as the returned guard.
+async fn fresh() -> Result<(TempDir, Box<dyn Store>)> {
+    let dir = temp()?;
+    let store = SqliteStore::open(dir.path().join("fluxd.db")).await?;
+    Ok((dir, Box::new(store)))
+}
+
+macro_rules! conformance_tests {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() -> Result {
+            let (_dir, store) = fresh().await?;
+            conformance::$check(store.as_ref()).await?;
+            store.close().await;
+            Ok(())
+        }
+    )*};
+}
+
+conformance_tests!(
+    keys,
+    finetunes,
+    task_isolation,
+    active_task_limit,
+    claims_are_exclusive,
+    lost_worker_retries,
+    heartbeat_and_progress,
+    completions,
+    retryable_errors,
+    retention,
+    outbox,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_across_reopen() -> Result {
+    let dir = temp()?;
+    let path = dir.path().join("fluxd.db");
+    conformance::durability(|| open_boxed(path.clone())).await
+}
+
+async fn open_boxed(path: PathBuf) -> Result<Box<dyn Store>> {
+    Ok(Box::new(SqliteStore::open(path).await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_on_fresh_files() -> Result {
+    let dir = temp()?;
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    conformance::run_all(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        open_boxed(dir.path().join(format!("run-{n}.db")))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn open_creates_directories_and_a_wal_database() -> Result {
+    let dir = temp()?;
+    let path = dir.path().join("a/b/c/fluxd.db");
+    let store = SqliteStore::open(&path).await?;
+    store.create_key("alice", None).await?;
+    assert!(path.is_file());
+    // WAL mode shows as the -wal file beside the database while it is open.
+    assert!(
+        wal_of(&path).exists(),
+        "no WAL file beside {}",
+        path.display()
+    );
+    store.close().await;
+    // Reopening an up-to-date database applies nothing and keeps the data.
+    let store = SqliteStore::open(&path).await?;
+    assert_eq!(store.list_keys("alice").await?.len(), 1);
+    store.close().await;
+    Ok(())
+}
+
+fn wal_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() -> Result {
+    use sqlx::{ConnectOptions, Connection};
+    let dir = temp()?;
+    let path = dir.path().join("fluxd.db");
+    SqliteStore::open(&path).await?.close().await;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .map_err(|err| StoreError::Database(std::sync::Arc::new(err)))?;
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)")
+        .execute(&mut conn)
+        .await
+        .map_err(|err| StoreError::Database(std::sync::Arc::new(err)))?;
+    conn.close()
+        .await
+        .map_err(|err| StoreError::Database(std::sync::Arc::new(err)))?;
+    let reopened = SqliteStore::open(&path).await;
+    assert!(
+        matches!(
+            reopened,
+            Err(StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1
+            })
+        ),
+        "{:?}",
+        reopened.err()
+    );
+    Ok(())
+}
