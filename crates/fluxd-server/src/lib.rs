@@ -33,7 +33,8 @@ use fluxd_store::Store;
 use tokio::net::TcpListener;
 
 /// Serves `state` on `listener` until `shutdown` completes, running the worker on `engine` unless
-/// `worker` is false (an API-only node). Closes `store` on the way out.
+/// `worker` is false (an API-only node) and deleting results past their retention. Closes `store`
+/// on the way out.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -50,6 +51,7 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
+    let janitor = tokio::spawn(worker::run_janitor(state.clone(), stop_rx.clone()));
     let mut http_stop = stop_rx;
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
@@ -66,6 +68,9 @@ pub async fn run(
         if let Err(err) = task.await {
             tracing::error!(%err, "the worker task failed");
         }
+    }
+    if let Err(err) = janitor.await {
+        tracing::error!(%err, "the retention task failed");
     }
     store.close().await;
     served

@@ -15,6 +15,8 @@ use crate::signing::UrlSigner;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 << 20;
 /// Default LoRA upload limit (FLUX.1 LoRAs of rank 128 are about 1.2 GB).
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
+/// Default retention of finished tasks and their images (the contract's 24 h).
+pub const DEFAULT_RESULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default lifetime of a delivery URL (the contract's 10 minutes).
 pub const DEFAULT_RESULT_URL_TTL: Duration = Duration::from_secs(600);
 
@@ -28,6 +30,8 @@ pub struct ServerConfig {
     pub max_active_tasks: u32,
     /// How long a delivery URL stays valid.
     pub result_url_ttl: Duration,
+    /// How long finished tasks (and their images) are kept; then they read `Task not found`.
+    pub result_retention: Duration,
     /// Largest JSON request body.
     pub max_request_bytes: usize,
     /// Largest LoRA upload.
@@ -41,6 +45,7 @@ impl ServerConfig {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             max_active_tasks: DEFAULT_MAX_ACTIVE_TASKS,
             result_url_ttl: DEFAULT_RESULT_URL_TTL,
+            result_retention: DEFAULT_RESULT_RETENTION,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
         }

@@ -8,15 +8,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fluxd_api::FinetunedRequest;
+use fluxd_api::{FinetunedRequest, WebhookPayload};
 use fluxd_engine::lora::LoraFile;
 use fluxd_engine::transformer::FluxConfig;
 use fluxd_engine::EngineError;
-use fluxd_store::{Claim, ClaimedTask, ErrorOutcome, ReadyRecord, StoreError};
+use fluxd_store::{
+    Claim, ClaimedTask, ErrorOutcome, NewWebhook, ReadyRecord, StoreError, TaskState,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
+use crate::routes::tasks::result_body;
 use crate::state::AppState;
 
 /// How long a claim lasts without a heartbeat: long enough to ride out a busy database, short
@@ -128,6 +131,38 @@ pub async fn run_worker(
     tracing::info!(worker_id, "worker stopped");
 }
 
+/// How often finished tasks past their retention are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes finished tasks older than the retention, and their images, until `shutdown`.
+pub async fn run_janitor(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let Some(cutoff) = SystemTime::now().checked_sub(state.config().result_retention) else {
+            continue;
+        };
+        match state.store().expire_finished(cutoff).await {
+            Ok(keys) => {
+                if !keys.is_empty() {
+                    tracing::info!(tasks = keys.len(), "expired finished tasks");
+                }
+                for key in keys {
+                    // A failed delete leaves an unreachable file; the next start does not
+                    // retry it, which costs disk, not correctness.
+                    if let Err(err) = state.blobs().delete(&key).await {
+                        tracing::warn!(%err, key, "could not delete an expired image");
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(%err, "expiring finished tasks failed"),
+        }
+    }
+}
+
 async fn wait_ready(engine: &EngineHandle) -> Option<Arc<FluxConfig>> {
     let mut states = engine.watch();
     loop {
@@ -166,9 +201,10 @@ async fn handle_claim(
     tracing::info!(attempt = task.attempts, "running task");
     match run_task(state, engine, cfg, cache, worker_id, &task).await {
         Ok(ready) => {
+            let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
             match state
                 .store()
-                .complete_ready(task.id, worker_id, ready, None)
+                .complete_ready(task.id, worker_id, ready, webhook)
                 .await
             {
                 Ok(()) => tracing::info!("task ready"),
@@ -180,9 +216,14 @@ async fn handle_claim(
 }
 
 async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: TaskFailure) {
+    let final_state = TaskState::Error {
+        details: f.details.clone(),
+    };
+    // The store only queues it when the failure is final (not re-queued).
+    let webhook = webhook(state, task, final_state);
     match state
         .store()
-        .complete_error(task.id, worker_id, f.details.clone(), f.retryable, None)
+        .complete_error(task.id, worker_id, f.details.clone(), f.retryable, webhook)
         .await
     {
         Ok(ErrorOutcome::Requeued { attempts }) => {
@@ -190,6 +231,26 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
         }
         Ok(ErrorOutcome::Failed) => tracing::info!(details = f.details, "task failed"),
         Err(err) => tracing::warn!(%err, "could not record the task's failure"),
+    }
+}
+
+/// The webhook for a task's final state, when the caller asked for one: the `get_result` body
+/// plus `task_id`, queued in the outbox in the same transaction as the result.
+fn webhook(state: &AppState, task: &ClaimedTask, final_state: TaskState) -> Option<NewWebhook> {
+    let url = task.webhook_url.clone()?;
+    let body = result_body(state, task.id.to_string(), final_state, SystemTime::now());
+    match serde_json::to_value(WebhookPayload::from(body)) {
+        Ok(payload) => Some(NewWebhook {
+            url,
+            secret: task.webhook_secret.clone(),
+            payload,
+            // Standard Webhooks: one id per message, the same on every retry.
+            webhook_id: format!("msg_{}", task.id),
+        }),
+        Err(err) => {
+            tracing::error!(%err, "could not build the webhook payload");
+            None
+        }
     }
 }
 

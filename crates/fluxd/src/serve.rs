@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// Lifetime of the signed image URLs in get_result (e.g. 600s, 10m, 1h).
     #[arg(long, env = "FLUXD_RESULT_URL_TTL", default_value = "600s", value_parser = parse_duration)]
     result_url_ttl: Duration,
+    /// How long finished tasks and their images are kept (e.g. 24h); then get_result says
+    /// `Task not found`.
+    #[arg(long, env = "FLUXD_RESULT_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    result_retention: Duration,
     /// Largest LoRA upload in bytes.
     #[arg(long, env = "FLUXD_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
@@ -169,6 +173,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig {
         max_active_tasks: args.max_active_tasks,
         result_url_ttl: args.result_url_ttl,
+        result_retention: args.result_retention,
         max_upload_bytes: args.max_upload_bytes,
         max_request_bytes: args.max_request_bytes,
         ..ServerConfig::new(public_url.clone())

@@ -79,6 +79,17 @@ impl Server {
         panic!("fluxd never became ready");
     }
 
+    /// SIGTERM, then the exit status: a graceful shutdown exits 0.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        self.child.wait().expect("wait for fluxd")
+    }
+
     fn authority(&self) -> &str {
         self.base.strip_prefix("http://").expect("http base")
     }
@@ -478,7 +489,7 @@ fn too_many_active_tasks_is_429_with_retry_after() {
     let data = scratch("limit");
     let key = create_key(&data, "acme");
     import_lora(&data, "acme", "my-finetune", &[]);
-    let server = Server::start(&data, &["--no-worker", "--max-active-tasks", "2"]);
+    let mut server = Server::start(&data, &["--no-worker", "--max-active-tasks", "2"]);
     for _ in 0..2 {
         let ok = server.post_json(
             "/v1/flux-pro-finetuned",
@@ -512,4 +523,16 @@ fn too_many_active_tasks_is_429_with_retry_after() {
         &small_request(json!({})),
     );
     assert_eq!(ok.status, 200);
+
+    // Graceful shutdown; the queued tasks survive it (the store is durable).
+    assert!(server.terminate().success());
+    let out = fluxd(&[
+        "finetunes",
+        "list",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&data),
+    ]);
+    assert_eq!(out.trim(), "my-finetune");
 }

@@ -13,7 +13,7 @@ use fluxd_api::{
     megapixels, parse_finetuned_request, GetResultResponse, ReadyResult, RequestError,
     SubmitResponse, TaskResult, TaskStatus, ValidationError, ValidationErrors,
 };
-use fluxd_store::{InsertOutcome, ModerationKind, NewTask, StoreError, TaskRecord, TaskState};
+use fluxd_store::{InsertOutcome, ModerationKind, NewTask, StoreError, TaskState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -139,18 +139,18 @@ pub async fn get_result(
     let Some(task) = state.store().get_task(&key.tenant, uuid).await? else {
         return Ok(Json(GetResultResponse::not_found(id)));
     };
-    Ok(Json(result_body(&state, id, task, SystemTime::now())))
+    Ok(Json(result_body(&state, id, task.state, SystemTime::now())))
 }
 
 /// The `get_result` body of a task, with a freshly signed sample URL when it is ready.
 pub fn result_body(
     state: &AppState,
     id: String,
-    task: TaskRecord,
+    task_state: TaskState,
     now: SystemTime,
 ) -> GetResultResponse {
     let mut body = GetResultResponse::not_found(id);
-    match task.state {
+    match task_state {
         TaskState::Pending { progress } => {
             body.status = TaskStatus::Pending;
             body.progress = progress;
