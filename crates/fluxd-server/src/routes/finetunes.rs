@@ -135,19 +135,15 @@ pub async fn upload(
         comment: param("comment"),
         shared,
     };
-    let result = import_lora(
+    let record = import_lora(
         state.store(),
         state.blobs(),
         &cfg,
         &key.tenant,
         options,
-        &staged,
+        &staged.file,
     )
-    .await;
-    if let Err(err) = tokio::fs::remove_file(&staged.path).await {
-        tracing::warn!(%err, path = %staged.path.display(), "could not remove an upload");
-    }
-    let record = result?;
+    .await?;
     tracing::info!(
         tenant = record.tenant,
         finetune = record.id,
@@ -158,13 +154,36 @@ pub async fn upload(
     }))
 }
 
+/// An upload in the scratch directory, deleted when dropped: after the import, on any error, and
+/// when the client disconnects mid-upload (the handler's future is dropped then).
+struct Upload {
+    file: StagedFile,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(&self.file.path) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(%err, path = %self.file.path.display(), "could not remove an upload");
+            }
+        }
+    }
+}
+
 /// Streams the body to a file in the scratch directory, hashing it on the way and stopping at
 /// the upload limit, so a 2 GB LoRA never sits in memory.
-async fn receive(state: &AppState, body: Body) -> Result<StagedFile, ApiError> {
+async fn receive(state: &AppState, body: Body) -> Result<Upload, ApiError> {
     let limit = state.config().max_upload_bytes;
     let path = state
         .tmp_dir()
         .join(format!("upload-{}.safetensors", uuid::Uuid::new_v4()));
+    let mut upload = Upload {
+        file: StagedFile {
+            path: path.clone(),
+            size: 0,
+            sha256: String::new(),
+        },
+    };
     let io = |e: std::io::Error| ApiError::Unavailable(format!("writing an upload: {e}"));
     let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
     let mut hasher = Sha256::new();
@@ -185,15 +204,10 @@ async fn receive(state: &AppState, body: Body) -> Result<StagedFile, ApiError> {
         Ok(())
     }
     .await;
-    if let Err(err) = outcome {
-        let _ = tokio::fs::remove_file(&path).await;
-        return Err(err);
-    }
-    Ok(StagedFile {
-        path,
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    outcome?;
+    upload.file.size = size;
+    upload.file.sha256 = hex::encode(hasher.finalize());
+    Ok(upload)
 }
 
 /// RFC 3339 UTC time to the millisecond, e.g. `2025-01-31T12:00:00.000Z`.
