@@ -5,10 +5,13 @@
 
 mod bench;
 mod device;
+mod finetunes;
 mod generate;
+mod keys;
 mod lora;
 mod model;
 mod progress;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +35,14 @@ enum Command {
     /// Inspect LoRA fine-tune files.
     #[command(subcommand)]
     Lora(lora::LoraCommand),
+    /// Serve the HTTP API (and run tasks) on a data directory.
+    Serve(Box<serve::ServeArgs>),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Manage fine-tunes (LoRA files).
+    #[command(subcommand)]
+    Finetunes(finetunes::FinetunesCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +59,9 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(*args),
         Command::Lora(cmd) => lora::run(cmd),
         Command::Bench(args) => bench::run(*args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Keys(cmd) => keys::run(cmd),
+        Command::Finetunes(cmd) => finetunes::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,184 @@
+//! The engine thread: the FLUX pipeline lives on its own OS thread, loaded once, and takes jobs
+//! from a bounded channel, each with its own reply sender. The async runtime never runs model
+//! code; it only awaits replies.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use fluxd_engine::lora::LoraFile;
+use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH};
+use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
+use fluxd_engine::transformer::FluxConfig;
+use fluxd_engine::EngineError;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::ServerError;
+
+/// Jobs waiting for the engine beyond the one it runs. One worker feeds it, so a small bound
+/// suffices; it exists so a misbehaving caller cannot queue unbounded work in memory.
+const JOB_QUEUE: usize = 4;
+
+/// Whether the model can be used yet.
+#[derive(Debug, Clone)]
+pub enum EngineState {
+    /// Loading the weights.
+    Loading,
+    /// Loaded; the transformer's config tells which LoRA files fit.
+    Ready(Arc<FluxConfig>),
+    /// Loading failed; the server cannot generate.
+    Failed(String),
+}
+
+/// One image to make.
+#[derive(Debug)]
+pub struct GenerateJob {
+    /// Prompt, size, steps, guidance, seed.
+    pub params: GenerateParams,
+    /// The fine-tune and its strength, if any.
+    pub lora: Option<(Arc<LoraFile>, f32)>,
+    /// Encoding of the result.
+    pub format: OutputFormat,
+    /// Hears the fraction of denoising steps done.
+    pub progress: mpsc::UnboundedSender<f64>,
+}
+
+/// The encoded image.
+#[derive(Debug)]
+pub struct Generated {
+    /// JPEG or PNG bytes.
+    pub bytes: Vec<u8>,
+}
+
+type Job = (GenerateJob, oneshot::Sender<Result<Generated, EngineError>>);
+
+/// The async side's handle on the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    jobs: mpsc::Sender<Job>,
+    state: watch::Receiver<EngineState>,
+}
+
+impl EngineHandle {
+    /// Where loading stands now.
+    pub fn state(&self) -> EngineState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of state (to wait for readiness).
+    pub fn watch(&self) -> watch::Receiver<EngineState> {
+        self.state.clone()
+    }
+
+    /// Runs one job on the engine thread and waits for its result.
+    pub async fn generate(&self, job: GenerateJob) -> Result<Generated, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || EngineError::InvalidInput("the engine thread has stopped".into());
+        self.jobs.send((job, reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Starts the engine thread, which loads the model at `paths` and then serves jobs until every
+/// handle is dropped.
+pub fn spawn_engine(
+    paths: ModelPaths,
+    device: Device,
+    dtype: DType,
+) -> Result<(EngineHandle, std::thread::JoinHandle<()>), ServerError> {
+    let (jobs, rx) = mpsc::channel::<Job>(JOB_QUEUE);
+    let (state_tx, state) = watch::channel(EngineState::Loading);
+    let thread = std::thread::Builder::new()
+        .name("fluxd-engine".into())
+        .spawn(move || engine_main(paths, device, dtype, rx, state_tx))
+        .map_err(|e| ServerError::io("starting the engine thread", e))?;
+    Ok((EngineHandle { jobs, state }, thread))
+}
+
+fn engine_main(
+    paths: ModelPaths,
+    device: Device,
+    dtype: DType,
+    mut jobs: mpsc::Receiver<Job>,
+    state: watch::Sender<EngineState>,
+) {
+    let started = std::time::Instant::now();
+    let mut pipeline = match FluxPipeline::load(&paths, &device, dtype, |stage| {
+        tracing::info!(stage, "loading model");
+    }) {
+        Ok(pipeline) => pipeline,
+        Err(err) => {
+            tracing::error!(%err, model = %paths.root.display(), "loading the model failed");
+            state.send_replace(EngineState::Failed(err.to_string()));
+            return;
+        }
+    };
+    tracing::info!(
+        model = %paths.root.display(),
+        seconds = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+    state.send_replace(EngineState::Ready(Arc::new(
+        pipeline.transformer().config().clone(),
+    )));
+    let never_cancel = AtomicBool::new(false);
+    while let Some((job, reply)) = jobs.blocking_recv() {
+        let result = run_job(&mut pipeline, job, &never_cancel);
+        // The worker may have given up on the task (lease lost); nothing to tell then.
+        let _ = reply.send(result);
+    }
+    tracing::info!("engine thread stopped");
+}
+
+fn run_job(
+    pipeline: &mut FluxPipeline,
+    job: GenerateJob,
+    cancel: &AtomicBool,
+) -> Result<Generated, EngineError> {
+    match &job.lora {
+        Some((lora, strength)) => pipeline.set_loras(&[(lora.as_ref(), *strength)])?,
+        None => pipeline.set_loras(&[])?,
+    }
+    let progress = job.progress;
+    let generation = pipeline.generate(
+        &job.params,
+        &mut |p| {
+            if let Progress::Step { done, total } = p {
+                if total > 0 {
+                    // usize → f64 is exact for any realistic step count.
+                    let _ = progress.send(done as f64 / total as f64);
+                }
+            }
+        },
+        cancel,
+    )?;
+    let bytes = encode_image(&generation.image, job.format, DEFAULT_JPEG_QUALITY)?;
+    Ok(Generated { bytes })
+}
+
+/// Generation parameters for the engine from a validated request.
+pub fn generate_params(
+    request: &fluxd_api::FinetunedRequest,
+    seed: u64,
+) -> Result<GenerateParams, EngineError> {
+    let size = |v: u32| usize::try_from(v).map_err(|e| EngineError::InvalidInput(e.to_string()));
+    Ok(GenerateParams {
+        prompt: request.prompt.clone(),
+        width: size(request.width)?,
+        height: size(request.height)?,
+        steps: size(request.steps)?,
+        // The contract bounds guidance to 1.5..=5, well inside f32.
+        guidance: request.guidance as f32,
+        seed,
+        max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+    })
+}
+
+/// The engine's encoding for the wire's `output_format`.
+pub fn output_format(format: fluxd_api::OutputFormat) -> OutputFormat {
+    match format {
+        fluxd_api::OutputFormat::Jpeg => OutputFormat::Jpeg,
+        fluxd_api::OutputFormat::Png => OutputFormat::Png,
+    }
+}

@@ -1,0 +1,77 @@
+//! The router: one module per resource, plus health and the OpenAPI document.
+
+pub mod finetunes;
+pub mod tasks;
+#[cfg(test)]
+mod tests;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::engine::EngineState;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let json_limit = DefaultBodyLimit::max(state.config().max_request_bytes);
+    Router::new()
+        .route(
+            "/v1/flux-pro-finetuned",
+            post(tasks::submit).layer(json_limit),
+        )
+        .route("/v1/get_result", get(tasks::get_result))
+        .route("/v1/images/{file}", get(tasks::image))
+        .route("/v1/my_finetunes", get(finetunes::my_finetunes))
+        .route("/v1/finetune_details", get(finetunes::finetune_details))
+        .route(
+            "/v1/delete_finetune",
+            post(finetunes::delete_finetune).layer(json_limit),
+        )
+        // The upload streams to disk and enforces its own (much larger) limit.
+        .route(
+            "/v1/finetunes",
+            post(finetunes::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Alive: the process answers.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready: the model is loaded and tasks will run.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.engine_state() {
+        EngineState::Ready(_) => Json(json!({"status": "ready"})).into_response(),
+        EngineState::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+        EngineState::Failed(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "detail": "the model failed to load; see the server log"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn openapi() -> Result<Response, ApiError> {
+    let doc = fluxd_api::openapi_json()
+        .map_err(|e| ApiError::Internal(format!("OpenAPI document: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], doc).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

@@ -1,0 +1,240 @@
+//! Generation tasks: `POST /v1/flux-pro-finetuned`, `GET /v1/get_result`, and the signed image
+//! delivery URL `GET /v1/images/{id}.{ext}`.
+
+use std::time::SystemTime;
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use fluxd_api::{
+    megapixels, parse_finetuned_request, GetResultResponse, ReadyResult, RequestError,
+    SubmitResponse, TaskResult, TaskStatus, ValidationError, ValidationErrors,
+};
+use fluxd_store::{InsertOutcome, ModerationKind, NewTask, StoreError, TaskState};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Reads a request body, turning the size limit into the contract's 413.
+pub(crate) fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: limit as u64,
+            }
+        } else {
+            ApiError::Request(RequestError::Unreadable)
+        }
+    })
+}
+
+/// The last value of query parameter `name` (FastAPI: a repeated parameter's last value wins), or
+/// FastAPI's 422 `missing` when absent.
+pub(crate) fn query_param(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    name: &str,
+) -> Result<String, ApiError> {
+    query
+        .ok()
+        .and_then(|Query(pairs)| pairs.into_iter().rev().find(|(k, _)| k == name))
+        .map(|(_, v)| v)
+        .ok_or_else(|| ValidationErrors::from(ValidationError::missing_query(name)).into())
+}
+
+/// `POST /v1/flux-pro-finetuned`.
+pub async fn submit(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SubmitResponse>, ApiError> {
+    let body = body_bytes(body, state.config().max_request_bytes)?;
+    let request = parse_finetuned_request(&body)?;
+    // Never silently ignore what the caller asked for (contract): these need models this server
+    // does not have yet.
+    if let Some(image) = &request.image_prompt {
+        return Err(ApiError::body_field(
+            "image_prompt",
+            Value::String(truncate(image, 64)),
+            "this server has no Redux model configured, so image_prompt is not supported",
+        ));
+    }
+    if request.prompt_upsampling {
+        return Err(ApiError::body_field(
+            "prompt_upsampling",
+            Value::Bool(true),
+            "this server has no prompt upsampler configured; send prompt_upsampling false",
+        ));
+    }
+    let finetune = state
+        .store()
+        .get_finetune(&key.tenant, &request.finetune_id)
+        .await?
+        .ok_or(ApiError::FinetuneNotFound)?;
+    tracing::debug!(
+        owner = finetune.tenant,
+        finetune = finetune.id,
+        "fine-tune resolved"
+    );
+    let id = Uuid::new_v4();
+    let params = serde_json::to_value(&request)
+        .map_err(|e| ApiError::Internal(format!("serialising the request: {e}")))?;
+    let task = NewTask {
+        id,
+        tenant: key.tenant.clone(),
+        key_id: key.key_id,
+        params,
+        finetune_id: Some(request.finetune_id.clone()),
+        webhook_url: request.webhook_url.clone(),
+        webhook_secret: request.webhook_secret.clone(),
+    };
+    let limit = key.max_active_tasks.min(state.config().max_active_tasks);
+    match state
+        .store()
+        .insert_task_if_under_limit(task, limit)
+        .await?
+    {
+        InsertOutcome::Inserted => {}
+        InsertOutcome::LimitReached { active } => {
+            return Err(ApiError::TooManyActiveTasks { active, limit });
+        }
+    }
+    state.wake().notify_one();
+    tracing::info!(task_id = %id, tenant = key.tenant, "task queued");
+    Ok(Json(SubmitResponse {
+        id: id.to_string(),
+        polling_url: format!("{}/v1/get_result?id={id}", state.config().public_url),
+        cost: None,
+        input_mp: 0.0,
+        output_mp: megapixels(request.width, request.height),
+    }))
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// `GET /v1/get_result?id=`: always 200 once authenticated.
+pub async fn get_result(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<GetResultResponse>, ApiError> {
+    let id = query_param(query, "id")?;
+    let Ok(uuid) = Uuid::parse_str(&id) else {
+        return Ok(Json(GetResultResponse::not_found(id)));
+    };
+    let Some(task) = state.store().get_task(&key.tenant, uuid).await? else {
+        return Ok(Json(GetResultResponse::not_found(id)));
+    };
+    Ok(Json(result_body(&state, id, task.state, SystemTime::now())))
+}
+
+/// The `get_result` body of a task, with a freshly signed sample URL when it is ready.
+pub fn result_body(
+    state: &AppState,
+    id: String,
+    task_state: TaskState,
+    now: SystemTime,
+) -> GetResultResponse {
+    let mut body = GetResultResponse::not_found(id);
+    match task_state {
+        TaskState::Pending { progress } => {
+            body.status = TaskStatus::Pending;
+            body.progress = progress;
+        }
+        TaskState::Ready(ready) => {
+            body.status = TaskStatus::Ready;
+            let file = ready
+                .sample_key
+                .strip_prefix("samples/")
+                .unwrap_or(&ready.sample_key);
+            let query = state
+                .signer()
+                .sign(file, now, state.config().result_url_ttl);
+            body.result = Some(TaskResult::Sample(ReadyResult {
+                sample: format!("{}/v1/images/{file}?{query}", state.config().public_url),
+                prompt: ready.prompt_used,
+                seed: ready.seed_used,
+                start_time: ready.start_time,
+                end_time: ready.end_time,
+                duration: ((ready.end_time - ready.start_time) * 1000.0).round() / 1000.0,
+            }));
+        }
+        TaskState::Moderated { kind, reasons } => {
+            body.status = match kind {
+                ModerationKind::Request => TaskStatus::RequestModerated,
+                ModerationKind::Content => TaskStatus::ContentModerated,
+            };
+            body.details = Some(json!({ "Moderation Reasons": reasons }));
+        }
+        TaskState::Error { details } => {
+            body.status = TaskStatus::Error;
+            body.details = Some(json!({ "error": details }));
+        }
+    }
+    body
+}
+
+/// Query of the delivery URL.
+#[derive(Debug, Deserialize)]
+pub struct Signature {
+    exp: Option<u64>,
+    sig: Option<String>,
+}
+
+/// `GET /v1/images/{file}?exp=&sig=`: no key needed, the signature is the authorisation.
+pub async fn image(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    query: Result<Query<Signature>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (stem, ext) = file.rsplit_once('.').ok_or(ApiError::NotFound)?;
+    let content_type = match ext {
+        "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        _ => return Err(ApiError::NotFound),
+    };
+    // Only names the worker writes: a UUID and a known extension, nothing that could walk the
+    // blob store.
+    Uuid::parse_str(stem).map_err(|_| ApiError::NotFound)?;
+    let Ok(Query(Signature {
+        exp: Some(exp),
+        sig: Some(sig),
+    })) = query
+    else {
+        return Err(ApiError::BadSignature);
+    };
+    if !state.signer().verify(&file, exp, &sig, SystemTime::now()) {
+        return Err(ApiError::BadSignature);
+    }
+    let bytes = match state.blobs().get(&format!("samples/{file}")).await {
+        Ok(bytes) => bytes,
+        // Signed but gone: the result expired after the URL was issued.
+        Err(StoreError::NotFound(_)) => return Err(ApiError::NotFound),
+        Err(err) => return Err(err.into()),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=600"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,144 @@
+//! What every handler and the worker share: the store, blobs, the URL signer, the engine's state
+//! and the server's settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxd_store::{BlobStore, Store, DEFAULT_MAX_ACTIVE_TASKS};
+use tokio::sync::{watch, Notify};
+
+use crate::engine::EngineState;
+use crate::signing::UrlSigner;
+
+/// Default request body limit of the JSON endpoints: a base64 image prompt of a large PNG fits.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 << 20;
+/// Default LoRA upload limit (FLUX.1 LoRAs of rank 128 are about 1.2 GB).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
+/// Default retention of finished tasks and their images (the contract's 24 h).
+pub const DEFAULT_RESULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default lifetime of a delivery URL (the contract's 10 minutes).
+pub const DEFAULT_RESULT_URL_TTL: Duration = Duration::from_secs(600);
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Absolute base URL clients reach this server at, without a trailing `/`; polling and image
+    /// URLs start with it.
+    pub public_url: String,
+    /// Most unfinished tasks one key may have, whatever the key's own setting says.
+    pub max_active_tasks: u32,
+    /// How long a delivery URL stays valid.
+    pub result_url_ttl: Duration,
+    /// How long finished tasks (and their images) are kept; then they read `Task not found`.
+    pub result_retention: Duration,
+    /// Largest JSON request body.
+    pub max_request_bytes: usize,
+    /// Largest LoRA upload.
+    pub max_upload_bytes: u64,
+}
+
+impl ServerConfig {
+    /// Defaults for a server reachable at `public_url`.
+    pub fn new(public_url: impl Into<String>) -> Self {
+        Self {
+            public_url: public_url.into().trim_end_matches('/').to_owned(),
+            max_active_tasks: DEFAULT_MAX_ACTIVE_TASKS,
+            result_url_ttl: DEFAULT_RESULT_URL_TTL,
+            result_retention: DEFAULT_RESULT_RETENTION,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    blobs: BlobStore,
+    signer: UrlSigner,
+    config: ServerConfig,
+    engine: watch::Receiver<EngineState>,
+    wake: Notify,
+    tmp_dir: PathBuf,
+    lora_cache_dir: PathBuf,
+}
+
+/// Shared state of the service; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// Where files go while being received and where LoRA files are materialised for the engine.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Uploads in progress (same file system as the blobs, ideally).
+    pub tmp: PathBuf,
+    /// Local copies of LoRA blobs.
+    pub lora_cache: PathBuf,
+}
+
+impl AppState {
+    /// Assembles the state.
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: BlobStore,
+        signer: UrlSigner,
+        config: ServerConfig,
+        engine: watch::Receiver<EngineState>,
+        dirs: Dirs,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                blobs,
+                signer,
+                config,
+                engine,
+                wake: Notify::new(),
+                tmp_dir: dirs.tmp,
+                lora_cache_dir: dirs.lora_cache,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// The blobs.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
+    }
+
+    /// The delivery URL signer.
+    pub fn signer(&self) -> &UrlSigner {
+        &self.inner.signer
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The engine's state now.
+    pub fn engine_state(&self) -> EngineState {
+        self.inner.engine.borrow().clone()
+    }
+
+    /// Wakes an idle worker when a task is queued.
+    pub fn wake(&self) -> &Notify {
+        &self.inner.wake
+    }
+
+    /// Scratch space for uploads.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.inner.tmp_dir
+    }
+
+    /// Local copies of LoRA blobs.
+    pub fn lora_cache_dir(&self) -> &Path {
+        &self.inner.lora_cache_dir
+    }
+}

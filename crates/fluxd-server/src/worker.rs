@@ -1,0 +1,399 @@
+//! The worker loop: claims tasks from the store (atomically, under a lease kept alive by
+//! heartbeats), resolves the fine-tune, hands the job to the engine thread, records progress, and
+//! finishes the task `Ready` with the stored image, or `Error` with words a user can act on.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fluxd_api::{FinetunedRequest, WebhookPayload};
+use fluxd_engine::lora::LoraFile;
+use fluxd_engine::transformer::FluxConfig;
+use fluxd_engine::EngineError;
+use fluxd_store::{
+    Claim, ClaimedTask, ErrorOutcome, NewWebhook, ReadyRecord, StoreError, TaskState,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
+use crate::routes::tasks::result_body;
+use crate::state::AppState;
+
+/// How long a claim lasts without a heartbeat: long enough to ride out a busy database, short
+/// enough that a crashed worker's task is picked up again soon.
+const LEASE: Duration = Duration::from_secs(60);
+/// Heartbeats per lease.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often an idle worker looks for work when no submit wakes it (tasks of another process,
+/// expired leases).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Parsed LoRA files kept in memory; each holds the adapter's tensors.
+const LORA_CACHE: usize = 16;
+
+/// A failure of one task.
+#[derive(Debug)]
+struct TaskFailure {
+    /// What the user reads in `details`.
+    details: String,
+    /// Whether running again may help.
+    retryable: bool,
+}
+
+impl TaskFailure {
+    fn user(details: impl Into<String>) -> Self {
+        Self {
+            details: details.into(),
+            retryable: false,
+        }
+    }
+
+    fn store(err: StoreError) -> Self {
+        tracing::warn!(%err, "store failure while running a task");
+        Self {
+            details: "Storage failure while running the task".into(),
+            retryable: err.is_retryable(),
+        }
+    }
+}
+
+/// Parsed LoRA files by content digest, so neither adapters nor the base model are re-read per
+/// request. Oldest-first eviction.
+#[derive(Default)]
+struct LoraCache {
+    files: HashMap<String, Arc<LoraFile>>,
+    order: VecDeque<String>,
+}
+
+impl LoraCache {
+    fn get(&self, sha: &str) -> Option<Arc<LoraFile>> {
+        self.files.get(sha).cloned()
+    }
+
+    fn insert(&mut self, sha: String, lora: Arc<LoraFile>) {
+        if self.files.insert(sha.clone(), lora).is_none() {
+            self.order.push_back(sha);
+        }
+        while self.order.len() > LORA_CACHE {
+            if let Some(old) = self.order.pop_front() {
+                self.files.remove(&old);
+            }
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` turns true. Waits for the model first.
+pub async fn run_worker(
+    state: AppState,
+    engine: EngineHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let worker_id = format!("worker-{}", uuid::Uuid::new_v4());
+    let cfg = tokio::select! {
+        cfg = wait_ready(&engine) => match cfg {
+            Some(cfg) => cfg,
+            None => return,
+        },
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    };
+    tracing::info!(worker_id, "worker started");
+    let mut cache = LoraCache::default();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let claim = match state.store().claim_next(&worker_id, LEASE).await {
+            Ok(claim) => claim,
+            Err(err) => {
+                tracing::warn!(%err, "claiming a task failed");
+                None
+            }
+        };
+        let Some(claim) = claim else {
+            tokio::select! {
+                _ = state.wake().notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            continue;
+        };
+        let task_id = claim.task().id;
+        let span = tracing::info_span!("task", %task_id);
+        let run = handle_claim(&state, &engine, &cfg, &mut cache, &worker_id, claim);
+        tokio::select! {
+            () = run.instrument(span) => {}
+            // Abandoned mid-run: the lease runs out and another start picks the task up again.
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    tracing::info!(worker_id, "worker stopped");
+}
+
+/// How often finished tasks past their retention are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes finished tasks older than the retention, and their images, until `shutdown`.
+pub async fn run_janitor(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let Some(cutoff) = SystemTime::now().checked_sub(state.config().result_retention) else {
+            continue;
+        };
+        match state.store().expire_finished(cutoff).await {
+            Ok(keys) => {
+                if !keys.is_empty() {
+                    tracing::info!(tasks = keys.len(), "expired finished tasks");
+                }
+                for key in keys {
+                    // A failed delete leaves an unreachable file; the next start does not
+                    // retry it, which costs disk, not correctness.
+                    if let Err(err) = state.blobs().delete(&key).await {
+                        tracing::warn!(%err, key, "could not delete an expired image");
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(%err, "expiring finished tasks failed"),
+        }
+    }
+}
+
+async fn wait_ready(engine: &EngineHandle) -> Option<Arc<FluxConfig>> {
+    let mut states = engine.watch();
+    loop {
+        let current = states.borrow_and_update().clone();
+        match current {
+            EngineState::Ready(cfg) => return Some(cfg),
+            EngineState::Failed(_) => return None,
+            EngineState::Loading => {
+                if states.changed().await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+async fn handle_claim(
+    state: &AppState,
+    engine: &EngineHandle,
+    cfg: &FluxConfig,
+    cache: &mut LoraCache,
+    worker_id: &str,
+    claim: Claim,
+) {
+    let task = match claim {
+        Claim::Run(task) => task,
+        Claim::Exhausted(task) => {
+            let details = format!(
+                "The task was interrupted {} times (its worker stopped) and was given up",
+                task.attempts.saturating_sub(1)
+            );
+            finish_error(state, &task, worker_id, TaskFailure::user(details)).await;
+            return;
+        }
+    };
+    tracing::info!(attempt = task.attempts, "running task");
+    match run_task(state, engine, cfg, cache, worker_id, &task).await {
+        Ok(ready) => {
+            let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
+            match state
+                .store()
+                .complete_ready(task.id, worker_id, ready, webhook)
+                .await
+            {
+                Ok(()) => tracing::info!("task ready"),
+                Err(err) => tracing::warn!(%err, "could not record the finished task"),
+            }
+        }
+        Err(failure) => finish_error(state, &task, worker_id, failure).await,
+    }
+}
+
+async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: TaskFailure) {
+    let final_state = TaskState::Error {
+        details: f.details.clone(),
+    };
+    // The store only queues it when the failure is final (not re-queued).
+    let webhook = webhook(state, task, final_state);
+    match state
+        .store()
+        .complete_error(task.id, worker_id, f.details.clone(), f.retryable, webhook)
+        .await
+    {
+        Ok(ErrorOutcome::Requeued { attempts }) => {
+            tracing::warn!(attempts, details = f.details, "task failed, re-queued");
+        }
+        Ok(ErrorOutcome::Failed) => tracing::info!(details = f.details, "task failed"),
+        Err(err) => tracing::warn!(%err, "could not record the task's failure"),
+    }
+}
+
+/// The webhook for a task's final state, when the caller asked for one: the `get_result` body
+/// plus `task_id`, queued in the outbox in the same transaction as the result.
+fn webhook(state: &AppState, task: &ClaimedTask, final_state: TaskState) -> Option<NewWebhook> {
+    let url = task.webhook_url.clone()?;
+    let body = result_body(state, task.id.to_string(), final_state, SystemTime::now());
+    match serde_json::to_value(WebhookPayload::from(body)) {
+        Ok(payload) => Some(NewWebhook {
+            url,
+            secret: task.webhook_secret.clone(),
+            payload,
+            // Standard Webhooks: one id per message, the same on every retry.
+            webhook_id: format!("msg_{}", task.id),
+        }),
+        Err(err) => {
+            tracing::error!(%err, "could not build the webhook payload");
+            None
+        }
+    }
+}
+
+async fn run_task(
+    state: &AppState,
+    engine: &EngineHandle,
+    cfg: &FluxConfig,
+    cache: &mut LoraCache,
+    worker_id: &str,
+    task: &ClaimedTask,
+) -> Result<ReadyRecord, TaskFailure> {
+    let request: FinetunedRequest = serde_json::from_value(task.params.clone()).map_err(|e| {
+        tracing::error!(%e, "stored parameters do not parse");
+        TaskFailure::user("The stored request could not be read; submit it again")
+    })?;
+    let finetune_id = task
+        .finetune_id
+        .clone()
+        .unwrap_or_else(|| request.finetune_id.clone());
+    let record = state
+        .store()
+        .get_finetune(&task.tenant, &finetune_id)
+        .await
+        .map_err(TaskFailure::store)?
+        .ok_or_else(|| {
+            TaskFailure::user(format!(
+                "Finetune {finetune_id:?} no longer exists (deleted after the task was submitted)"
+            ))
+        })?;
+    let lora = match cache.get(&record.sha256) {
+        Some(lora) => lora,
+        None => {
+            let lora = Arc::new(load_lora(state, cfg, &record.blob_key, &record.sha256).await?);
+            cache.insert(record.sha256.clone(), lora.clone());
+            lora
+        }
+    };
+    let seed = match request.seed {
+        Some(seed) => seed,
+        // The engine seeds like torch, from the low 32 bits: a 32-bit random seed is recorded
+        // exactly as it was used, so resubmitting it reproduces the image.
+        None => u64::from(getrandom::u32().map_err(|e| {
+            tracing::error!(%e, "no randomness for a seed");
+            TaskFailure {
+                details: "Could not draw a random seed".into(),
+                retryable: true,
+            }
+        })?),
+    };
+    let params = generate_params(&request, seed).map_err(engine_failure)?;
+    let format = output_format(request.output_format);
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let job = GenerateJob {
+        params,
+        // The contract bounds the strength to 0..=2, well inside f32.
+        lora: Some((lora, request.finetune_strength as f32)),
+        format,
+        progress: progress_tx,
+    };
+    let start_time = epoch_secs(SystemTime::now());
+    let generation = engine.generate(job);
+    tokio::pin!(generation);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    let generated = loop {
+        tokio::select! {
+            result = &mut generation => break result.map_err(engine_failure)?,
+            Some(progress) = progress_rx.recv() => {
+                if let Err(err) = state.store().set_progress(task.id, worker_id, progress).await {
+                    tracing::warn!(%err, "could not record progress");
+                }
+            }
+            _ = heartbeat.tick() => {
+                state
+                    .store()
+                    .heartbeat(task.id, worker_id, LEASE)
+                    .await
+                    .map_err(TaskFailure::store)?;
+            }
+        }
+    };
+    let end_time = epoch_secs(SystemTime::now());
+    let sample_key = format!("samples/{}.{}", task.id, request.output_format.as_str());
+    state
+        .blobs()
+        .put(&sample_key, Bytes::from(generated.bytes))
+        .await
+        .map_err(TaskFailure::store)?;
+    Ok(ReadyRecord {
+        sample_key,
+        prompt_used: request.prompt,
+        seed_used: seed,
+        start_time,
+        end_time,
+    })
+}
+
+/// Copies the LoRA blob to a local file (the engine reads files by path) and parses it.
+async fn load_lora(
+    state: &AppState,
+    cfg: &FluxConfig,
+    blob_key: &str,
+    sha256: &str,
+) -> Result<LoraFile, TaskFailure> {
+    let path: PathBuf = state.lora_cache_dir().join(format!("{sha256}.safetensors"));
+    if !path.is_file() {
+        let bytes = state
+            .blobs()
+            .get(blob_key)
+            .await
+            .map_err(TaskFailure::store)?;
+        let staging = state
+            .lora_cache_dir()
+            .join(format!(".{}.partial", uuid::Uuid::new_v4()));
+        let write = async {
+            tokio::fs::write(&staging, &bytes).await?;
+            tokio::fs::rename(&staging, &path).await
+        };
+        write.await.map_err(|e| {
+            tracing::error!(%e, "could not cache a LoRA file");
+            TaskFailure {
+                details: "Could not read the fine-tune's file".into(),
+                retryable: true,
+            }
+        })?;
+    }
+    crate::import::validate_lora(path, cfg).await.map_err(|e| {
+        TaskFailure::user(format!("The fine-tune cannot be used with this model: {e}"))
+    })
+}
+
+fn engine_failure(err: EngineError) -> TaskFailure {
+    match err {
+        EngineError::InvalidInput(msg) => TaskFailure::user(format!("Invalid request: {msg}")),
+        other => {
+            tracing::error!(err = %other, "generation failed");
+            TaskFailure::user("Generation failed inside the engine; the operator's logs say why")
+        }
+    }
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    // Milliseconds, as the store keeps them.
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0)
+}

@@ -1,0 +1,120 @@
+//! `fluxd finetunes …`: importing LoRA files as fine-tunes, listing and deleting them.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use fluxd_server::import::{import_lora, ImportOptions, StagedFile};
+use fluxd_store::Store;
+
+use crate::serve::{block_on, shown, transformer_config, DataDirArgs, ModelArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum FinetunesCommand {
+    /// Validate a LoRA .safetensors file against the served model and store it as a fine-tune,
+    /// exactly as the upload endpoint does.
+    Import {
+        /// Owning tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Fine-tune name (the `finetune_id` clients send).
+        #[arg(long)]
+        id: String,
+        /// The LoRA file.
+        file: PathBuf,
+        /// Word that triggers the fine-tuned concept.
+        #[arg(long)]
+        trigger_word: Option<String>,
+        /// A note.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Let other tenants use it as `<tenant>/<id>`.
+        #[arg(long)]
+        shared: bool,
+        #[command(flatten)]
+        data: DataDirArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// List a tenant's fine-tunes.
+    List {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
+    /// Delete a tenant's fine-tune and its file.
+    Delete {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Fine-tune name.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
+}
+
+pub fn run(cmd: FinetunesCommand) -> Result<()> {
+    block_on(async move {
+        match cmd {
+            FinetunesCommand::Import {
+                tenant,
+                id,
+                file,
+                trigger_word,
+                comment,
+                shared,
+                data,
+                model,
+            } => {
+                let data = data.open()?;
+                let paths = model.resolve(&data)?;
+                let cfg = transformer_config(&paths).context("reading the transformer config")?;
+                let staged = StagedFile::hash(&file)?;
+                let store = data.store().await?;
+                let blobs = data.blobs()?;
+                let options = ImportOptions {
+                    id,
+                    trigger_word,
+                    comment,
+                    shared,
+                };
+                let result = import_lora(&store, &blobs, &cfg, &tenant, options, &staged).await;
+                store.close().await;
+                let record = result.with_context(|| format!("importing {}", shown(&file)))?;
+                println!(
+                    "imported {} for tenant {}: {} LoRA, rank {}, {} bytes, sha256 {}",
+                    record.id,
+                    record.tenant,
+                    record.format,
+                    record.rank,
+                    record.size_bytes,
+                    record.sha256
+                );
+                println!("{}", record.id);
+            }
+            FinetunesCommand::List { tenant, data } => {
+                let store = data.open()?.store().await?;
+                let names = store.list_finetunes(&tenant).await?;
+                store.close().await;
+                for name in names {
+                    println!("{name}");
+                }
+            }
+            FinetunesCommand::Delete { tenant, id, data } => {
+                let data = data.open()?;
+                let store = data.store().await?;
+                let deleted = store.delete_finetune(&tenant, &id).await?;
+                store.close().await;
+                let record =
+                    deleted.with_context(|| format!("tenant {tenant} has no fine-tune {id}"))?;
+                data.blobs()?.delete(&record.blob_key).await?;
+                println!("deleted {id}");
+            }
+        }
+        Ok(())
+    })
+}

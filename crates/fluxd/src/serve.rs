@@ -1,0 +1,247 @@
+//! `fluxd serve`: the HTTP API, the engine thread and the worker, on one data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
+use fluxd_engine::transformer::{FluxConfig, FluxTransformer};
+use fluxd_server::engine::spawn_engine;
+use fluxd_server::state::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES};
+use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
+use fluxd_store::{Store, DEFAULT_MAX_ACTIVE_TASKS};
+
+use crate::device::{parse_device, parse_dtype};
+
+/// Where the shared state lives; every command that touches the store takes it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArgs {
+    /// Data directory: the SQLite store, blobs, the URL signing key, the tiny model.
+    #[arg(long, env = "FLUXD_DATA_DIR", default_value = "./fluxd-data")]
+    pub data_dir: PathBuf,
+}
+
+impl DataDirArgs {
+    /// Opens (creating) the data directory.
+    pub fn open(&self) -> Result<DataDir> {
+        DataDir::open(&self.data_dir)
+            .with_context(|| format!("opening the data directory {}", self.data_dir.display()))
+    }
+}
+
+/// Which model to serve.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
+    /// Without it, a tiny random model is created in <data-dir>/tiny-model and served.
+    #[arg(long, env = "FLUXD_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    #[arg(long, requires = "model")]
+    pub transformer: Option<PathBuf>,
+    /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
+    #[arg(long, requires = "model")]
+    pub vae: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model's files: the given folder, or the data directory's tiny model (made once).
+    pub fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
+        let root = match &self.model {
+            Some(root) => root.clone(),
+            None => {
+                let (dir, created) = data
+                    .ensure_tiny_model()
+                    .context("creating the tiny model")?;
+                tracing::warn!(
+                    model = %dir.display(),
+                    created,
+                    "NO --model GIVEN: serving a TINY RANDOM model that makes noise images, \
+                     for trying the API only; pass --model DIR for real images"
+                );
+                dir
+            }
+        };
+        ModelPaths::resolve(&root, self.transformer.as_deref(), self.vae.as_deref())
+            .with_context(|| format!("reading the model folder {}", root.display()))
+    }
+}
+
+/// The transformer config of a model (to check LoRA files against) without loading the weights
+/// when the folder states it.
+pub fn transformer_config(paths: &ModelPaths) -> Result<FluxConfig> {
+    match &paths.transformer {
+        TransformerSource::Diffusers(dir) => Ok(FluxConfig::from_file(&dir.join("config.json"))?),
+        // Single files carry no config; their tensor shapes tell it.
+        TransformerSource::BflFile(file) => Ok(FluxTransformer::load_bfl(
+            file,
+            candle_core::DType::BF16,
+            &candle_core::Device::Cpu,
+        )?
+        .config()
+        .clone()),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    data: DataDirArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "FLUXD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Base URL clients reach this server at (polling and image URLs start with it). Default:
+    /// http://<listen address>.
+    #[arg(long, env = "FLUXD_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Most unfinished tasks one API key may have; the next submit gets 429.
+    #[arg(long, env = "FLUXD_MAX_ACTIVE_TASKS", default_value_t = DEFAULT_MAX_ACTIVE_TASKS)]
+    max_active_tasks: u32,
+    /// Lifetime of the signed image URLs in get_result (e.g. 600s, 10m, 1h).
+    #[arg(long, env = "FLUXD_RESULT_URL_TTL", default_value = "600s", value_parser = parse_duration)]
+    result_url_ttl: Duration,
+    /// How long finished tasks and their images are kept (e.g. 24h); then get_result says
+    /// `Task not found`.
+    #[arg(long, env = "FLUXD_RESULT_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    result_retention: Duration,
+    /// Largest LoRA upload in bytes.
+    #[arg(long, env = "FLUXD_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
+    /// Largest JSON request body in bytes.
+    #[arg(long, env = "FLUXD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Serve the API without running tasks (another process on the same data directory runs
+    /// them).
+    #[arg(long)]
+    no_worker: bool,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu", env = "FLUXD_DEVICE")]
+    device: String,
+    /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
+    #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
+    dtype: String,
+}
+
+/// Parses `600`, `600s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration like 600s, 10m or 1h"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        other => bail!("unknown duration unit `{other}` in `{s}` (use s, m or h)"),
+    };
+    let secs = n
+        .checked_mul(scale)
+        .with_context(|| format!("`{s}` is too long"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let data = args.data.open()?;
+    let paths = args.model.resolve(&data)?;
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let store: Arc<dyn Store> = Arc::new(data.store().await.context("opening the store")?);
+    let blobs = data.blobs().context("opening the blob store")?;
+    let signer = data.signer().context("loading the URL signing key")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let (engine, _engine_thread) = spawn_engine(paths, device, dtype)?;
+    let config = ServerConfig {
+        max_active_tasks: args.max_active_tasks,
+        result_url_ttl: args.result_url_ttl,
+        result_retention: args.result_retention,
+        max_upload_bytes: args.max_upload_bytes,
+        max_request_bytes: args.max_request_bytes,
+        ..ServerConfig::new(public_url.clone())
+    };
+    let state = AppState::new(
+        store.clone(),
+        blobs,
+        signer,
+        config,
+        engine.watch(),
+        Dirs {
+            tmp: data.tmp(),
+            lora_cache: data.lora_cache(),
+        },
+    );
+    tracing::info!(%addr, public_url, data_dir = %data.root().display(), "fluxd serving");
+    // One line on stdout for scripts and tests that start the server on port 0.
+    println!("fluxd listening on http://{addr}");
+    fluxd_server::run(
+        listener,
+        state,
+        store,
+        engine,
+        !args.no_worker,
+        fluxd_server::shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("fluxd stopped");
+    Ok(())
+}
+
+/// Shared by the store-only subcommands: runs `f` on a one-thread runtime.
+pub fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
+}
+
+/// The path as given, for messages.
+pub fn shown(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("600").expect("duration"),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_duration("600s").expect("duration"),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_duration("10m").expect("duration"),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_duration("1h").expect("duration"),
+            Duration::from_secs(3600)
+        );
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

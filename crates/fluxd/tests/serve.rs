@@ -1,0 +1,538 @@
+//! `fluxd serve`, `fluxd keys` and `fluxd finetunes` as a user runs them: the real binary on a
+//! loopback port, a fresh data directory (tiny model), plain HTTP/1.1 over a TCP socket.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fluxd_engine::lora::{write_random_lora, LoraFormat};
+use fluxd_engine::transformer::FluxConfig;
+use serde_json::{json, Value};
+
+fn fluxd(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxd"))
+        .args(args)
+        .output()
+        .expect("run fluxd");
+    assert!(
+        out.status.success(),
+        "fluxd {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fluxd-serve-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+/// A running `fluxd serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fluxd"))
+            .args(["serve", "--data-dir", s(data), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            // Warnings and errors only: the server's log lands in the test output unfiltered.
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fluxd serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("fluxd listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let server = Server { child, base };
+        for _ in 0..600 {
+            if server.get("/readyz", None).status == 200 {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("fluxd never became ready");
+    }
+
+    /// SIGTERM, then the exit status: a graceful shutdown exits 0.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        self.child.wait().expect("wait for fluxd")
+    }
+
+    fn authority(&self) -> &str {
+        self.base.strip_prefix("http://").expect("http base")
+    }
+
+    fn request(&self, method: &str, target: &str, key: Option<&str>, body: &[u8]) -> Reply {
+        request(self.authority(), method, target, key, body)
+    }
+
+    fn get(&self, target: &str, key: Option<&str>) -> Reply {
+        self.request("GET", target, key, b"")
+    }
+
+    fn post_json(&self, target: &str, key: Option<&str>, body: &Value) -> Reply {
+        self.request("POST", target, key, body.to_string().as_bytes())
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 exchange with `Connection: close`; the server sends whole bodies with a
+/// Content-Length, so reading to the end is the body.
+fn request(authority: &str, method: &str, target: &str, key: Option<&str>, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(authority).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(key) = key {
+        head.push_str(&format!("x-key: {key}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    stream.write_all(body).expect("write body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read reply");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn create_key(data: &Path, tenant: &str) -> String {
+    let out = fluxd(&["keys", "create", "--tenant", tenant, "--data-dir", s(data)]);
+    out.lines().last().expect("key line").trim().to_owned()
+}
+
+fn import_lora(data: &Path, tenant: &str, id: &str, extra: &[&str]) {
+    let lora = data.join(format!("{id}.safetensors"));
+    write_random_lora(&lora, LoraFormat::Kohya, &FluxConfig::tiny(), 4, 1, &|_| {
+        true
+    })
+    .expect("write LoRA");
+    let mut args = vec![
+        "finetunes",
+        "import",
+        "--tenant",
+        tenant,
+        "--id",
+        id,
+        s(&lora),
+        "--data-dir",
+        s(data),
+    ];
+    args.extend_from_slice(extra);
+    let out = fluxd(&args);
+    assert_eq!(out.lines().last(), Some(id), "{out}");
+}
+
+fn poll_until_final(server: &Server, polling_url: &str, key: &str) -> Value {
+    let target = polling_url
+        .strip_prefix(&server.base)
+        .unwrap_or_else(|| panic!("{polling_url} is not under {}", server.base));
+    for _ in 0..1200 {
+        let reply = server.get(target, Some(key));
+        assert_eq!(reply.status, 200);
+        let body = reply.json();
+        if body["status"] != "Pending" {
+            return body;
+        }
+        if let Some(p) = body["progress"].as_f64() {
+            assert!((0.0..=1.0).contains(&p), "{body}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("task never finished");
+}
+
+fn small_request(extra: Value) -> Value {
+    let mut body = json!({
+        "finetune_id": "my-finetune",
+        "prompt": "a photo of TOK",
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[test]
+fn serve_end_to_end() {
+    let data = scratch("e2e");
+    let acme = create_key(&data, "acme");
+    let other = create_key(&data, "globex");
+    import_lora(&data, "acme", "my-finetune", &["--shared"]);
+    let server = Server::start(&data, &[]);
+
+    assert_eq!(server.get("/healthz", None).status, 200);
+    let openapi = server.get("/openapi.json", None);
+    assert_eq!(openapi.status, 200);
+    assert!(openapi.json()["paths"].is_object());
+
+    // Submit → poll → download without a key → a 256×256 JPEG.
+    let submit = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&acme),
+        &small_request(json!({"seed": 42})),
+    );
+    assert_eq!(
+        submit.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&submit.body)
+    );
+    let submitted = submit.json();
+    let id = submitted["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        submitted["polling_url"],
+        format!("{}/v1/get_result?id={id}", server.base)
+    );
+    assert_eq!(submitted["cost"], Value::Null);
+    assert_eq!(submitted["input_mp"], 0.0);
+    assert_eq!(submitted["output_mp"], 0.07);
+    let done = poll_until_final(
+        &server,
+        submitted["polling_url"].as_str().expect("url"),
+        &acme,
+    );
+    assert_eq!(done["status"], "Ready", "{done}");
+    assert_eq!(done["id"], id.as_str());
+    let result = &done["result"];
+    assert_eq!(result["seed"], 42);
+    assert_eq!(result["prompt"], "a photo of TOK");
+    assert!(result["end_time"].as_f64() >= result["start_time"].as_f64());
+    assert!(result["duration"].as_f64().expect("duration") >= 0.0);
+    let sample = result["sample"].as_str().expect("sample URL");
+    let sample_target = sample.strip_prefix(&server.base).expect("absolute URL");
+    let image = server.get(sample_target, None);
+    assert_eq!(image.status, 200);
+    assert_eq!(image.header("content-type"), Some("image/jpeg"));
+    let decoded =
+        image::load_from_memory_with_format(&image.body, image::ImageFormat::Jpeg).expect("a JPEG");
+    assert_eq!((decoded.width(), decoded.height()), (256, 256));
+
+    // A tampered or truncated signature is refused.
+    let (i, c) = sample_target.char_indices().last().expect("non-empty");
+    let tampered = format!(
+        "{}{}",
+        &sample_target[..i],
+        if c == '0' { '1' } else { '0' }
+    );
+    let refused = server.get(&tampered, None);
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        refused.json(),
+        json!({"detail": "Invalid or expired signature"})
+    );
+    let unsigned = sample_target.split('?').next().expect("path");
+    assert_eq!(server.get(unsigned, None).status, 403);
+
+    // PNG, random seed recorded.
+    let submit = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&acme),
+        &small_request(json!({"output_format": "png", "steps": 1, "finetune_strength": 0.5})),
+    );
+    assert_eq!(submit.status, 200);
+    let done = poll_until_final(
+        &server,
+        submit.json()["polling_url"].as_str().expect("url"),
+        &acme,
+    );
+    assert_eq!(done["status"], "Ready", "{done}");
+    assert!(done["result"]["seed"].is_u64(), "{done}");
+    let sample = done["result"]["sample"].as_str().expect("sample");
+    let image = server.get(sample.strip_prefix(&server.base).expect("absolute"), None);
+    assert_eq!(image.header("content-type"), Some("image/png"));
+    let decoded =
+        image::load_from_memory_with_format(&image.body, image::ImageFormat::Png).expect("PNG");
+    assert_eq!((decoded.width(), decoded.height()), (256, 256));
+
+    // Authentication.
+    let missing = server.post_json("/v1/flux-pro-finetuned", None, &small_request(json!({})));
+    assert_eq!(missing.status, 403);
+    assert_eq!(missing.json(), json!({"detail": "Not authenticated"}));
+    let bad = server.get(
+        &format!("/v1/get_result?id={id}"),
+        Some("fxd_not-a-real-key"),
+    );
+    assert_eq!(bad.status, 403);
+    assert_eq!(bad.json(), json!({"detail": "Invalid API key"}));
+
+    // Tenancy: another tenant does not see the task, nor the fine-tune by its bare name, but may
+    // use it as owner/name because it is shared.
+    let foreign = server.get(&format!("/v1/get_result?id={id}"), Some(&other));
+    assert_eq!(foreign.status, 200);
+    assert_eq!(foreign.json()["status"], "Task not found");
+    assert_eq!(foreign.json()["result"], Value::Null);
+    let not_theirs = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&other),
+        &small_request(json!({})),
+    );
+    assert_eq!(not_theirs.status, 404);
+    assert_eq!(not_theirs.json(), json!({"detail": "Finetune not found"}));
+    let shared = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&other),
+        &small_request(json!({"finetune_id": "acme/my-finetune", "steps": 1})),
+    );
+    assert_eq!(
+        shared.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&shared.body)
+    );
+    let done = poll_until_final(
+        &server,
+        shared.json()["polling_url"].as_str().expect("url"),
+        &other,
+    );
+    assert_eq!(done["status"], "Ready", "{done}");
+    let unknown = server.get("/v1/get_result?id=not-a-uuid", Some(&acme));
+    assert_eq!(unknown.json()["status"], "Task not found");
+
+    // Validation: the pydantic shape, all problems at once.
+    let invalid = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&acme),
+        &json!({"finetune_id": "my-finetune", "width": 1000, "steps": 0}),
+    );
+    assert_eq!(invalid.status, 422);
+    let detail = invalid.json()["detail"].as_array().expect("list").clone();
+    let locs: Vec<Value> = detail.iter().map(|e| e["loc"].clone()).collect();
+    assert!(locs.contains(&json!(["body", "width"])), "{detail:?}");
+    assert!(locs.contains(&json!(["body", "steps"])), "{detail:?}");
+    let width = detail
+        .iter()
+        .find(|e| e["loc"] == json!(["body", "width"]))
+        .expect("width error");
+    assert_eq!(width["type"], "multiple_of");
+    assert_eq!(width["msg"], "Input should be a multiple of 32");
+    let malformed = server.request("POST", "/v1/flux-pro-finetuned", Some(&acme), b"{");
+    assert_eq!(malformed.status, 422);
+    assert_eq!(malformed.json()["detail"][0]["type"], "json_invalid");
+    let redux = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&acme),
+        &small_request(json!({"image_prompt": "aGVsbG8="})),
+    );
+    assert_eq!(redux.status, 422);
+    assert_eq!(
+        redux.json()["detail"][0]["loc"],
+        json!(["body", "image_prompt"])
+    );
+    let missing_id = server.get("/v1/get_result", Some(&acme));
+    assert_eq!(missing_id.status, 422);
+    assert_eq!(
+        missing_id.json()["detail"][0]["loc"],
+        json!(["query", "id"])
+    );
+
+    // Fine-tune management.
+    let mine = server.get("/v1/my_finetunes", Some(&acme));
+    assert_eq!(mine.json(), json!({"finetunes": ["my-finetune"]}));
+    assert_eq!(
+        server.get("/v1/my_finetunes", Some(&other)).json(),
+        json!({"finetunes": []})
+    );
+    let details = server.get("/v1/finetune_details?finetune_id=my-finetune", Some(&acme));
+    assert_eq!(details.status, 200);
+    let details = details.json();
+    assert_eq!(details["finetune_details"]["finetune_id"], "my-finetune");
+    assert_eq!(details["finetune_details"]["format"], "kohya");
+    assert_eq!(details["finetune_details"]["lora_rank"], 4);
+
+    // Upload over HTTP, then delete.
+    let lora = data.join("uploaded.safetensors");
+    write_random_lora(&lora, LoraFormat::Kohya, &FluxConfig::tiny(), 4, 2, &|_| {
+        true
+    })
+    .expect("write LoRA");
+    let bytes = std::fs::read(&lora).expect("read LoRA");
+    let uploaded = server.request(
+        "POST",
+        "/v1/finetunes?finetune_id=uploaded&trigger_word=TOK",
+        Some(&acme),
+        &bytes,
+    );
+    assert_eq!(
+        uploaded.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&uploaded.body)
+    );
+    assert_eq!(uploaded.json()["finetune_details"]["trigger_word"], "TOK");
+    let again = server.request(
+        "POST",
+        "/v1/finetunes?finetune_id=uploaded",
+        Some(&acme),
+        &bytes,
+    );
+    assert_eq!(again.status, 409);
+    let garbage = server.request(
+        "POST",
+        "/v1/finetunes?finetune_id=garbage",
+        Some(&acme),
+        b"not a safetensors file",
+    );
+    assert_eq!(
+        garbage.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&garbage.body)
+    );
+    let deleted = server.post_json(
+        "/v1/delete_finetune",
+        Some(&acme),
+        &json!({"finetune_id": "uploaded"}),
+    );
+    assert_eq!(deleted.status, 200);
+    let deleted = deleted.json();
+    assert_eq!(deleted["deleted_finetune_id"], "uploaded");
+    assert!(deleted["timestamp"].is_string() && deleted["message"].is_string());
+    let gone = server.post_json(
+        "/v1/delete_finetune",
+        Some(&acme),
+        &json!({"finetune_id": "uploaded"}),
+    );
+    assert_eq!(gone.status, 404);
+    assert_eq!(
+        server
+            .get("/v1/finetune_details?finetune_id=uploaded", Some(&acme))
+            .status,
+        404
+    );
+}
+
+#[test]
+fn too_many_active_tasks_is_429_with_retry_after() {
+    // An API-only server: tasks stay queued, so the limit is reached deterministically.
+    let data = scratch("limit");
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    let mut server = Server::start(&data, &["--no-worker", "--max-active-tasks", "2"]);
+    for _ in 0..2 {
+        let ok = server.post_json(
+            "/v1/flux-pro-finetuned",
+            Some(&key),
+            &small_request(json!({})),
+        );
+        assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+        let polled = server.get(
+            &format!(
+                "/v1/get_result?id={}",
+                ok.json()["id"].as_str().expect("id")
+            ),
+            Some(&key),
+        );
+        assert_eq!(polled.json()["status"], "Pending");
+        assert_eq!(polled.json()["progress"], Value::Null);
+    }
+    let refused = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&key),
+        &small_request(json!({})),
+    );
+    assert_eq!(refused.status, 429);
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.json()["detail"].is_string());
+    // Another key is not held back by this one's tasks.
+    let second = create_key(&data, "acme");
+    let ok = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&second),
+        &small_request(json!({})),
+    );
+    assert_eq!(ok.status, 200);
+
+    // Graceful shutdown; the queued tasks survive it (the store is durable).
+    assert!(server.terminate().success());
+    let out = fluxd(&[
+        "finetunes",
+        "list",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&data),
+    ]);
+    assert_eq!(out.trim(), "my-finetune");
+}
