@@ -28,15 +28,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms.join(", ")
     );
     // CPU time includes building the random model (a few hundred ms for `medium`).
-    println!("process CPU time {:.0} ms (incl. model setup), {iters} forwards", cpu * 1e3);
+    println!(
+        "process CPU time {:.0} ms (incl. model setup), {iters} forwards",
+        cpu * 1e3
+    );
     Ok(())
 }
 
 /// utime + stime of this process from /proc (Linux), in seconds; 0 elsewhere.
 fn process_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // Fields 14 and 15 of /proc/pid/stat (counted after the `(comm)` field: 11 and 12).
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -28,6 +28,11 @@ fn q_block(s: usize) -> usize {
     s.div_ceil(blocks)
 }
 
+thread_local! {
+    /// Attention score scratch of the current rayon worker.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A strided read-only matrix over a slice, bounds-checked at construction.
 #[derive(Clone, Copy)]
 pub(crate) struct View<'a> {
@@ -196,7 +201,10 @@ fn linear_row(lin: &FluxLinear, x: &[f32]) -> Result<Vec<f32>> {
 /// `dst = x · Wᵀ + b` on `rows` rows of width `in`, row-major.
 pub(crate) fn linear_into(lin: &FluxLinear, x: &[f32], rows: usize, dst: &mut [f32]) -> Result<()> {
     let out = lin.out_features();
-    let dst = &mut dst[..rows * out];
+    let len = dst.len();
+    let dst = dst.get_mut(..rows * out).ok_or_else(|| {
+        EngineError::InvalidInput(format!("{rows}x{out} output in a buffer of {len}"))
+    })?;
     matmul_wt(lin, View::rm(x, rows, lin.in_features())?, dst, out)?;
     let b = bias_of(lin)?;
     dst.par_chunks_mut(out)
@@ -348,7 +356,6 @@ fn attention(
     g: Geo,
 ) -> Result<()> {
     let (s, h, d) = (g.seq(), g.hidden, g.head_dim);
-    let scale = 1.0 / (d as f32).sqrt();
     let qb = q_block(s);
     let scratch = &mut scratch[..g.heads * s * d];
     // Split per head first, then per block, so a block never straddles two heads.
@@ -361,22 +368,13 @@ fn attention(
                 .enumerate()
                 .try_for_each(|(blk, acc)| {
                     let q0 = blk * qb;
-                    let rows = qb.min(s - q0);
-                    let mut scores = vec![0f32; rows * s];
-                    let q = View::new(&qkv[q0 * rs + hh * d..], rows, d, rs, 1)?;
+                    let q = View::new(&qkv[q0 * rs + hh * d..], qb.min(s - q0), d, rs, 1)?;
                     let k = View::new(&qkv[h + hh * d..], s, d, rs, 1)?;
                     let v = View::new(&qkv[2 * h + hh * d..], s, d, rs, 1)?;
-                    gemm(&mut scores, s, q, k.t(), false, 1.0, false)?;
-                    let mut sums = vec![0f32; rows];
-                    for (row, sum) in scores.chunks_exact_mut(s).zip(sums.iter_mut()) {
-                        *sum = kernels::softmax_exp(row, scale);
-                    }
-                    gemm(acc, d, View::rm(&scores, rows, s)?, v, false, 1.0, false)?;
-                    for (r, sum) in acc.chunks_exact_mut(d).zip(&sums) {
-                        let inv = 1.0 / sum;
-                        r.iter_mut().for_each(|a| *a *= inv);
-                    }
-                    Ok::<(), EngineError>(())
+                    // A per-thread score buffer: a fresh ~1 MB allocation per task would be mmapped and
+                    // page-faulted every time. `gemm` runs single-threaded here, so the worker cannot
+                    // start another task (and borrow the cell again) while it is borrowed.
+                    SCORES.with(|cell| attention_block(&mut cell.borrow_mut(), q, k, v, acc))
                 })
         })?;
     let scratch = &*scratch;
@@ -386,6 +384,35 @@ fn attention(
             row[hh * d..(hh + 1) * d].copy_from_slice(src);
         }
     });
+    Ok(())
+}
+
+/// `acc = softmax(q·kᵀ/√d)·v` for one block of query rows of one head.
+fn attention_block(
+    scores: &mut Vec<f32>,
+    q: View<'_>,
+    k: View<'_>,
+    v: View<'_>,
+    acc: &mut [f32],
+) -> Result<()> {
+    let (rows, d, s) = (q.rows, q.cols, k.rows);
+    if scores.len() < rows * s {
+        scores.resize(rows * s, 0.0);
+    }
+    let scores = &mut scores[..rows * s];
+    gemm(scores, s, q, k.t(), false, 1.0, false)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut sums = [0f32; 256];
+    let sums = &mut sums[..rows.min(256)];
+    for (row, sum) in scores.chunks_exact_mut(s).zip(sums.iter_mut()) {
+        *sum = kernels::softmax_exp(row, scale);
+    }
+    gemm(acc, d, View::rm(scores, rows, s)?, v, false, 1.0, false)?;
+    // Normalise after `P·V` (d values per row instead of s).
+    for (r, sum) in acc.chunks_exact_mut(d).zip(sums.iter()) {
+        let inv = 1.0 / sum;
+        r.iter_mut().for_each(|a| *a *= inv);
+    }
     Ok(())
 }
 
