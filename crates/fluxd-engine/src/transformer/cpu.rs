@@ -578,3 +578,37 @@ pub(crate) fn final_layer(
     linear_into(final_linear, xm, g.img, &mut y)?;
     Ok(y)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_blocks_cover_the_sequence_evenly() {
+        for s in [1usize, 7, 300, 1152, 4608, 5000] {
+            let qb = q_block(s);
+            assert!((1..=256).contains(&qb), "{s}: {qb}");
+            let blocks = s.div_ceil(qb);
+            // Blocks are near-equal: the last one is not a sliver.
+            assert!(s - (blocks - 1) * qb + blocks > qb, "{s}: {qb}");
+        }
+        assert_eq!(q_block(1152), 192);
+    }
+
+    #[test]
+    fn gemm_rejects_views_outside_their_buffers() {
+        let a = [1f32; 6];
+        assert!(View::new(&a, 2, 3, 3, 1).is_ok());
+        assert!(View::new(&a, 3, 3, 3, 1).is_err());
+        let lhs = View::rm(&a, 2, 3).ok();
+        let rhs = View::rm(&a, 3, 2).ok();
+        let (Some(lhs), Some(rhs)) = (lhs, rhs) else {
+            panic!("views")
+        };
+        let mut small = [0f32; 3];
+        assert!(gemm(&mut small, 2, lhs, rhs, false, 1.0, false).is_err());
+        let mut dst = [0f32; 4];
+        assert!(gemm(&mut dst, 2, lhs, rhs, false, 1.0, false).is_ok());
+        assert_eq!(dst, [3.0; 4]);
+    }
+}
