@@ -68,7 +68,11 @@ def main():
     }
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUT,
-              metadata={"seed": str(SEED), "config": json.dumps(dict(cfg))})
+              # One metadata key: safetensors writes several in random order.
+              metadata={"reference": json.dumps({
+                  "seed": SEED,
+                  "config": {k: v for k, v in dict(cfg).items() if not k.startswith("_")},
+              }, sort_keys=True)})
     print(f"wrote {OUT}: out std {out.std().item():.4f}")
 
 

@@ -17,8 +17,21 @@ use super::kernels;
 use super::linear::FluxLinear;
 use crate::error::{EngineError, Result};
 
-/// Query rows per attention task.
-const Q_BLOCK: usize = 32;
+/// Score-matrix floats one attention task may hold (1 MiB: stays in a core's L2).
+const SCORE_BUDGET: usize = 1 << 18;
+
+/// Query rows per attention task: as many as fit the score budget (each task repacks K and V,
+/// so bigger blocks repack less), at most 256, split evenly over the sequence.
+fn q_block(s: usize) -> usize {
+    let max_rows = (SCORE_BUDGET / s.max(1)).clamp(16, 256);
+    let blocks = s.div_ceil(max_rows).max(1);
+    s.div_ceil(blocks)
+}
+
+thread_local! {
+    /// Attention score scratch of the current rayon worker.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A strided read-only matrix over a slice, bounds-checked at construction.
 #[derive(Clone, Copy)]
@@ -188,7 +201,10 @@ fn linear_row(lin: &FluxLinear, x: &[f32]) -> Result<Vec<f32>> {
 /// `dst = x · Wᵀ + b` on `rows` rows of width `in`, row-major.
 pub(crate) fn linear_into(lin: &FluxLinear, x: &[f32], rows: usize, dst: &mut [f32]) -> Result<()> {
     let out = lin.out_features();
-    let dst = &mut dst[..rows * out];
+    let len = dst.len();
+    let dst = dst.get_mut(..rows * out).ok_or_else(|| {
+        EngineError::InvalidInput(format!("{rows}x{out} output in a buffer of {len}"))
+    })?;
     matmul_wt(lin, View::rm(x, rows, lin.in_features())?, dst, out)?;
     let b = bias_of(lin)?;
     dst.par_chunks_mut(out)
@@ -235,22 +251,57 @@ impl Geo {
 }
 
 /// Work buffers shared by all blocks of one forward.
+#[derive(Default)]
 pub(crate) struct Work {
     xm: Vec<f32>,
     qkv: Vec<f32>,
     cat: Vec<f32>,
     out: Vec<f32>,
+    heads: Vec<f32>,
 }
 
 impl Work {
-    pub fn new(g: Geo) -> Self {
+    /// Grows the buffers to fit `g` (they are reused across forwards: a fresh 60 MB per
+    /// forward costs page faults and zeroing).
+    pub fn fit(&mut self, g: Geo) {
         let (s, h) = (g.seq(), g.hidden);
-        Self {
-            xm: vec![0f32; s * h],
-            qkv: vec![0f32; s * (3 * h + g.mlp)],
-            cat: vec![0f32; s * (h + g.mlp)],
-            out: vec![0f32; s * h],
+        let grow = |v: &mut Vec<f32>, n: usize| {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        };
+        grow(&mut self.xm, s * h);
+        grow(&mut self.qkv, s * (3 * h + g.mlp));
+        grow(&mut self.cat, s * (h + g.mlp));
+        grow(&mut self.out, s * h);
+        grow(&mut self.heads, s * h);
+    }
+}
+
+/// A [`Work`] kept between forwards of one model. Concurrent forwards do not wait: a second
+/// caller allocates its own buffers.
+#[derive(Default)]
+pub(crate) struct WorkCache(std::sync::Mutex<Work>);
+
+impl WorkCache {
+    /// Runs `f` with cached buffers if free, else with fresh ones.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Work) -> R) -> R {
+        match self.0.try_lock() {
+            Ok(mut w) => f(&mut w),
+            Err(_) => f(&mut Work::default()),
         }
+    }
+}
+
+impl Clone for WorkCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for WorkCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkCache")
     }
 }
 
@@ -293,45 +344,76 @@ fn prep_qkv(
 }
 
 /// Attention over all `S` tokens: q/k/v read from `qkv` (row stride `rs`, `[q | k | v]`),
-/// output `(S, h)` written into `out` with row stride `out_rs`.
-fn attention(qkv: &[f32], rs: usize, out: &mut [f32], out_rs: usize, g: Geo) -> Result<()> {
+/// output `(S, h)` written into `out` with row stride `out_rs`. Tasks are (head, block of
+/// [`q_block`] query rows); each writes its rows of a head-major scratch `(H, S, D)`, which is
+/// then scattered to token-major order.
+fn attention(
+    qkv: &[f32],
+    rs: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+    out_rs: usize,
+    g: Geo,
+) -> Result<()> {
     let (s, h, d) = (g.seq(), g.hidden, g.head_dim);
-    let scale = 1.0 / (d as f32).sqrt();
-    out.par_chunks_mut(Q_BLOCK * out_rs)
+    let qb = q_block(s);
+    let scratch = &mut scratch[..g.heads * s * d];
+    // Split per head first, then per block, so a block never straddles two heads.
+    scratch
+        .par_chunks_mut(s * d)
         .enumerate()
-        .try_for_each(|(blk, out_blk)| {
-            let q0 = blk * Q_BLOCK;
-            let rows = Q_BLOCK.min(s - q0);
-            let mut scores = vec![0f32; rows * s];
-            let mut acc = vec![0f32; rows * d];
-            let mut sums = vec![0f32; rows];
-            for hh in 0..g.heads {
-                let q = View::new(&qkv[q0 * rs + hh * d..], rows, d, rs, 1)?;
-                let k = View::new(&qkv[h + hh * d..], s, d, rs, 1)?;
-                let v = View::new(&qkv[2 * h + hh * d..], s, d, rs, 1)?;
-                gemm(&mut scores, s, q, k.t(), false, 1.0, false)?;
-                for (row, sum) in scores.chunks_exact_mut(s).zip(sums.iter_mut()) {
-                    *sum = kernels::softmax_exp(row, scale);
-                }
-                gemm(
-                    &mut acc,
-                    d,
-                    View::rm(&scores, rows, s)?,
-                    v,
-                    false,
-                    1.0,
-                    false,
-                )?;
-                for (r, sum) in sums.iter().enumerate() {
-                    let inv = 1.0 / sum;
-                    let dst = &mut out_blk[r * out_rs + hh * d..r * out_rs + (hh + 1) * d];
-                    for (o, &a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                        *o = a * inv;
-                    }
-                }
-            }
-            Ok::<(), EngineError>(())
-        })
+        .try_for_each(|(hh, head_out)| {
+            head_out
+                .par_chunks_mut(qb * d)
+                .enumerate()
+                .try_for_each(|(blk, acc)| {
+                    let q0 = blk * qb;
+                    let q = View::new(&qkv[q0 * rs + hh * d..], qb.min(s - q0), d, rs, 1)?;
+                    let k = View::new(&qkv[h + hh * d..], s, d, rs, 1)?;
+                    let v = View::new(&qkv[2 * h + hh * d..], s, d, rs, 1)?;
+                    // A per-thread score buffer: a fresh ~1 MB allocation per task would be mmapped and
+                    // page-faulted every time. `gemm` runs single-threaded here, so the worker cannot
+                    // start another task (and borrow the cell again) while it is borrowed.
+                    SCORES.with(|cell| attention_block(&mut cell.borrow_mut(), q, k, v, acc))
+                })
+        })?;
+    let scratch = &*scratch;
+    out.par_chunks_mut(out_rs).enumerate().for_each(|(t, row)| {
+        for hh in 0..g.heads {
+            let src = &scratch[(hh * s + t) * d..(hh * s + t + 1) * d];
+            row[hh * d..(hh + 1) * d].copy_from_slice(src);
+        }
+    });
+    Ok(())
+}
+
+/// `acc = softmax(q·kᵀ/√d)·v` for one block of query rows of one head.
+fn attention_block(
+    scores: &mut Vec<f32>,
+    q: View<'_>,
+    k: View<'_>,
+    v: View<'_>,
+    acc: &mut [f32],
+) -> Result<()> {
+    let (rows, d, s) = (q.rows, q.cols, k.rows);
+    if scores.len() < rows * s {
+        scores.resize(rows * s, 0.0);
+    }
+    let scores = &mut scores[..rows * s];
+    gemm(scores, s, q, k.t(), false, 1.0, false)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut sums = [0f32; 256];
+    let sums = &mut sums[..rows.min(256)];
+    for (row, sum) in scores.chunks_exact_mut(s).zip(sums.iter_mut()) {
+        *sum = kernels::softmax_exp(row, scale);
+    }
+    gemm(acc, d, View::rm(scores, rows, s)?, v, false, 1.0, false)?;
+    // Normalise after `P·V` (d values per row instead of s).
+    for (r, sum) in acc.chunks_exact_mut(d).zip(sums.iter()) {
+        let inv = 1.0 / sum;
+        r.iter_mut().for_each(|a| *a *= inv);
+    }
+    Ok(())
 }
 
 /// `x[rows] += gate · (y[rows] + bias)`.
@@ -392,7 +474,7 @@ pub(crate) fn double_block(
         })?;
     }
     let attn = &mut w.cat[..s * h];
-    attention(qkv, rs, attn, h, g)?;
+    attention(qkv, rs, &mut w.heads, attn, h, g)?;
     let (a_txt, a_img) = attn.split_at(l * h);
     let (o_txt, o_img) = w.out[..s * h].split_at_mut(l * h);
     matmul_wt(&b.txt_proj, View::rm(a_txt, l, h)?, o_txt, h)?;
@@ -459,7 +541,7 @@ pub(crate) fn single_block(
     // cat = [attention | gelu(mlp)], the input of linear2.
     let cat_rs = h + mlp;
     let cat = &mut w.cat[..s * cat_rs];
-    attention(lin1, rs, cat, cat_rs, g)?;
+    attention(lin1, rs, &mut w.heads, cat, cat_rs, g)?;
     gelu_rows(lin1, rs, 3 * h, &b1[3 * h..], cat, cat_rs, h);
     let o = &mut w.out[..s * h];
     matmul_wt(&b.linear2, View::rm(cat, s, cat_rs)?, o, h)?;
@@ -495,4 +577,38 @@ pub(crate) fn final_layer(
     let mut y = vec![0f32; g.img * final_linear.out_features()];
     linear_into(final_linear, xm, g.img, &mut y)?;
     Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_blocks_cover_the_sequence_evenly() {
+        for s in [1usize, 7, 300, 1152, 4608, 5000] {
+            let qb = q_block(s);
+            assert!((1..=256).contains(&qb), "{s}: {qb}");
+            let blocks = s.div_ceil(qb);
+            // Blocks are near-equal: the last one is not a sliver.
+            assert!(s - (blocks - 1) * qb + blocks > qb, "{s}: {qb}");
+        }
+        assert_eq!(q_block(1152), 192);
+    }
+
+    #[test]
+    fn gemm_rejects_views_outside_their_buffers() {
+        let a = [1f32; 6];
+        assert!(View::new(&a, 2, 3, 3, 1).is_ok());
+        assert!(View::new(&a, 3, 3, 3, 1).is_err());
+        let lhs = View::rm(&a, 2, 3).ok();
+        let rhs = View::rm(&a, 3, 2).ok();
+        let (Some(lhs), Some(rhs)) = (lhs, rhs) else {
+            panic!("views")
+        };
+        let mut small = [0f32; 3];
+        assert!(gemm(&mut small, 2, lhs, rhs, false, 1.0, false).is_err());
+        let mut dst = [0f32; 4];
+        assert!(gemm(&mut dst, 2, lhs, rhs, false, 1.0, false).is_ok());
+        assert_eq!(dst, [3.0; 4]);
+    }
 }

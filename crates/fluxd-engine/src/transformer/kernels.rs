@@ -42,8 +42,12 @@ macro_rules! dispatch {
 /// above, it is e^88 instead of overflowing (both harmless where it is used).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    // 1.5·2²³: adding it rounds to an integer held in the low mantissa bits, which avoids a
+    // saturating float→int conversion in the vector code.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.336_55, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     // ln 2 split in a part exact in f32 and a remainder (Cephes C1, C2).
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -51,7 +55,8 @@ pub(crate) fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * (r * r) + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let bits = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
+    e * f32::from_bits(bits)
 }
 
 /// Sum with `LANES` independent accumulators (vectorisable, and more accurate than one chain).

@@ -79,6 +79,8 @@ pub struct FluxTransformer {
     final_mod: FluxLinear,
     /// Whether forwards run on the fused f32 CPU kernels (`cpu.rs`) rather than candle ops.
     fast_path: bool,
+    /// Scratch buffers of the fast path, reused across forwards.
+    work: cpu::WorkCache,
 }
 
 impl FluxTransformer {
@@ -156,6 +158,7 @@ impl FluxTransformer {
             dtype: dt,
             device: dev.clone(),
             fast_path: dev.is_cpu() && dt == DType::F32,
+            work: cpu::WorkCache::default(),
         })
     }
 
@@ -363,44 +366,46 @@ impl FluxTransformer {
         let img_all = img.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let txt_all = txt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let (ci, ct) = (cfg.in_channels, cfg.joint_attention_dim);
-        let mut work = cpu::Work::new(g);
-        let mut x = vec![0f32; (l + n) * h];
-        let mut out = Vec::with_capacity(b * n * cfg.out_features());
-        for (bi, vsb) in vs.iter().enumerate() {
-            let (x_txt, x_img) = x.split_at_mut(l * h);
-            cpu::linear_into(
-                &self.txt_in,
-                &txt_all[bi * l * ct..(bi + 1) * l * ct],
-                l,
-                x_txt,
-            )?;
-            cpu::linear_into(
-                &self.img_in,
-                &img_all[bi * n * ci..(bi + 1) * n * ci],
-                n,
-                x_img,
-            )?;
-            for block in &self.double_blocks {
-                cpu::double_block(block, &mut x, vsb, (&cos, &sin), &mut work, g)?;
+        self.work.with(|work| {
+            work.fit(g);
+            let mut x = vec![0f32; (l + n) * h];
+            let mut out = Vec::with_capacity(b * n * cfg.out_features());
+            for (bi, vsb) in vs.iter().enumerate() {
+                let (x_txt, x_img) = x.split_at_mut(l * h);
+                cpu::linear_into(
+                    &self.txt_in,
+                    &txt_all[bi * l * ct..(bi + 1) * l * ct],
+                    l,
+                    x_txt,
+                )?;
+                cpu::linear_into(
+                    &self.img_in,
+                    &img_all[bi * n * ci..(bi + 1) * n * ci],
+                    n,
+                    x_img,
+                )?;
+                for block in &self.double_blocks {
+                    cpu::double_block(block, &mut x, vsb, (&cos, &sin), work, g)?;
+                }
+                for block in &self.single_blocks {
+                    cpu::single_block(block, &mut x, vsb, (&cos, &sin), work, g)?;
+                }
+                let y = cpu::final_layer(
+                    &self.final_mod,
+                    &self.final_linear,
+                    &x[l * h..],
+                    vsb,
+                    work,
+                    g,
+                )?;
+                out.extend_from_slice(&y);
             }
-            for block in &self.single_blocks {
-                cpu::single_block(block, &mut x, vsb, (&cos, &sin), &mut work, g)?;
-            }
-            let y = cpu::final_layer(
-                &self.final_mod,
-                &self.final_linear,
-                &x[l * h..],
-                vsb,
-                &mut work,
-                g,
-            )?;
-            out.extend_from_slice(&y);
-        }
-        Ok(Tensor::from_vec(
-            out,
-            (b, n, cfg.out_features()),
-            &Device::Cpu,
-        )?)
+            Ok(Tensor::from_vec(
+                out,
+                (b, n, cfg.out_features()),
+                &Device::Cpu,
+            )?)
+        })
     }
 
     /// `temb` = time_in(t·1000) + guidance_in(g·1000) + vector_in(pooled)

@@ -314,3 +314,10 @@ fn fast_cpu_path_matches_candle_ops_path_with_adapters() -> Result<()> {
     assert!(err < 1e-5 * scale.max(1.0), "{err} (output max {scale})");
     Ok(())
 }
+
+#[test]
+fn model_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<FluxTransformer>();
+    assert_send_sync::<Rope>();
+}
