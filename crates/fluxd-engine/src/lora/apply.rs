@@ -48,16 +48,10 @@ pub fn set_loras(transformer: &mut FluxTransformer, loras: &[(&LoraFile, f32)]) 
                     lora.path.display()
                 )));
             };
-            if update.bias.is_some() {
-                transformer.clear_adapters();
-                return Err(EngineError::InvalidInput(format!(
-                    "{}: LoRA module `{module}` carries a lora_B.bias, which fluxd cannot apply yet",
-                    lora.path.display()
-                )));
-            }
             let adapter = LowRank {
                 down: update.down.clone(),
                 up: update.up.clone(),
+                bias: update.bias.clone(),
                 scale: *strength,
             };
             if let Err(e) = linear.add_adapter(adapter) {

@@ -429,4 +429,49 @@ mod tests {
         );
         Ok(())
     }
+
+    #[test]
+    fn bfl_lora_b_bias_is_kept_and_applied_at_strength() -> Result<()> {
+        use crate::transformer::write::random_canonical_weights;
+        use crate::transformer::FluxTransformer;
+        let cfg = FluxConfig::tiny();
+        let (h, r) = (cfg.hidden(), 2);
+        let mut rng = InitRng::new(3, "bias");
+        let m = "double_blocks.0.img_attn.proj";
+        let mut map = TensorMap::new();
+        map.insert(
+            format!("{m}.lora_A.weight"),
+            rng.normal_tensor(&[r, h], 0.0, 1.0)?,
+        );
+        map.insert(
+            format!("{m}.lora_B.weight"),
+            rng.normal_tensor(&[h, r], 0.0, 1.0)?,
+        );
+        map.insert(
+            format!("{m}.lora_B.bias"),
+            rng.normal_tensor(&[h], 0.0, 1.0)?,
+        );
+        let path = scratch("bias.safetensors");
+        write_safetensors(&path, &map)?;
+        let lora = LoraFile::load_for(&path, &cfg)?;
+        assert_eq!(lora.format, LoraFormat::Bfl);
+        assert!(lora.modules[m].bias.is_some());
+        let weights = random_canonical_weights(&cfg, 1)?;
+        let mut t = FluxTransformer::from_canonical(cfg, &weights, DType::F32, &Device::Cpu)?;
+        set_loras(&mut t, &[(&lora, 0.5)])?;
+        let lin = t
+            .linear_mut(m)
+            .ok_or_else(|| EngineError::InvalidInput(m.into()))?;
+        let base = lin
+            .bias()
+            .map(|b| b.to_vec1::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        let total = lin.total_bias_f32()?;
+        let lora_bias = map[&format!("{m}.lora_B.bias")].to_vec1::<f32>()?;
+        for ((t, b), l) in total.iter().zip(&base).zip(&lora_bias) {
+            assert!((t - (b + 0.5 * l)).abs() < 1e-6);
+        }
+        Ok(())
+    }
 }

@@ -184,10 +184,7 @@ fn matmul_wt(lin: &FluxLinear, x: View<'_>, dst: &mut [f32], dst_rs: usize) -> R
 }
 
 fn bias_of(lin: &FluxLinear) -> Result<Vec<f32>> {
-    match lin.bias() {
-        Some(b) => Ok(b.to_vec1::<f32>()?),
-        None => Ok(vec![0f32; lin.out_features()]),
-    }
+    lin.total_bias_f32()
 }
 
 /// `x · Wᵀ + b` for a single row (modulation vectors).

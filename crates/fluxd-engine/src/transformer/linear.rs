@@ -15,6 +15,9 @@ pub struct LowRank {
     pub down: Tensor,
     /// `(out_features, rank)`.
     pub up: Tensor,
+    /// Optional `(out_features,)` bias added with the update (the reference provider's LoRA
+    /// layout stores `lora_B.bias`; BFL `modules/lora.py` adds it inside the scaled branch).
+    pub bias: Option<Tensor>,
     /// Multiplier (e.g. strength · alpha / rank for kohya files).
     pub scale: f32,
 }
@@ -76,7 +79,8 @@ impl FluxLinear {
     pub fn add_adapter(&mut self, adapter: LowRank) -> Result<()> {
         let (r, inp) = adapter.down.dims2()?;
         let (out, r2) = adapter.up.dims2()?;
-        if inp != self.in_features() || out != self.out_features() || r != r2 {
+        let bias_ok = adapter.bias.as_ref().is_none_or(|b| b.dims() == [out]);
+        if inp != self.in_features() || out != self.out_features() || r != r2 || !bias_ok {
             return Err(EngineError::InvalidInput(format!(
                 "adapter down {:?} / up {:?} does not fit a linear layer {:?}",
                 adapter.down.dims(),
@@ -97,6 +101,10 @@ impl FluxLinear {
                 .to_dtype(dtype)?
                 .to_device(device)?
                 .contiguous()?,
+            bias: adapter
+                .bias
+                .map(|b| b.to_dtype(dtype)?.to_device(device))
+                .transpose()?,
             scale: adapter.scale,
         });
         Ok(())
@@ -118,8 +126,28 @@ impl FluxLinear {
                 .broadcast_matmul(&a.down.t()?)?
                 .broadcast_matmul(&a.up.t()?)?;
             y = (y + low.affine(f64::from(a.scale), 0.0)?)?;
+            if let Some(b) = &a.bias {
+                y = y.broadcast_add(&b.affine(f64::from(a.scale), 0.0)?)?;
+            }
         }
         Ok(y)
+    }
+
+    /// The bias the layer adds in all, `b + Σ scale·adapter_bias`, as f32 (`out_features`).
+    pub fn total_bias_f32(&self) -> Result<Vec<f32>> {
+        let mut total = match &self.bias {
+            Some(b) => b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0f32; self.out_features()],
+        };
+        for a in &self.adapters {
+            if let Some(b) = &a.bias {
+                let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                for (t, v) in total.iter_mut().zip(b) {
+                    *t += a.scale * v;
+                }
+            }
+        }
+        Ok(total)
     }
 }
 
@@ -139,13 +167,16 @@ mod tests {
         let base = lin.forward(&x)?;
         let down = rng.normal_tensor(&[2, 4], 0.0, 1.0)?;
         let up = rng.normal_tensor(&[5, 2], 0.0, 1.0)?;
+        let lora_bias = rng.normal_tensor(&[5], 0.0, 1.0)?;
         lin.add_adapter(LowRank {
+            bias: Some(lora_bias.clone()),
             down: down.clone(),
             up: up.clone(),
             scale: 0.5,
         })?;
         let adapted = lin.forward(&x)?;
-        let expected = (&base + x.broadcast_matmul(&down.t()?)?.broadcast_matmul(&up.t()?)? * 0.5)?;
+        let update = x.broadcast_matmul(&down.t()?)?.broadcast_matmul(&up.t()?)?;
+        let expected = (&base + update.broadcast_add(&lora_bias)? * 0.5)?;
         let err = (&adapted - &expected)?
             .abs()?
             .max_all()?
@@ -158,6 +189,7 @@ mod tests {
         let same = (&back - &base)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(same, 0.0);
         let bad = LowRank {
+            bias: None,
             down: up,
             up: down,
             scale: 1.0,

@@ -125,6 +125,7 @@ fn adapters_change_the_output_and_clearing_restores_it() -> Result<()> {
             .ok_or_else(|| EngineError::InvalidInput(name.into()))?;
         let (out, inp) = (lin.out_features(), lin.in_features());
         lin.add_adapter(LowRank {
+            bias: None,
             down: rng.normal_tensor(&[4, inp], 0.0, 0.1)?,
             up: rng.normal_tensor(&[out, 4], 0.0, 0.1)?,
             scale: 1.0,
@@ -288,6 +289,8 @@ fn fast_cpu_path_matches_candle_ops_path_with_adapters() -> Result<()> {
             .ok_or_else(|| EngineError::InvalidInput(name.into()))?;
         let (out, inp) = (lin.out_features(), lin.in_features());
         lin.add_adapter(LowRank {
+            // A `lora_B.bias`, as the reference provider's layout has, on every adapter.
+            bias: Some(rng.normal_tensor(&[out], 0.0, 0.2)?),
             down: rng.normal_tensor(&[3, inp], 0.0, 0.2)?,
             up: rng.normal_tensor(&[out, 3], 0.0, 0.2)?,
             scale: 0.7,
