@@ -69,7 +69,12 @@ fn params() -> GenerateParams {
 /// Final latents and image with `lora` at `strength` (or no LoRA).
 fn run(pipe: &mut FluxPipeline, lora: Option<(&LoraFile, f32)>) -> (Tensor, image::RgbImage) {
     let loras: Vec<(&LoraFile, f32)> = lora.into_iter().collect();
-    pipe.set_loras(&loras).expect("set loras");
+    run_with(pipe, &loras)
+}
+
+/// Final latents and image with every LoRA of `loras` at its own strength.
+fn run_with(pipe: &mut FluxPipeline, loras: &[(&LoraFile, f32)]) -> (Tensor, image::RgbImage) {
+    pipe.set_loras(loras).expect("set loras");
     let p = params();
     let text = pipe
         .encode_prompt(&p.prompt, p.max_sequence_length)
@@ -180,8 +185,7 @@ fn strength_zero_is_the_base_and_switching_leaves_no_trace() {
     );
     let (_, _) = run(&mut pipe, Some((&b, 0.7)));
     // Two LoRAs at once, each with its own strength.
-    let loras = [(&a, 1.1f32), (&b, 0.7f32)];
-    pipe.set_loras(&loras).expect("two");
+    let (_, _) = run_with(&mut pipe, &[(&a, 1.1), (&b, 0.7)]);
     let (again, _) = run(&mut pipe, Some((&a, 1.1)));
     assert_eq!(
         max_abs_diff(&first, &again),
@@ -203,20 +207,7 @@ fn two_loras_add_up() {
         .load_lora(&scratch().join("bfl.safetensors"))
         .expect("a2");
     let (one, _) = run(&mut pipe, Some((&a, 1.0)));
-    pipe.set_loras(&[(&a, 0.5), (&a2, 0.5)]).expect("set");
-    let p = params();
-    let text = pipe
-        .encode_prompt(&p.prompt, p.max_sequence_length)
-        .expect("encode");
-    let halves = pipe
-        .denoise(
-            &p,
-            &text,
-            &mut Timings::default(),
-            &mut |_| {},
-            &AtomicBool::new(false),
-        )
-        .expect("denoise");
+    let (halves, _) = run_with(&mut pipe, &[(&a, 0.5), (&a2, 0.5)]);
     let d = max_abs_diff(&one, &halves);
     assert!(d < 1e-4, "two halves differ from one whole by {d}");
 }
