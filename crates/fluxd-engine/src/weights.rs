@@ -154,8 +154,21 @@ impl WeightFiles {
                 })
             }
         };
-        let bytes = &self.maps[entry.file][entry.start..entry.end];
+        let map = &self.maps[entry.file];
+        let bytes = &map[entry.start..entry.end];
         let t = Tensor::from_raw_buffer(bytes, src_dtype, &entry.shape, &Device::Cpu)?;
+        // The tensor now owns a copy: drop this range's file pages from our resident set, so
+        // that loading a model never holds the mapped file and the loaded weights at once.
+        // SAFETY: a read-only file mapping; DONTNEED only discards pages, which the kernel reads
+        // back from the file if they are touched again, and `bytes` is not used after this.
+        #[cfg(unix)]
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                entry.start,
+                entry.end - entry.start,
+            )
+        };
         let t = if src_dtype == dtype {
             t
         } else {
