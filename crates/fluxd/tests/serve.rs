@@ -536,3 +536,54 @@ fn too_many_active_tasks_is_429_with_retry_after() {
     ]);
     assert_eq!(out.trim(), "my-finetune");
 }
+
+/// A Python environment with the official client (`blackforest==0.1.3` from PyPI), made once per
+/// target directory.
+fn official_client_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("blackforest-0.1.3-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv", s(&venv)])
+            .status()
+            .expect("python3 -m venv");
+        assert!(ok.success(), "creating the client's venv failed");
+        let ok = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "blackforest==0.1.3",
+            ])
+            .status()
+            .expect("pip install blackforest");
+        assert!(
+            ok.success(),
+            "installing blackforest==0.1.3 from PyPI failed"
+        );
+    }
+    python
+}
+
+#[test]
+fn the_official_python_client_submits_polls_and_downloads() {
+    let python = official_client_python();
+    let data = scratch("official-client");
+    let server = Server::start(&data, &[]);
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    let out = data.join("from-client.jpg");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/official_client.py");
+    let run = Command::new(&python)
+        .args([s(&script), &server.base, &key, s(&out)])
+        .output()
+        .expect("run the official client");
+    assert!(
+        run.status.success(),
+        "official client failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let img = image::open(&out).expect("the client downloaded an image");
+    assert_eq!((img.width(), img.height()), (256, 256));
+}
