@@ -14,6 +14,7 @@ pub mod data_dir;
 pub mod engine;
 pub mod error;
 pub mod import;
+pub mod metrics;
 pub mod routes;
 pub mod signing;
 pub mod state;

@@ -199,15 +199,20 @@ async fn handle_claim(
         }
     };
     tracing::info!(attempt = task.attempts, "running task");
+    let started = std::time::Instant::now();
     match run_task(state, engine, cfg, cache, worker_id, &task).await {
         Ok(ready) => {
+            let generation_seconds = started.elapsed().as_secs_f64();
             let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
             match state
                 .store()
                 .complete_ready(task.id, worker_id, ready, webhook)
                 .await
             {
-                Ok(()) => tracing::info!("task ready"),
+                Ok(()) => {
+                    tracing::info!("task ready");
+                    crate::metrics::task_finished("Ready", Some(generation_seconds));
+                }
                 Err(err) => tracing::warn!(%err, "could not record the finished task"),
             }
         }
@@ -229,7 +234,10 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
         Ok(ErrorOutcome::Requeued { attempts }) => {
             tracing::warn!(attempts, details = f.details, "task failed, re-queued");
         }
-        Ok(ErrorOutcome::Failed) => tracing::info!(details = f.details, "task failed"),
+        Ok(ErrorOutcome::Failed) => {
+            tracing::info!(details = f.details, "task failed");
+            crate::metrics::task_finished("Error", None);
+        }
         Err(err) => tracing::warn!(%err, "could not record the task's failure"),
     }
 }

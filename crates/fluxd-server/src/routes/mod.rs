@@ -18,6 +18,8 @@ use crate::state::AppState;
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
+    // Install the recorder before the first request is counted.
+    let _ = crate::metrics::handle();
     let json_limit = DefaultBodyLimit::max(state.config().max_request_bytes);
     Router::new()
         .route(
@@ -40,8 +42,19 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
+}
+
+/// Prometheus metrics (`fluxd_` prefix).
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 /// Alive: the process answers.

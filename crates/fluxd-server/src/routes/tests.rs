@@ -269,3 +269,33 @@ async fn oversized_bodies_and_unready_model() {
         json!(["body", "prompt_upsampling"])
     );
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_pattern() {
+    let f = fixture().await;
+    let (status, _, _) = call(&f.state, "GET", "/v1/my_finetunes", Some(&f.key), vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(&f.state, "GET", "/v1/get_result?id=abc", None, vec![]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, headers, body) = call(&f.state, "GET", "/metrics", None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[axum::http::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let line = |route: &str, code: &str| {
+        text.lines().any(|l| {
+            l.starts_with("fluxd_http_requests_total{")
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains(&format!("status=\"{code}\""))
+        })
+    };
+    assert!(line("/v1/my_finetunes", "200"), "{text}");
+    assert!(line("/v1/get_result", "403"), "{text}");
+    assert!(
+        text.contains("fluxd_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(!text.contains("id=abc"), "raw paths must not become labels");
+}
