@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::transformer::swap_halves;
 use crate::weights::WeightFiles;
 
 pub use apply::{inspect, set_loras, BaseGuess, LoraSummary};
@@ -298,15 +299,6 @@ impl LoraFile {
             alphas,
         })
     }
-}
-
-fn swap_halves(t: &Tensor) -> Result<Tensor> {
-    let n = t.dim(0)?;
-    let half = n / 2;
-    Ok(Tensor::cat(
-        &[t.narrow(0, half, n - half)?, t.narrow(0, 0, half)?],
-        0,
-    )?)
 }
 
 fn check_finite(t: &Tensor, path: &Path, name: &str) -> Result<()> {

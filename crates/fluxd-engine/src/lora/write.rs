@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::tiny_init::{write_safetensors, InitRng, TensorMap};
-use crate::transformer::FluxConfig;
+use crate::transformer::{swap_halves, FluxConfig};
 
 use super::LoraFormat;
 
@@ -118,14 +118,6 @@ fn random_canonical(cfg: &FluxConfig, rank: usize, seed: u64) -> Result<Canonica
             Ok((name, down, up))
         })
         .collect()
-}
-
-fn swap_halves(t: &Tensor) -> Result<Tensor> {
-    let n = t.dim(0)?;
-    Ok(Tensor::cat(
-        &[t.narrow(0, n / 2, n - n / 2)?, t.narrow(0, 0, n / 2)?],
-        0,
-    )?)
 }
 
 /// Writes the random adapter for `cfg` (same `seed` ⇒ same adapter) in `format`, keeping the
