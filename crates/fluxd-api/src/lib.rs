@@ -32,8 +32,8 @@ mod response;
 pub use error::{ErrorDetail, LocItem, RequestError, ValidationError, ValidationErrors};
 pub use openapi::{openapi, openapi_json, SECURITY_SCHEME};
 pub use request::{
-    limits, parse_delete_finetune_request, parse_finetuned_request, DeleteFinetuneRequest,
-    FinetunedRequest, OutputFormat,
+    is_json_content_type, limits, not_json_error, parse_delete_finetune_request,
+    parse_finetuned_request, DeleteFinetuneRequest, FinetunedRequest, OutputFormat,
 };
 pub use response::{
     megapixels, DeleteFinetuneResponse, FinetuneDetailsResponse, GetResultResponse,

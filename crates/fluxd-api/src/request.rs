@@ -321,6 +321,31 @@ struct Body {
     errors: Vec<ValidationError>,
 }
 
+/// Whether FastAPI decodes a body sent with this `Content-Type` as JSON: `application/json` and
+/// every `application/*+json`, parameters ignored. A request without the header is decoded too.
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// The reference's answer to a non-empty body sent with a non-JSON `Content-Type` (a form, plain
+/// text): FastAPI hands the raw text to the model, which is not an object.
+pub fn not_json_error(body: &[u8]) -> RequestError {
+    RequestError::Invalid(ValidationErrors {
+        detail: vec![ValidationError {
+            kind: "model_attributes_type".into(),
+            loc: vec!["body".into()],
+            msg: "Input should be a valid dictionary or object to extract fields from".into(),
+            input: Value::String(String::from_utf8_lossy(body).into_owned()),
+            ctx: None,
+        }],
+    })
+}
+
 impl Body {
     /// Decodes the body; failures that stop validation before any field is looked at.
     fn read(body: &[u8]) -> Result<Body, RequestError> {
@@ -434,5 +459,47 @@ impl Body {
                 detail: self.errors,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_are_those_fastapi_decodes() {
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/vnd.api+json",
+            " application/merge-patch+json ;q=1",
+        ] {
+            assert!(is_json_content_type(ct), "{ct}");
+        }
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "text/json",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "json",
+            "",
+        ] {
+            assert!(!is_json_content_type(ct), "{ct}");
+        }
+    }
+
+    #[test]
+    fn a_form_body_is_not_an_object() {
+        let RequestError::Invalid(errors) = not_json_error(b"prompt=fox&finetune_id=x") else {
+            panic!("not a validation error");
+        };
+        assert_eq!(errors.detail.len(), 1);
+        assert_eq!(errors.detail[0].kind, "model_attributes_type");
+        assert_eq!(
+            errors.detail[0].input,
+            Value::String("prompt=fox&finetune_id=x".into())
+        );
     }
 }

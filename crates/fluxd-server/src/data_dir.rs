@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
-use fluxd_store::{BlobStore, SqliteStore};
+use fluxd_store::{BlobStore, SqliteOptions, SqliteStore};
 
 use crate::error::ServerError;
 use crate::signing::UrlSigner;
@@ -49,7 +49,12 @@ impl DataDir {
 
     /// The SQLite store.
     pub async fn store(&self) -> Result<SqliteStore, ServerError> {
-        Ok(SqliteStore::open(self.root.join("fluxd.sqlite")).await?)
+        self.store_with(SqliteOptions::default()).await
+    }
+
+    /// The store, opened with `options`.
+    pub async fn store_with(&self, options: SqliteOptions) -> Result<SqliteStore, ServerError> {
+        Ok(SqliteStore::open_with(self.root.join("fluxd.sqlite"), options).await?)
     }
 
     /// The blob store (local files).

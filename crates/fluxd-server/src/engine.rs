@@ -42,6 +42,8 @@ pub struct GenerateJob {
     pub format: OutputFormat,
     /// Hears the fraction of denoising steps done.
     pub progress: mpsc::UnboundedSender<f64>,
+    /// Set to stop the generation between two denoising steps ([`EngineError::Cancelled`]).
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// The encoded image.
@@ -122,20 +124,15 @@ fn engine_main(
     state.send_replace(EngineState::Ready(Arc::new(
         pipeline.transformer().config().clone(),
     )));
-    let never_cancel = AtomicBool::new(false);
     while let Some((job, reply)) = jobs.blocking_recv() {
-        let result = run_job(&mut pipeline, job, &never_cancel);
+        let result = run_job(&mut pipeline, job);
         // The worker may have given up on the task (lease lost); nothing to tell then.
         let _ = reply.send(result);
     }
     tracing::info!("engine thread stopped");
 }
 
-fn run_job(
-    pipeline: &mut FluxPipeline,
-    job: GenerateJob,
-    cancel: &AtomicBool,
-) -> Result<Generated, EngineError> {
+fn run_job(pipeline: &mut FluxPipeline, job: GenerateJob) -> Result<Generated, EngineError> {
     match &job.lora {
         Some((lora, strength)) => pipeline.set_loras(&[(lora.as_ref(), *strength)])?,
         None => pipeline.set_loras(&[])?,
@@ -151,7 +148,7 @@ fn run_job(
                 }
             }
         },
-        cancel,
+        &job.cancel,
     )?;
     let bytes = encode_image(&generation.image, job.format, DEFAULT_JPEG_QUALITY)?;
     Ok(Generated { bytes })

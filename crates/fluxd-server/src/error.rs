@@ -39,6 +39,9 @@ pub enum ServerError {
     /// The URL signing key in the data directory is unreadable.
     #[error("{0}")]
     Corrupt(String),
+    /// A setting cannot be used.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl ServerError {

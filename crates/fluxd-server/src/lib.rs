@@ -3,8 +3,8 @@
 //! worker loop that feeds it from the store ([`worker`]).
 //!
 //! [`run`] wires them together and shuts down gracefully: stop accepting, let requests in flight
-//! finish, stop the worker (an abandoned task's lease runs out and it runs again on the next
-//! start), close the store.
+//! finish, let the running task finish (or stop it and hand it back to the queue after the drain
+//! time), flush the webhook outbox, close the store.
 
 // Tests state their expectations with unwrap/expect; library code never does.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod routes;
 pub mod signing;
 pub mod state;
+pub mod webhook;
 pub mod worker;
 
 use std::future::Future;
@@ -34,8 +35,8 @@ use fluxd_store::Store;
 use tokio::net::TcpListener;
 
 /// Serves `state` on `listener` until `shutdown` completes, running the worker on `engine` unless
-/// `worker` is false (an API-only node) and deleting results past their retention. Closes `store`
-/// on the way out.
+/// `worker` is false (an API-only node), delivering webhooks from the outbox and deleting results
+/// past their retention. Drains as described in the crate docs and closes `store` on the way out.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -53,6 +54,10 @@ pub async fn run(
         ))
     });
     let janitor = tokio::spawn(worker::run_janitor(state.clone(), stop_rx.clone()));
+    // The sender stops after the worker, so the webhook of a task finished while draining is
+    // flushed too.
+    let (sender_stop_tx, sender_stop_rx) = tokio::sync::watch::channel(false);
+    let sender = tokio::spawn(webhook::run_sender(state.clone(), sender_stop_rx));
     let mut http_stop = stop_rx;
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
@@ -69,6 +74,10 @@ pub async fn run(
         if let Err(err) = task.await {
             tracing::error!(%err, "the worker task failed");
         }
+    }
+    sender_stop_tx.send_replace(true);
+    if let Err(err) = sender.await {
+        tracing::error!(%err, "the webhook sender failed");
     }
     if let Err(err) = janitor.await {
         tracing::error!(%err, "the retention task failed");

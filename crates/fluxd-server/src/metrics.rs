@@ -71,6 +71,12 @@ pub fn task_finished(status: &'static str, generation_seconds: Option<f64>) {
     }
 }
 
+/// One webhook delivery attempt: `delivered`, `retry` (failed, tried again later) or `failed`
+/// (given up).
+pub fn webhook_attempt(outcome: &'static str) {
+    metrics::counter!("fluxd_webhook_attempts_total", "outcome" => outcome).increment(1);
+}
+
 /// The Prometheus text exposition of every metric so far.
 pub fn render() -> String {
     handle().map(PrometheusHandle::render).unwrap_or_default()

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::engine::EngineState;
 use crate::signing::UrlSigner;
+use crate::webhook::WebhookConfig;
 
 /// Default request body limit of the JSON endpoints: a base64 image prompt of a large PNG fits.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 << 20;
@@ -36,7 +37,21 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Largest LoRA upload.
     pub max_upload_bytes: u64,
+    /// Webhook delivery settings.
+    pub webhooks: WebhookConfig,
+    /// How long a claimed task stays claimed without a heartbeat: after a crash, its task runs
+    /// again this long after the last heartbeat.
+    pub task_lease: Duration,
+    /// On shutdown, how long a running task may take to finish before it is stopped and handed
+    /// back to the queue, and how long the outbox is flushed.
+    pub drain_timeout: Duration,
 }
+
+/// Default lease of a claimed task.
+pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(60);
+/// Default time a shutdown waits for the running task and the outbox (inside the 30 s most
+/// process managers allow between SIGTERM and SIGKILL).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl ServerConfig {
     /// Defaults for a server reachable at `public_url`.
@@ -48,6 +63,9 @@ impl ServerConfig {
             result_retention: DEFAULT_RESULT_RETENTION,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            webhooks: WebhookConfig::default(),
+            task_lease: DEFAULT_TASK_LEASE,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -59,6 +77,7 @@ struct Inner {
     config: ServerConfig,
     engine: watch::Receiver<EngineState>,
     wake: Notify,
+    webhook_wake: Notify,
     tmp_dir: PathBuf,
     lora_cache_dir: PathBuf,
 }
@@ -96,6 +115,7 @@ impl AppState {
                 config,
                 engine,
                 wake: Notify::new(),
+                webhook_wake: Notify::new(),
                 tmp_dir: dirs.tmp,
                 lora_cache_dir: dirs.lora_cache,
             }),
@@ -130,6 +150,11 @@ impl AppState {
     /// Wakes an idle worker when a task is queued.
     pub fn wake(&self) -> &Notify {
         &self.inner.wake
+    }
+
+    /// Wakes the webhook sender when a delivery is queued.
+    pub fn webhook_wake(&self) -> &Notify {
+        &self.inner.webhook_wake
     }
 
     /// Scratch space for uploads.

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,11 +23,8 @@ use crate::engine::{generate_params, output_format, EngineHandle, EngineState, G
 use crate::routes::tasks::result_body;
 use crate::state::AppState;
 
-/// How long a claim lasts without a heartbeat: long enough to ride out a busy database, short
-/// enough that a crashed worker's task is picked up again soon.
-const LEASE: Duration = Duration::from_secs(60);
-/// Heartbeats per lease.
-const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Heartbeats per lease: three can be missed (a busy database) before the lease runs out.
+const HEARTBEATS_PER_LEASE: u32 = 4;
 /// How often an idle worker looks for work when no submit wakes it (tasks of another process,
 /// expired leases).
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -40,6 +38,8 @@ struct TaskFailure {
     details: String,
     /// Whether running again may help.
     retryable: bool,
+    /// Stopped by a shutdown: the task goes back to the queue, not to `Error`.
+    cancelled: bool,
 }
 
 impl TaskFailure {
@@ -47,14 +47,22 @@ impl TaskFailure {
         Self {
             details: details.into(),
             retryable: false,
+            cancelled: false,
+        }
+    }
+
+    fn retryable(details: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            ..Self::user(details)
         }
     }
 
     fn store(err: StoreError) -> Self {
         tracing::warn!(%err, "store failure while running a task");
         Self {
-            details: "Storage failure while running the task".into(),
             retryable: err.is_retryable(),
+            ..Self::user("Storage failure while running the task")
         }
     }
 }
@@ -84,7 +92,10 @@ impl LoraCache {
     }
 }
 
-/// Runs the worker until `shutdown` turns true. Waits for the model first.
+/// Runs the worker until `shutdown` turns true. Waits for the model first. A task running at
+/// shutdown may finish within the configured drain time; after that it is stopped between two
+/// denoising steps and handed back to the queue, so the next start (or another worker) runs it
+/// at once instead of after its lease.
 pub async fn run_worker(
     state: AppState,
     engine: EngineHandle,
@@ -104,7 +115,8 @@ pub async fn run_worker(
         if *shutdown.borrow() {
             break;
         }
-        let claim = match state.store().claim_next(&worker_id, LEASE).await {
+        let lease = state.config().task_lease;
+        let claim = match state.store().claim_next(&worker_id, lease).await {
             Ok(claim) => claim,
             Err(err) => {
                 tracing::warn!(%err, "claiming a task failed");
@@ -121,11 +133,26 @@ pub async fn run_worker(
         };
         let task_id = claim.task().id;
         let span = tracing::info_span!("task", %task_id);
-        let run = handle_claim(&state, &engine, &cfg, &mut cache, &worker_id, claim);
-        tokio::select! {
-            () = run.instrument(span) => {}
-            // Abandoned mid-run: the lease runs out and another start picks the task up again.
-            _ = shutdown.wait_for(|stop| *stop) => break,
+        let cancel = Arc::new(AtomicBool::new(false));
+        let run = handle_claim(
+            &state, &engine, &cfg, &mut cache, &worker_id, claim, &cancel,
+        )
+        .instrument(span);
+        tokio::pin!(run);
+        let stopping = tokio::select! {
+            () = &mut run => false,
+            // (Decided here so the watch guard does not live across the awaits below.)
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            let drain = state.config().drain_timeout;
+            tracing::info!(%task_id, seconds = drain.as_secs_f64(), "shutting down: letting the running task finish");
+            if tokio::time::timeout(drain, &mut run).await.is_err() {
+                tracing::info!(%task_id, "stopping the running task and handing it back");
+                cancel.store(true, Ordering::Relaxed);
+                run.await;
+            }
+            break;
         }
     }
     tracing::info!(worker_id, "worker stopped");
@@ -186,6 +213,7 @@ async fn handle_claim(
     cache: &mut LoraCache,
     worker_id: &str,
     claim: Claim,
+    cancel: &Arc<AtomicBool>,
 ) {
     let task = match claim {
         Claim::Run(task) => task,
@@ -200,7 +228,7 @@ async fn handle_claim(
     };
     tracing::info!(attempt = task.attempts, "running task");
     let started = std::time::Instant::now();
-    match run_task(state, engine, cfg, cache, worker_id, &task).await {
+    match run_task(state, engine, cfg, cache, worker_id, &task, cancel).await {
         Ok(ready) => {
             let generation_seconds = started.elapsed().as_secs_f64();
             let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
@@ -212,8 +240,16 @@ async fn handle_claim(
                 Ok(()) => {
                     tracing::info!("task ready");
                     crate::metrics::task_finished("Ready", Some(generation_seconds));
+                    state.webhook_wake().notify_one();
                 }
                 Err(err) => tracing::warn!(%err, "could not record the finished task"),
+            }
+        }
+        Err(failure) if failure.cancelled => {
+            match state.store().release_task(task.id, worker_id).await {
+                Ok(()) => tracing::info!("task handed back to the queue"),
+                // The lease runs out instead; the task runs again then.
+                Err(err) => tracing::warn!(%err, "could not hand the task back"),
             }
         }
         Err(failure) => finish_error(state, &task, worker_id, failure).await,
@@ -237,6 +273,7 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
         Ok(ErrorOutcome::Failed) => {
             tracing::info!(details = f.details, "task failed");
             crate::metrics::task_finished("Error", None);
+            state.webhook_wake().notify_one();
         }
         Err(err) => tracing::warn!(%err, "could not record the task's failure"),
     }
@@ -269,6 +306,7 @@ async fn run_task(
     cache: &mut LoraCache,
     worker_id: &str,
     task: &ClaimedTask,
+    cancel: &Arc<AtomicBool>,
 ) -> Result<ReadyRecord, TaskFailure> {
     let request: FinetunedRequest = serde_json::from_value(task.params.clone()).map_err(|e| {
         tracing::error!(%e, "stored parameters do not parse");
@@ -302,10 +340,7 @@ async fn run_task(
         // exactly as it was used, so resubmitting it reproduces the image.
         None => u64::from(getrandom::u32().map_err(|e| {
             tracing::error!(%e, "no randomness for a seed");
-            TaskFailure {
-                details: "Could not draw a random seed".into(),
-                retryable: true,
-            }
+            TaskFailure::retryable("Could not draw a random seed")
         })?),
     };
     let params = generate_params(&request, seed).map_err(engine_failure)?;
@@ -317,11 +352,13 @@ async fn run_task(
         lora: Some((lora, request.finetune_strength as f32)),
         format,
         progress: progress_tx,
+        cancel: cancel.clone(),
     };
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);
     tokio::pin!(generation);
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let lease = state.config().task_lease;
+    let mut heartbeat = tokio::time::interval(lease / HEARTBEATS_PER_LEASE);
     heartbeat.tick().await;
     let generated = loop {
         tokio::select! {
@@ -334,7 +371,7 @@ async fn run_task(
             _ = heartbeat.tick() => {
                 state
                     .store()
-                    .heartbeat(task.id, worker_id, LEASE)
+                    .heartbeat(task.id, worker_id, lease)
                     .await
                     .map_err(TaskFailure::store)?;
             }
@@ -379,10 +416,7 @@ async fn load_lora(
         };
         write.await.map_err(|e| {
             tracing::error!(%e, "could not cache a LoRA file");
-            TaskFailure {
-                details: "Could not read the fine-tune's file".into(),
-                retryable: true,
-            }
+            TaskFailure::retryable("Could not read the fine-tune's file")
         })?;
     }
     crate::import::validate_lora(path, cfg).await.map_err(|e| {
@@ -393,6 +427,10 @@ async fn load_lora(
 fn engine_failure(err: EngineError) -> TaskFailure {
     match err {
         EngineError::InvalidInput(msg) => TaskFailure::user(format!("Invalid request: {msg}")),
+        EngineError::Cancelled => TaskFailure {
+            cancelled: true,
+            ..TaskFailure::user("Stopped by a shutdown")
+        },
         other => {
             tracing::error!(err = %other, "generation failed");
             TaskFailure::user("Generation failed inside the engine; the operator's logs say why")

@@ -22,5 +22,5 @@ pub use store::{Result, Store};
 pub use types::{
     Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
     ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, TaskRecord, TaskState, TaskStatus,
-    WebhookDelivery, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS,
+    WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS,
 };

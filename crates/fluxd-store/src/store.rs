@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind, NewKey,
-    NewTask, NewWebhook, ReadyRecord, StoreError, TaskRecord, WebhookDelivery,
+    NewTask, NewWebhook, ReadyRecord, StoreError, TaskRecord, WebhookDelivery, WebhookRecord,
 };
 
 /// Shorthand for the store's results.
@@ -62,6 +62,11 @@ pub trait Store: Send + Sync {
 
     /// Extends the lease to `lease` from now; [`StoreError::LeaseLost`] if it already ran out.
     async fn heartbeat(&self, task_id: Uuid, worker_id: &str, lease: Duration) -> Result<()>;
+
+    /// Hands a claimed, unfinished task back to the queue at once (a worker shutting down): no
+    /// lease to wait out, and the interrupted run does not count against the task's attempts.
+    /// [`StoreError::LeaseLost`] if the worker no longer holds it.
+    async fn release_task(&self, task_id: Uuid, worker_id: &str) -> Result<()>;
 
     /// Records the fraction of the work done, from 0 to 1.
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()>;
@@ -151,6 +156,9 @@ pub trait Store: Send + Sync {
         error: &str,
         next_attempt_at: Option<SystemTime>,
     ) -> Result<()>;
+
+    /// The outbox rows of a task (operators' view of its webhook deliveries), oldest first.
+    async fn webhook_deliveries(&self, task_id: Uuid) -> Result<Vec<WebhookRecord>>;
 
     // --- lifecycle ------------------------------------------------------------------------------
 

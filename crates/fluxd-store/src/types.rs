@@ -366,6 +366,23 @@ pub struct WebhookDelivery {
     pub created_at: SystemTime,
 }
 
+/// Where one webhook delivery stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    /// Outbox row id.
+    pub id: Uuid,
+    /// Target URL.
+    pub url: String,
+    /// `pending` (queued or waiting for a retry), `delivered` or `failed` (given up).
+    pub status: String,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When a pending delivery is next due.
+    pub next_attempt_at: SystemTime,
+}
+
 /// Longest tenant name accepted; tenants are ids, not prose.
 const MAX_TENANT_LEN: usize = 128;
 

@@ -38,6 +38,7 @@ conformance_tests!(
     active_task_limit,
     claims_are_exclusive,
     lost_worker_retries,
+    release_on_shutdown,
     heartbeat_and_progress,
     completions,
     retryable_errors,

@@ -10,8 +10,9 @@ use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
 use fluxd_engine::transformer::{FluxConfig, FluxTransformer};
 use fluxd_server::engine::spawn_engine;
 use fluxd_server::state::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES};
+use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
-use fluxd_store::{Store, DEFAULT_MAX_ACTIVE_TASKS};
+use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS};
 
 use crate::device::{parse_device, parse_dtype};
 
@@ -114,6 +115,32 @@ pub struct ServeArgs {
     /// Largest JSON request body in bytes.
     #[arg(long, env = "FLUXD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Call webhook URLs on loopback, private, link-local and other non-public addresses too
+    /// (refused by default: callers choose webhook URLs, so this is an SSRF switch).
+    #[arg(long, env = "FLUXD_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+    /// Time for one webhook attempt (e.g. 15s).
+    #[arg(long, env = "FLUXD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    webhook_timeout: Duration,
+    /// How long a failing webhook is retried before it is recorded as failed (e.g. 24h).
+    #[arg(long, env = "FLUXD_WEBHOOK_RETRY_FOR", default_value = "24h", value_parser = parse_duration)]
+    webhook_retry_for: Duration,
+    /// A claimed task's lease: after a crash, its task runs again this long after the worker's
+    /// last heartbeat (e.g. 60s).
+    #[arg(long, env = "FLUXD_TASK_LEASE", default_value = "60s", value_parser = parse_duration)]
+    task_lease: Duration,
+    /// Runs a task may start (a crash or kill interrupting a run counts one) before it ends as
+    /// `Error`; stored on each task at submit.
+    #[arg(long, env = "FLUXD_MAX_TASK_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_task_attempts: u32,
+    /// Delay before a failed webhook's first retry; each further retry doubles it (up to 1h).
+    #[arg(long, env = "FLUXD_WEBHOOK_RETRY_BASE", default_value = "5s", value_parser = parse_duration)]
+    webhook_retry_base: Duration,
+    /// On SIGTERM, how long the running task may take to finish (then it goes back to the queue)
+    /// and how long the webhook outbox is flushed.
+    #[arg(long, env = "FLUXD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    drain_timeout: Duration,
     /// Serve the API without running tasks (another process on the same data directory runs
     /// them).
     #[arg(long)]
@@ -154,11 +181,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    if args.task_lease < Duration::from_secs(1) {
+        bail!("--task-lease must be at least 1s (heartbeats renew it four times per lease)");
+    }
+    if args.webhook_timeout.is_zero() {
+        bail!("--webhook-timeout must be more than 0s");
+    }
     let data = args.data.open()?;
     let paths = args.model.resolve(&data)?;
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
-    let store: Arc<dyn Store> = Arc::new(data.store().await.context("opening the store")?);
+    let options = SqliteOptions {
+        max_attempts: args.max_task_attempts,
+        ..SqliteOptions::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        data.store_with(options)
+            .await
+            .context("opening the store")?,
+    );
     let blobs = data.blobs().context("opening the blob store")?;
     let signer = data.signer().context("loading the URL signing key")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -176,6 +217,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         result_retention: args.result_retention,
         max_upload_bytes: args.max_upload_bytes,
         max_request_bytes: args.max_request_bytes,
+        webhooks: WebhookConfig {
+            allow_private: args.webhook_allow_private,
+            timeout: args.webhook_timeout,
+            retry_for: args.webhook_retry_for,
+            retry_base: args.webhook_retry_base.max(Duration::from_millis(100)),
+            ..WebhookConfig::default()
+        },
+        task_lease: args.task_lease,
+        drain_timeout: args.drain_timeout,
         ..ServerConfig::new(public_url.clone())
     };
     let state = AppState::new(

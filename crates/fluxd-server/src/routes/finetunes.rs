@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use bytes::Bytes;
 use fluxd_api::{
@@ -22,7 +23,7 @@ use crate::auth::Caller;
 use crate::engine::EngineState;
 use crate::error::ApiError;
 use crate::import::{check_finetune_id, import_lora, ImportOptions, StagedFile};
-use crate::routes::tasks::{body_bytes, query_param};
+use crate::routes::tasks::{json_body, query_param};
 use crate::state::AppState;
 
 /// `GET /v1/my_finetunes`.
@@ -75,9 +76,10 @@ pub fn details(r: &FinetuneRecord) -> Value {
 pub async fn delete_finetune(
     State(state): State<AppState>,
     Caller(key): Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<DeleteFinetuneResponse>, ApiError> {
-    let body = body_bytes(body, state.config().max_request_bytes)?;
+    let body = json_body(&headers, body, state.config().max_request_bytes)?;
     let request = parse_delete_finetune_request(&body)?;
     let deleted = state
         .store()

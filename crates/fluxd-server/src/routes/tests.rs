@@ -299,3 +299,85 @@ async fn metrics_count_requests_by_route_pattern() {
     );
     assert!(!text.contains("id=abc"), "raw paths must not become labels");
 }
+
+/// A call with an explicit `Content-Type`.
+async fn call_typed(
+    state: &AppState,
+    key: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/flux-pro-finetuned")
+        .header("x-key", key)
+        .header("content-type", content_type)
+        .body(Body::from(body.to_vec()))
+        .unwrap();
+    let response = crate::app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, json_of(&bytes))
+}
+
+#[tokio::test]
+async fn non_json_content_types_are_refused_as_the_reference_does() {
+    let f = fixture().await;
+    let (status, body) = call_typed(
+        &f.state,
+        &f.key,
+        "application/x-www-form-urlencoded",
+        b"finetune_id=my-finetune&prompt=fox",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body,
+        json!({"detail": [{
+            "type": "model_attributes_type",
+            "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+            "input": "finetune_id=my-finetune&prompt=fox",
+        }]})
+    );
+    // JSON under a JSON media type with parameters is read as JSON.
+    let (status, body) = call_typed(
+        &f.state,
+        &f.key,
+        "application/json; charset=utf-8",
+        br#"{"finetune_id": "my-finetune", "width": 256, "height": 256}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn webhook_urls_to_private_addresses_are_refused_at_submit() {
+    let f = fixture().await;
+    for url in [
+        "http://127.0.0.1:9000/hook",
+        "http://169.254.169.254/latest",
+        "http://[::ffff:10.0.0.1]/",
+        "http://0x7f.1/",
+        "http://localhost/",
+    ] {
+        let body = json!({"finetune_id": "my-finetune", "webhook_url": url});
+        let (status, body) = call_typed(
+            &f.state,
+            &f.key,
+            "application/json",
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(
+            body["detail"][0]["loc"],
+            json!(["body", "webhook_url"]),
+            "{url}"
+        );
+        let msg = body["detail"][0]["msg"].as_str().unwrap();
+        assert!(msg.contains("does not call"), "{msg}");
+    }
+}

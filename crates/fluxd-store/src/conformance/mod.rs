@@ -17,7 +17,7 @@ pub use keys::{finetunes, keys};
 pub use outbox::{durability, outbox, retention};
 pub use queue::{
     active_task_limit, claims_are_exclusive, completions, heartbeat_and_progress,
-    lost_worker_retries, retryable_errors, task_isolation,
+    lost_worker_retries, release_on_shutdown, retryable_errors, task_isolation,
 };
 
 use crate::{NewKey, NewTask, NewWebhook, ReadyRecord, Result, Store};
@@ -43,6 +43,7 @@ where
         active_task_limit,
         claims_are_exclusive,
         lost_worker_retries,
+        release_on_shutdown,
         heartbeat_and_progress,
         completions,
         retryable_errors,

@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use uuid::Uuid;
+
 use crate::conformance::{ready, task_for, tenant_with_key, webhook};
 use crate::{Claim, InsertOutcome, ModerationKind, Result, Store, StoreError, TaskState};
 
@@ -153,6 +155,22 @@ pub async fn outbox(store: &dyn Store) -> Result<()> {
     assert!(store.claim_due_webhooks("d", 10, LONG).await?.is_empty());
     store.webhook_failed(second.id, "gave up", None).await?;
     assert!(store.claim_due_webhooks("d", 10, LONG).await?.is_empty());
+
+    // Operators can see where each delivery stands.
+    let seen = store.webhook_deliveries(ready_id).await?;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].id, seen[0].status.as_str()),
+        (first.id, "delivered")
+    );
+    assert_eq!((seen[0].attempts, seen[0].last_error.as_deref()), (1, None));
+    let seen = store.webhook_deliveries(moderated_id).await?;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].status, "failed");
+    assert_eq!(seen[0].attempts, 3);
+    assert_eq!(seen[0].last_error.as_deref(), Some("gave up"));
+    assert_eq!(seen[0].url, expected.url);
+    assert!(store.webhook_deliveries(Uuid::new_v4()).await?.is_empty());
 
     // Standalone enqueue, and the limit on one claim.
     for _ in 0..3 {

@@ -189,6 +189,37 @@ pub async fn lost_worker_retries(store: &dyn Store) -> Result<()> {
     Ok(())
 }
 
+/// A worker that shuts down hands its task back: claimable at once by another worker, the
+/// interrupted run not counted, and nothing more from the releasing worker lands.
+pub async fn release_on_shutdown(store: &dyn Store) -> Result<()> {
+    let key = tenant_with_key(store, "alice").await?;
+    let task = task_for(&key, "draining");
+    store.insert_task(task.clone()).await?;
+    let first = claim_run(store, "w1", LONG).await?;
+    assert_eq!((first.id, first.attempts), (task.id, 1));
+    store.set_progress(task.id, "w1", 0.5).await?;
+    assert_lease_lost(
+        store.release_task(task.id, "w2").await,
+        "release by a stranger",
+    );
+    store.release_task(task.id, "w1").await?;
+    assert_lease_lost(
+        store.heartbeat(task.id, "w1", LONG).await,
+        "heartbeat after release",
+    );
+    assert_lease_lost(store.release_task(task.id, "w1").await, "second release");
+    let record = store.get_task("alice", task.id).await?;
+    let record = record.unwrap_or_else(|| panic!("task vanished"));
+    assert_eq!(record.state, TaskState::Pending { progress: None });
+    let again = claim_run(store, "w2", LONG).await?;
+    assert_eq!(
+        (again.id, again.attempts),
+        (task.id, 1),
+        "released runs are not counted"
+    );
+    Ok(())
+}
+
 /// Heartbeats extend the lease only while it is held; progress is recorded and bounded.
 pub async fn heartbeat_and_progress(store: &dyn Store) -> Result<()> {
     let key = tenant_with_key(store, "alice").await?;

@@ -178,6 +178,26 @@ pub(super) async fn heartbeat(
     expect_owned(done.rows_affected(), task_id)
 }
 
+pub(super) async fn release(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    let done = sqlx::query(concat!(
+        "UPDATE tasks SET worker_id = NULL, lease_until = NULL, progress = NULL, \
+         attempts = MAX(attempts - 1, 0), updated_at = $3 WHERE ",
+        owned_by_worker!()
+    ))
+    .bind(task_id.to_string())
+    .bind(worker_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(map_sqlx)?;
+    expect_owned(done.rows_affected(), task_id)
+}
+
 pub(super) async fn set_progress(
     conn: &mut SqliteConnection,
     task_id: Uuid,

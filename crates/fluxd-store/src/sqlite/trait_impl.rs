@@ -12,6 +12,7 @@ use crate::types::check_tenant;
 use crate::{
     apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
     NewKey, NewTask, NewWebhook, ReadyRecord, Store, StoreError, TaskRecord, WebhookDelivery,
+    WebhookRecord,
 };
 
 #[async_trait]
@@ -81,6 +82,14 @@ impl Store for SqliteStore {
         let worker_id = worker_id.to_owned();
         self.writer
             .write_one(move |c| Box::pin(tasks::heartbeat(c, task_id, worker_id, lease)))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn release_task(&self, task_id: Uuid, worker_id: &str) -> Result<()> {
+        let worker_id = worker_id.to_owned();
+        self.writer
+            .write_one(move |c| Box::pin(tasks::release(c, task_id, worker_id)))
             .await
     }
 
@@ -223,6 +232,10 @@ impl Store for SqliteStore {
         self.writer
             .write_one(move |c| Box::pin(webhooks::failed(c, id, error, next_attempt_at)))
             .await
+    }
+
+    async fn webhook_deliveries(&self, task_id: Uuid) -> Result<Vec<WebhookRecord>> {
+        webhooks::for_task(&self.reads, task_id).await
     }
 
     async fn close(&self) {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::sqlite::{map_sqlx, rows};
 use crate::time::{duration_millis, now_millis, to_millis};
-use crate::{NewWebhook, StoreError, WebhookDelivery};
+use crate::{NewWebhook, StoreError, WebhookDelivery, WebhookRecord};
 
 pub(super) async fn enqueue(
     conn: &mut SqliteConnection,
@@ -119,6 +119,33 @@ pub(super) async fn failed(
     .await
     .map_err(map_sqlx)?;
     found(done.rows_affected(), id)
+}
+
+pub(super) async fn for_task(
+    pool: &sqlx::SqlitePool,
+    task_id: Uuid,
+) -> Result<Vec<WebhookRecord>, StoreError> {
+    let found = sqlx::query(
+        "SELECT id, url, status, attempts, last_error, next_attempt_at FROM webhooks \
+         WHERE task_id = $1 ORDER BY created_at, id",
+    )
+    .bind(task_id.to_string())
+    .fetch_all(pool)
+    .await
+    .map_err(map_sqlx)?;
+    found
+        .iter()
+        .map(|row| {
+            Ok(WebhookRecord {
+                id: rows::uuid(row, "id")?,
+                url: rows::get(row, "url")?,
+                status: rows::get(row, "status")?,
+                attempts: rows::count(row, "attempts")?,
+                last_error: rows::get(row, "last_error")?,
+                next_attempt_at: rows::time(row, "next_attempt_at")?,
+            })
+        })
+        .collect()
 }
 
 /// Forgets deliveries settled (delivered or given up) before `cutoff` (epoch milliseconds).

@@ -1,0 +1,267 @@
+//! Helpers shared by the tests that run the real `fluxd` binary: a server on a loopback port
+//! with a fresh data directory (tiny model), plain HTTP/1.1 over a TCP socket, keys and
+//! fine-tunes made through the CLI.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fluxd_engine::lora::{write_random_lora, LoraFormat};
+use fluxd_engine::transformer::FluxConfig;
+use serde_json::{json, Value};
+
+pub fn fluxd(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxd"))
+        .args(args)
+        .output()
+        .expect("run fluxd");
+    assert!(
+        out.status.success(),
+        "fluxd {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fluxd-serve-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+/// A running `fluxd serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn start(data: &Path, extra: &[&str]) -> Server {
+        // Warnings and errors only: the server's log lands in the test output unfiltered.
+        Server::launch(data, "127.0.0.1:0", extra, "warn", Stdio::inherit())
+    }
+
+    /// Starts `fluxd serve` on `listen` with `RUST_LOG=rust_log`, its log going to `stderr`, and
+    /// waits until it is ready.
+    pub fn launch(
+        data: &Path,
+        listen: &str,
+        extra: &[&str],
+        rust_log: &str,
+        stderr: Stdio,
+    ) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fluxd"))
+            .args(["serve", "--data-dir", s(data), "--listen", listen])
+            .args(extra)
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn fluxd serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("fluxd listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let server = Server { child, base };
+        for _ in 0..600 {
+            if server.get("/readyz", None).status == 200 {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("fluxd never became ready");
+    }
+
+    /// SIGTERM, then the exit status: a graceful shutdown exits 0.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        self.child.wait().expect("wait for fluxd")
+    }
+
+    pub fn authority(&self) -> &str {
+        self.base.strip_prefix("http://").expect("http base")
+    }
+
+    pub fn request(&self, method: &str, target: &str, key: Option<&str>, body: &[u8]) -> Reply {
+        request(self.authority(), method, target, key, body)
+    }
+
+    pub fn get(&self, target: &str, key: Option<&str>) -> Reply {
+        self.request("GET", target, key, b"")
+    }
+
+    pub fn post_json(&self, target: &str, key: Option<&str>, body: &Value) -> Reply {
+        self.request("POST", target, key, body.to_string().as_bytes())
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 exchange with `Connection: close`; the server sends whole bodies with a
+/// Content-Length, so reading to the end is the body.
+pub fn request(
+    authority: &str,
+    method: &str,
+    target: &str,
+    key: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    try_request(authority, method, target, key, body).expect("HTTP exchange")
+}
+
+/// [`request`], with connection failures (a server that is down or dies mid-request) as errors.
+pub fn try_request(
+    authority: &str,
+    method: &str,
+    target: &str,
+    key: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(authority)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(key) = key {
+        head.push_str(&format!("x-key: {key}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let cut = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "reply cut short");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(cut)?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(cut)?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+pub fn create_key(data: &Path, tenant: &str) -> String {
+    let out = fluxd(&["keys", "create", "--tenant", tenant, "--data-dir", s(data)]);
+    out.lines().last().expect("key line").trim().to_owned()
+}
+
+pub fn import_lora(data: &Path, tenant: &str, id: &str, extra: &[&str]) {
+    let lora = data.join(format!("{id}.safetensors"));
+    write_random_lora(&lora, LoraFormat::Kohya, &FluxConfig::tiny(), 4, 1, &|_| {
+        true
+    })
+    .expect("write LoRA");
+    let mut args = vec![
+        "finetunes",
+        "import",
+        "--tenant",
+        tenant,
+        "--id",
+        id,
+        s(&lora),
+        "--data-dir",
+        s(data),
+    ];
+    args.extend_from_slice(extra);
+    let out = fluxd(&args);
+    assert_eq!(out.lines().last(), Some(id), "{out}");
+}
+
+pub fn poll_until_final(server: &Server, polling_url: &str, key: &str) -> Value {
+    let target = polling_url
+        .strip_prefix(&server.base)
+        .unwrap_or_else(|| panic!("{polling_url} is not under {}", server.base));
+    for _ in 0..1200 {
+        let reply = server.get(target, Some(key));
+        assert_eq!(reply.status, 200);
+        let body = reply.json();
+        if body["status"] != "Pending" {
+            return body;
+        }
+        if let Some(p) = body["progress"].as_f64() {
+            assert!((0.0..=1.0).contains(&p), "{body}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("task never finished");
+}
+
+pub fn small_request(extra: Value) -> Value {
+    let mut body = json!({
+        "finetune_id": "my-finetune",
+        "prompt": "a photo of TOK",
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
