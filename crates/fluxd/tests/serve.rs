@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use fluxd_engine::lora::{write_random_lora, LoraFormat};
@@ -363,4 +364,56 @@ fn the_official_python_client_submits_polls_and_downloads() {
     );
     let img = image::open(&out).expect("the client downloaded an image");
     assert_eq!((img.width(), img.height()), (256, 256));
+}
+
+/// SIGTERM while a long task runs: the server stops it after the drain time, hands it back to
+/// the queue and exits 0; the next start runs it at once (not after the task lease, 60 s here)
+/// and the interrupted run is not counted against the task.
+#[test]
+fn sigterm_hands_the_running_task_back_and_exits_0() {
+    let data = scratch("drain");
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    let mut server = Server::start(&data, &["--drain-timeout", "1s"]);
+    // Long enough to be running when the signal comes: 50 steps at 1440×1440.
+    let body = small_request(json!({"width": 1440, "height": 1440, "steps": 50}));
+    let submit = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
+    assert_eq!(submit.status, 200);
+    let id = submit.json()["id"].as_str().expect("id").to_owned();
+    let target = format!("/v1/get_result?id={id}");
+    let running = (0..600).any(|_| {
+        let body = server.get(&target, Some(&key)).json();
+        let started = body["progress"].as_f64().is_some_and(|p| p > 0.0);
+        if !started {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started
+    });
+    assert!(running, "the task never started");
+
+    let signalled = std::time::Instant::now();
+    let exit = server.terminate();
+    let drain = signalled.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    println!("SIGTERM to exit with a running task: {drain:?} (drain timeout 1 s)");
+
+    let server = Server::start(&data, &[]);
+    let body = server.get(&target, Some(&key)).json();
+    assert_eq!(body["status"], "Pending", "{body}");
+    // Handed back, so it runs again long before a 60 s lease could have run out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let progressed = loop {
+        let body = server.get(&target, Some(&key)).json();
+        if body["progress"].as_f64().is_some_and(|p| p > 0.0) || body["status"] == "Ready" {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        progressed,
+        "the handed-back task did not run again promptly"
+    );
 }
