@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod routes;
 pub mod signing;
 pub mod state;
+pub mod upsample;
 pub mod webhook;
 pub mod worker;
 

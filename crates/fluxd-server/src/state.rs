@@ -10,6 +10,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::engine::EngineState;
 use crate::signing::UrlSigner;
+use crate::upsample::Upsampler;
 use crate::webhook::WebhookConfig;
 
 /// Default request body limit of the JSON endpoints: a base64 image prompt of a large PNG fits.
@@ -42,6 +43,9 @@ pub struct ServerConfig {
     /// How long a claimed task stays claimed without a heartbeat: after a crash, its task runs
     /// again this long after the last heartbeat.
     pub task_lease: Duration,
+    /// The language model that rewrites prompts for `prompt_upsampling: true`; without one such
+    /// requests are refused with a 422.
+    pub upsampler: Option<Upsampler>,
     /// On shutdown, how long a running task may take to finish before it is stopped and handed
     /// back to the queue, and how long the outbox is flushed.
     pub drain_timeout: Duration,
@@ -66,6 +70,7 @@ impl ServerConfig {
             webhooks: WebhookConfig::default(),
             task_lease: DEFAULT_TASK_LEASE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            upsampler: None,
         }
     }
 }

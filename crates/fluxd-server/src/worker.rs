@@ -343,7 +343,13 @@ async fn run_task(
             TaskFailure::retryable("Could not draw a random seed")
         })?),
     };
-    let params = generate_params(&request, seed).map_err(engine_failure)?;
+    let prompt = if request.prompt_upsampling {
+        upsample(state, &request.prompt, seed).await?
+    } else {
+        request.prompt.clone()
+    };
+    let mut params = generate_params(&request, seed).map_err(engine_failure)?;
+    params.prompt.clone_from(&prompt);
     let format = output_format(request.output_format);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let job = GenerateJob {
@@ -386,11 +392,31 @@ async fn run_task(
         .map_err(TaskFailure::store)?;
     Ok(ReadyRecord {
         sample_key,
-        prompt_used: request.prompt,
+        prompt_used: prompt,
         seed_used: seed,
         start_time,
         end_time,
     })
+}
+
+/// The prompt rewritten by the configured language model.
+async fn upsample(state: &AppState, prompt: &str, seed: u64) -> Result<String, TaskFailure> {
+    let upsampler = state.config().upsampler.as_ref().ok_or_else(|| {
+        TaskFailure::user("Prompt upsampling is not configured on this server; submit with prompt_upsampling false")
+    })?;
+    match upsampler.upsample(prompt, seed).await {
+        Ok(rewritten) => {
+            tracing::info!(chars = rewritten.len(), "prompt upsampled");
+            Ok(rewritten)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "prompt upsampling failed");
+            Err(TaskFailure {
+                retryable: err.is_retryable(),
+                ..TaskFailure::user(format!("Prompt upsampling failed: {err}"))
+            })
+        }
+    }
 }
 
 /// Copies the LoRA blob to a local file (the engine reads files by path) and parses it.

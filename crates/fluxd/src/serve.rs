@@ -10,6 +10,7 @@ use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
 use fluxd_engine::transformer::{FluxConfig, FluxTransformer};
 use fluxd_server::engine::spawn_engine;
 use fluxd_server::state::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES};
+use fluxd_server::upsample::{Upsampler, UpsamplerConfig};
 use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
 use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS};
@@ -141,6 +142,20 @@ pub struct ServeArgs {
     /// and how long the webhook outbox is flushed.
     #[arg(long, env = "FLUXD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// OpenAI-compatible API that rewrites prompts for `prompt_upsampling: true` (e.g.
+    /// http://127.0.0.1:8081/v1 for llama.cpp's server, http://127.0.0.1:11434/v1 for Ollama).
+    /// Without it such requests get a 422.
+    #[arg(long, env = "FLUXD_UPSAMPLER_URL", requires = "upsampler_model")]
+    upsampler_url: Option<String>,
+    /// Model name sent to the upsampler.
+    #[arg(long, env = "FLUXD_UPSAMPLER_MODEL")]
+    upsampler_model: Option<String>,
+    /// Bearer token for the upsampler (prefer the environment variable).
+    #[arg(long, env = "FLUXD_UPSAMPLER_KEY", hide_env_values = true)]
+    upsampler_key: Option<String>,
+    /// Time for one prompt rewrite.
+    #[arg(long, env = "FLUXD_UPSAMPLER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    upsampler_timeout: Duration,
     /// Serve the API without running tasks (another process on the same data directory runs
     /// them).
     #[arg(long)]
@@ -226,6 +241,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
         task_lease: args.task_lease,
         drain_timeout: args.drain_timeout,
+        upsampler: upsampler(&args)?,
         ..ServerConfig::new(public_url.clone())
     };
     let state = AppState::new(
@@ -253,6 +269,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
     .await?;
     tracing::info!("fluxd stopped");
     Ok(())
+}
+
+/// The prompt upsampler the flags describe, if any.
+fn upsampler(args: &ServeArgs) -> Result<Option<Upsampler>> {
+    let (Some(url), Some(model)) = (&args.upsampler_url, &args.upsampler_model) else {
+        return Ok(None);
+    };
+    let upsampler = Upsampler::new(UpsamplerConfig {
+        url: url.clone(),
+        model: model.clone(),
+        api_key: args.upsampler_key.clone(),
+        timeout: args.upsampler_timeout,
+    })?;
+    tracing::info!(
+        endpoint = upsampler.config().endpoint(),
+        model,
+        "prompt upsampling enabled"
+    );
+    Ok(Some(upsampler))
 }
 
 /// Shared by the store-only subcommands: runs `f` on a one-thread runtime.

@@ -417,3 +417,46 @@ fn sigterm_hands_the_running_task_back_and_exits_0() {
         "the handed-back task did not run again promptly"
     );
 }
+
+/// `prompt_upsampling: true` with an upsampler configured: the language model (a stand-in on
+/// loopback) rewrites the prompt, and `result.prompt` reports the rewrite.
+#[test]
+fn prompt_upsampling_rewrites_the_prompt_through_the_configured_model() {
+    let llm = FakeLlm::start("A photo of TOK, a red fox in deep snow at golden hour");
+    let data = scratch("upsampling");
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    let endpoint = format!("{}/v1", llm.base);
+    let server = Server::start(
+        &data,
+        &[
+            "--upsampler-url",
+            &endpoint,
+            "--upsampler-model",
+            "tiny-llm",
+        ],
+    );
+    let body = small_request(json!({"prompt": "TOK fox", "prompt_upsampling": true, "seed": 3}));
+    let submit = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
+    assert_eq!(
+        submit.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&submit.body)
+    );
+    let polling_url = submit.json()["polling_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let done = poll_until_final(&server, &polling_url, &key);
+    assert_eq!(done["status"], "Ready", "{done}");
+    assert_eq!(
+        done["result"]["prompt"],
+        "A photo of TOK, a red fox in deep snow at golden hour"
+    );
+    let asked = llm.requests.lock().expect("lock").clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0]["model"], "tiny-llm");
+    assert_eq!(asked[0]["seed"], 3);
+    assert_eq!(asked[0]["messages"][1]["content"], "TOK fox");
+}

@@ -102,7 +102,7 @@ pub async fn submit(
             "this server has no Redux model configured, so image_prompt is not supported",
         ));
     }
-    if request.prompt_upsampling {
+    if request.prompt_upsampling && state.config().upsampler.is_none() {
         return Err(ApiError::body_field(
             "prompt_upsampling",
             Value::Bool(true),

@@ -265,3 +265,58 @@ pub fn small_request(extra: Value) -> Value {
     }
     body
 }
+
+/// A stand-in for an OpenAI-compatible language model server on loopback: every request gets a
+/// chat completion whose text is `answer`; the request bodies are kept for inspection.
+pub struct FakeLlm {
+    pub base: String,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl FakeLlm {
+    pub fn start(answer: &str) -> FakeLlm {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+        let seen = requests.clone();
+        let reply = serde_json::json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": answer}}],
+        })
+        .to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                if let Ok(json) = serde_json::from_slice(&body) {
+                    seen.lock().expect("lock").push(json);
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        });
+        FakeLlm { base, requests }
+    }
+}
