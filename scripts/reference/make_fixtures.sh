@@ -7,10 +7,13 @@ venv=$("$root/scripts/reference/setup_venv.sh" "${1:-$root/.venv-ref}")
 seed=7
 model=$(mktemp -d)/tiny
 cargo run --quiet -p fluxd -- model init-tiny "$model" --seed "$seed"
-FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/pipeline_fixtures.py" \
+export FLUXD_TINY_SEED=$seed
+"$venv/bin/python" "$root/scripts/reference/pipeline_fixtures.py" \
   "$model" "$root/crates/fluxd-engine/tests/fixtures/pipeline"
+"$venv/bin/python" "$root/scripts/reference/redux_fixtures.py" \
+  "$model" "$root/crates/fluxd-engine/tests/fixtures/redux"
 loras=$(mktemp -d)
 cargo run --quiet -p fluxd-engine --example write_random_loras -- "$loras"
 "$venv/bin/python" "$root/scripts/reference/lora_fixtures.py" \
   "$model" "$loras" "$root/crates/fluxd-engine/tests/fixtures/lora"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,lora}"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora}"

@@ -87,6 +87,31 @@ pub struct TextEmbeddings {
     pub pooled: Tensor,
 }
 
+impl TextEmbeddings {
+    /// Appends image-prompt tokens (Redux, (1, N, joint_attention_dim)) after the T5 tokens, as
+    /// BFL's `prepare_redux` (`flux/sampling.py`) and diffusers' `FluxPriorReduxPipeline` do
+    /// (`torch.cat([prompt_embeds, image_embeds], dim=1)`) with both scales at 1.0. The pooled
+    /// vector is unchanged; the sampler gives every text token, these included, zero position ids.
+    pub fn with_image_tokens(&self, tokens: &Tensor) -> Result<Self> {
+        let (_, _, width) = self.t5.dims3()?;
+        match tokens.dims() {
+            [1, n, d] if *d == width && *n > 0 => {}
+            other => {
+                return Err(EngineError::InvalidInput(format!(
+                    "image prompt tokens must be (1, N, {width}), got {other:?}"
+                )))
+            }
+        }
+        let tokens = tokens
+            .to_device(self.t5.device())?
+            .to_dtype(self.t5.dtype())?;
+        Ok(Self {
+            t5: Tensor::cat(&[&self.t5, &tokens], 1)?,
+            pooled: self.pooled.clone(),
+        })
+    }
+}
+
 /// A loaded FLUX.1 model. Weights are loaded once; every generation reuses them.
 pub struct FluxPipeline {
     clip_tokenizer: ClipTokenizer,
@@ -270,11 +295,26 @@ impl FluxPipeline {
         progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
     ) -> Result<Generation> {
+        self.generate_with_image_tokens(p, None, progress, cancel)
+    }
+
+    /// [`generate`](Self::generate) with an image prompt: `image_tokens` (e.g. from
+    /// [`crate::redux::ReduxModel::encode`]) are appended after the prompt's T5 tokens.
+    pub fn generate_with_image_tokens(
+        &self,
+        p: &GenerateParams,
+        image_tokens: Option<&Tensor>,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+    ) -> Result<Generation> {
         self.check(p)?;
         let mut timings = Timings::default();
         progress(Progress::EncodingText);
         let t0 = Instant::now();
-        let text = self.encode_prompt(&p.prompt, p.max_sequence_length)?;
+        let mut text = self.encode_prompt(&p.prompt, p.max_sequence_length)?;
+        if let Some(tokens) = image_tokens {
+            text = text.with_image_tokens(tokens)?;
+        }
         timings.text_encoding_ms = ms(t0);
         let latents = self.denoise(p, &text, &mut timings, progress, cancel)?;
         progress(Progress::Decoding);

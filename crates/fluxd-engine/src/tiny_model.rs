@@ -3,14 +3,19 @@
 //!
 //! Every component is written by the module that loads it (one piece of code per format), with
 //! tokenizers trained offline on a built-in corpus. The same seed always gives the same files.
+//! A tiny FLUX.1-Redux model for image prompts is written alongside, in `redux/`.
 
 use std::path::Path;
 
 use crate::error::Result;
+use crate::redux::{write_tiny_redux_model, SiglipVisionConfig};
 use crate::schedule::SchedulerConfig;
 use crate::tiny_init::write_json;
 use crate::transformer::FluxConfig;
 use crate::{text_encoders, tokenizer, transformer, vae};
+
+/// The sub-folder of a tiny model that holds its Redux model.
+pub const TINY_REDUX_DIR: &str = "redux";
 
 /// Which transformer size to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,7 +43,8 @@ impl TinyPreset {
     }
 }
 
-/// Writes a complete random FLUX.1 model to `dir` (created if needed).
+/// Writes a complete random FLUX.1 model to `dir` (created if needed), with a matching Redux
+/// model in `dir/redux/` (see [`write_tiny_redux`]).
 pub fn write_tiny_model(dir: &Path, seed: u64, preset: TinyPreset) -> Result<()> {
     let cfg = preset.transformer_config();
     write_json(&dir.join("model_index.json"), &model_index())?;
@@ -51,7 +57,15 @@ pub fn write_tiny_model(dir: &Path, seed: u64, preset: TinyPreset) -> Result<()>
     text_encoders::write_tiny_t5(&dir.join("text_encoder_2"), vocab.t5_vocab_size, seed)?;
     transformer::write_tiny_diffusers(&dir.join("transformer"), &cfg, seed, 2)?;
     vae::write_tiny_vae(&dir.join("vae"), seed)?;
-    Ok(())
+    write_tiny_redux(&dir.join(TINY_REDUX_DIR), seed)
+}
+
+/// Writes a random FLUX.1-Redux model in the layout of `black-forest-labs/FLUX.1-Redux-dev` to
+/// `dir`: the tiny SigLIP of [`SiglipVisionConfig::tiny`] and a projection to the tiny
+/// transformer's text width (both presets share it), so its tokens condition the tiny model.
+pub fn write_tiny_redux(dir: &Path, seed: u64) -> Result<()> {
+    let joint_dim = TinyPreset::Tiny.transformer_config().joint_attention_dim;
+    write_tiny_redux_model(dir, &SiglipVisionConfig::tiny(), joint_dim, seed)
 }
 
 /// `model_index.json` as FLUX.1-dev ships it.

@@ -10,6 +10,7 @@ use fluxd_engine::pipeline::{
     FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH, LOAD_STAGES,
 };
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
+use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
 
 use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
 use crate::progress::bar;
@@ -53,6 +54,16 @@ pub struct GenerateArgs {
     /// the flag to combine several.
     #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
     loras: Vec<String>,
+    /// Redux model for `--image-prompt`: a FLUX.1-Redux-dev folder (`fluxd model init-tiny`
+    /// writes one in `DIR/redux`) or a BFL `flux1-redux-dev.safetensors` file.
+    #[arg(long, requires = "image_prompt")]
+    redux_model: Option<PathBuf>,
+    /// SigLIP vision model folder, when `--redux-model` has no `image_encoder/`.
+    #[arg(long, requires = "redux_model")]
+    siglip: Option<PathBuf>,
+    /// Image prompt (PNG, JPEG or WebP): its Redux tokens are appended to the text prompt's.
+    #[arg(long, requires = "redux_model")]
+    image_prompt: Option<PathBuf>,
     /// Write load, text-encoding, per-step and decode times (ms) and peak RSS to this JSON file.
     #[arg(long)]
     timings_json: Option<PathBuf>,
@@ -63,6 +74,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
     dtype: String,
 }
+
+/// Image prompts with more pixels than this are refused before decoding.
+const IMAGE_PROMPT_MAX_PIXELS: u64 = 64 << 20;
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let Some(format) = OutputFormat::from_path_extension(&args.output) else {
@@ -117,6 +131,23 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         max_sequence_length: args.max_sequence_length,
     };
+    let t_redux = Instant::now();
+    let image_tokens = match (&args.redux_model, &args.image_prompt) {
+        (Some(redux), Some(image)) => {
+            let model = ReduxModel::load(redux, args.siglip.as_deref(), dtype, &device)
+                .with_context(|| format!("loading the Redux model {}", redux.display()))?;
+            let bytes =
+                std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+            let rgb = decode_image_prompt(&bytes, IMAGE_PROMPT_MAX_PIXELS)
+                .with_context(|| image.display().to_string())?;
+            let tokens = model.encode(&rgb).context("encoding the image prompt")?;
+            Some(tokens)
+        }
+        _ => None,
+    };
+    let redux_ms = image_tokens
+        .as_ref()
+        .map(|_| t_redux.elapsed().as_secs_f64() * 1000.0);
     let tokens = pipeline.t5_tokenizer().count_tokens(&params.prompt)?;
     if tokens > params.max_sequence_length {
         tracing::warn!(
@@ -135,7 +166,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Progress::Decoding => steps_bar.set_message("decoding"),
     };
     let generation = pipeline
-        .generate(&params, &mut on_progress, &AtomicBool::new(false))
+        .generate_with_image_tokens(
+            &params,
+            image_tokens.as_ref(),
+            &mut on_progress,
+            &AtomicBool::new(false),
+        )
         .context("generating")?;
     steps_bar.finish_and_clear();
 
@@ -147,6 +183,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let t = &generation.timings;
         let report = serde_json::json!({
             "load_ms": load_ms,
+            "redux_ms": redux_ms,
             "text_encoding_ms": t.text_encoding_ms,
             "step_ms": t.step_ms,
             "decode_ms": t.decode_ms,

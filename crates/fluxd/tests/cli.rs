@@ -256,3 +256,75 @@ fn lora_flag_changes_the_image_and_inspect_reports_the_file() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.safetensors"));
 }
+
+#[test]
+fn image_prompt_through_redux_conditions_the_image() {
+    let dir = scratch("redux");
+    let prompt_png = dir.join("prompt.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 100]))
+        .save(&prompt_png)
+        .expect("write png");
+    // `init-tiny` writes a matching FLUX.1-Redux model into DIR/redux.
+    let redux = tiny().join("redux");
+    let with_redux = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["--image-prompt", s(&prompt_png)];
+        args.extend_from_slice(extra);
+        generate(tiny(), out, &args)
+    };
+    let (plain, a, b, bfl) = (
+        dir.join("plain.png"),
+        dir.join("a.png"),
+        dir.join("b.png"),
+        dir.join("bfl.png"),
+    );
+    assert!(generate(tiny(), &plain, &[]).status.success());
+    let out = with_redux(&a, &["--redux-model", s(&redux)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(with_redux(&b, &["--redux-model", s(&redux)])
+        .status
+        .success());
+    // The BFL single file with the SigLIP folder named explicitly is the same model.
+    let bfl_file = redux.join("flux1-redux-dev.safetensors");
+    let siglip = redux.join("image_encoder");
+    let out = with_redux(
+        &bfl,
+        &["--redux-model", s(&bfl_file), "--siglip", s(&siglip)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8();
+    assert_eq!(pixels(&a).dimensions(), (64, 48));
+    assert_ne!(
+        pixels(&a),
+        pixels(&plain),
+        "the image prompt changes the image"
+    );
+    assert_eq!(pixels(&a), pixels(&b), "and deterministically");
+    assert_eq!(pixels(&a), pixels(&bfl));
+
+    // A GIF is refused with a message naming the field and the accepted formats.
+    let gif = dir.join("prompt.gif");
+    std::fs::write(&gif, b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").expect("gif");
+    let out = generate(
+        tiny(),
+        &dir.join("x.png"),
+        &["--redux-model", s(&redux), "--image-prompt", s(&gif)],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("image_prompt") && err.contains("PNG, JPEG or WebP"),
+        "{err}"
+    );
+    // An image prompt needs a Redux model.
+    let out = generate(tiny(), &dir.join("x.png"), &["--image-prompt", s(&gif)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redux-model"));
+}
