@@ -10,6 +10,7 @@ use fluxd_engine::lora::LoraFile;
 use fluxd_engine::model_dir::ModelPaths;
 use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH};
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
+use fluxd_engine::redux::{ReduxModel, ReduxPaths};
 use fluxd_engine::transformer::FluxConfig;
 use fluxd_engine::EngineError;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,6 +45,8 @@ pub struct GenerateJob {
     pub progress: mpsc::UnboundedSender<f64>,
     /// Set to stop the generation between two denoising steps ([`EngineError::Cancelled`]).
     pub cancel: Arc<AtomicBool>,
+    /// The decoded Redux image prompt, if the request has one.
+    pub image_prompt: Option<image::RgbImage>,
 }
 
 /// The encoded image.
@@ -86,6 +89,7 @@ impl EngineHandle {
 /// handle is dropped.
 pub fn spawn_engine(
     paths: ModelPaths,
+    redux: Option<ReduxPaths>,
     device: Device,
     dtype: DType,
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>), ServerError> {
@@ -93,13 +97,14 @@ pub fn spawn_engine(
     let (state_tx, state) = watch::channel(EngineState::Loading);
     let thread = std::thread::Builder::new()
         .name("fluxd-engine".into())
-        .spawn(move || engine_main(paths, device, dtype, rx, state_tx))
+        .spawn(move || engine_main(paths, redux, device, dtype, rx, state_tx))
         .map_err(|e| ServerError::io("starting the engine thread", e))?;
     Ok((EngineHandle { jobs, state }, thread))
 }
 
 fn engine_main(
     paths: ModelPaths,
+    redux: Option<ReduxPaths>,
     device: Device,
     dtype: DType,
     mut jobs: mpsc::Receiver<Job>,
@@ -116,8 +121,18 @@ fn engine_main(
             return;
         }
     };
+    let redux = match redux.map(|p| ReduxModel::load_paths(&p, dtype, &device)) {
+        None => None,
+        Some(Ok(model)) => Some(model),
+        Some(Err(err)) => {
+            tracing::error!(%err, "loading the Redux model failed");
+            state.send_replace(EngineState::Failed(format!("Redux model: {err}")));
+            return;
+        }
+    };
     tracing::info!(
         model = %paths.root.display(),
+        redux = redux.is_some(),
         seconds = started.elapsed().as_secs_f64(),
         "model loaded"
     );
@@ -125,21 +140,35 @@ fn engine_main(
         pipeline.transformer().config().clone(),
     )));
     while let Some((job, reply)) = jobs.blocking_recv() {
-        let result = run_job(&mut pipeline, job);
+        let result = run_job(&mut pipeline, redux.as_ref(), job);
         // The worker may have given up on the task (lease lost); nothing to tell then.
         let _ = reply.send(result);
     }
     tracing::info!("engine thread stopped");
 }
 
-fn run_job(pipeline: &mut FluxPipeline, job: GenerateJob) -> Result<Generated, EngineError> {
+fn run_job(
+    pipeline: &mut FluxPipeline,
+    redux: Option<&ReduxModel>,
+    job: GenerateJob,
+) -> Result<Generated, EngineError> {
     match &job.lora {
         Some((lora, strength)) => pipeline.set_loras(&[(lora.as_ref(), *strength)])?,
         None => pipeline.set_loras(&[])?,
     }
+    let image_tokens = match (&job.image_prompt, redux) {
+        (None, _) => None,
+        (Some(image), Some(redux)) => Some(redux.encode(image)?),
+        (Some(_), None) => {
+            return Err(EngineError::InvalidInput(
+                "image_prompt needs a Redux model, and this server has none".into(),
+            ))
+        }
+    };
     let progress = job.progress;
-    let generation = pipeline.generate(
+    let generation = pipeline.generate_with_image_tokens(
         &job.params,
+        image_tokens.as_ref(),
         &mut |p| {
             if let Progress::Step { done, total } = p {
                 if total > 0 {

@@ -13,6 +13,7 @@ mod auth;
 pub mod data_dir;
 pub mod engine;
 pub mod error;
+pub mod image_prompt;
 pub mod import;
 pub mod metrics;
 pub mod routes;

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// How long a claimed task stays claimed without a heartbeat: after a crash, its task runs
     /// again this long after the last heartbeat.
     pub task_lease: Duration,
+    /// Largest image prompt in pixels; None when the server has no Redux model, and requests
+    /// with `image_prompt` are refused with a 422.
+    pub image_prompt_max_pixels: Option<u64>,
     /// The language model that rewrites prompts for `prompt_upsampling: true`; without one such
     /// requests are refused with a 422.
     pub upsampler: Option<Upsampler>,
@@ -51,6 +54,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
 }
 
+/// Default largest image prompt: 16 megapixels (a 4096×4096 PNG) is far beyond the 384² SigLIP
+/// sees, while a decompression bomb is refused before its pixels are allocated.
+pub const DEFAULT_IMAGE_PROMPT_MAX_PIXELS: u64 = 16 << 20;
 /// Default lease of a claimed task.
 pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(60);
 /// Default time a shutdown waits for the running task and the outbox (inside the 30 s most
@@ -71,6 +77,7 @@ impl ServerConfig {
             task_lease: DEFAULT_TASK_LEASE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             upsampler: None,
+            image_prompt_max_pixels: None,
         }
     }
 }

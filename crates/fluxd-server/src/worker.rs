@@ -350,6 +350,21 @@ async fn run_task(
     };
     let mut params = generate_params(&request, seed).map_err(engine_failure)?;
     params.prompt.clone_from(&prompt);
+    let image_prompt = match &request.image_prompt {
+        None => None,
+        Some(text) => {
+            let max_pixels = state
+                .config()
+                .image_prompt_max_pixels
+                .unwrap_or(crate::state::DEFAULT_IMAGE_PROMPT_MAX_PIXELS);
+            let text = text.clone();
+            let decoded =
+                tokio::task::spawn_blocking(move || crate::image_prompt::decode(&text, max_pixels))
+                    .await
+                    .map_err(|e| TaskFailure::retryable(format!("Decoding image_prompt: {e}")))?;
+            Some(decoded.map_err(TaskFailure::user)?)
+        }
+    };
     let format = output_format(request.output_format);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let job = GenerateJob {
@@ -359,6 +374,7 @@ async fn run_task(
         format,
         progress: progress_tx,
         cancel: cancel.clone(),
+        image_prompt,
     };
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);

@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
+use fluxd_engine::redux::ReduxPaths;
 use fluxd_engine::transformer::{FluxConfig, FluxTransformer};
 use fluxd_server::engine::spawn_engine;
-use fluxd_server::state::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES};
+use fluxd_server::state::{
+    DEFAULT_IMAGE_PROMPT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES,
+};
 use fluxd_server::upsample::{Upsampler, UpsamplerConfig};
 use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
@@ -142,6 +145,18 @@ pub struct ServeArgs {
     /// and how long the webhook outbox is flushed.
     #[arg(long, env = "FLUXD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Flux Redux model for `image_prompt`: a FLUX.1-Redux-dev folder (image_encoder/,
+    /// feature_extractor/, image_embedder/) or a `flux1-redux-dev.safetensors` file (then give
+    /// `--siglip`). `fluxd model init-tiny DIR` writes a tiny one in DIR/redux. Without it,
+    /// requests with `image_prompt` get a 422.
+    #[arg(long, env = "FLUXD_REDUX_MODEL")]
+    redux_model: Option<PathBuf>,
+    /// SigLIP vision model folder, when `--redux-model` has no image_encoder/.
+    #[arg(long, env = "FLUXD_SIGLIP", requires = "redux_model")]
+    siglip: Option<PathBuf>,
+    /// Largest `image_prompt` in pixels (larger images and decompression bombs get a 422).
+    #[arg(long, env = "FLUXD_IMAGE_PROMPT_MAX_PIXELS", default_value_t = DEFAULT_IMAGE_PROMPT_MAX_PIXELS)]
+    image_prompt_max_pixels: u64,
     /// OpenAI-compatible API that rewrites prompts for `prompt_upsampling: true` (e.g.
     /// http://127.0.0.1:8081/v1 for llama.cpp's server, http://127.0.0.1:11434/v1 for Ollama).
     /// Without it such requests get a 422.
@@ -225,7 +240,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let (engine, _engine_thread) = spawn_engine(paths, device, dtype)?;
+    let redux = match &args.redux_model {
+        Some(redux) => Some(
+            ReduxPaths::resolve(redux, args.siglip.as_deref())
+                .with_context(|| format!("the Redux model {}", redux.display()))?,
+        ),
+        None => None,
+    };
+    let image_prompt_max_pixels = redux.is_some().then_some(args.image_prompt_max_pixels);
+    let (engine, _engine_thread) = spawn_engine(paths, redux, device, dtype)?;
     let config = ServerConfig {
         max_active_tasks: args.max_active_tasks,
         result_url_ttl: args.result_url_ttl,
@@ -242,6 +265,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         task_lease: args.task_lease,
         drain_timeout: args.drain_timeout,
         upsampler: upsampler(&args)?,
+        image_prompt_max_pixels,
         ..ServerConfig::new(public_url.clone())
     };
     let state = AppState::new(

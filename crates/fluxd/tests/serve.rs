@@ -460,3 +460,69 @@ fn prompt_upsampling_rewrites_the_prompt_through_the_configured_model() {
     assert_eq!(asked[0]["seed"], 3);
     assert_eq!(asked[0]["messages"][1]["content"], "TOK fox");
 }
+
+/// `image_prompt` with `--redux-model`: a bad image is a 422 naming the field; a good one steers
+/// the image (same seed and prompt, different image than without it).
+#[test]
+fn image_prompts_go_through_redux() {
+    use base64::Engine as _;
+    let data = scratch("redux");
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    // The first start writes the tiny model, Redux included, into the data directory.
+    let redux = data.join("tiny-model/redux");
+    let server = Server::start(&data, &["--redux-model", s(&redux)]);
+
+    let gif = base64::engine::general_purpose::STANDARD.encode(b"GIF89a\x01\x00\x01\x00\x00");
+    let refused = server.post_json(
+        "/v1/flux-pro-finetuned",
+        Some(&key),
+        &small_request(json!({"image_prompt": gif})),
+    );
+    assert_eq!(refused.status, 422);
+    let detail = &refused.json()["detail"][0];
+    assert_eq!(detail["loc"], json!(["body", "image_prompt"]), "{detail}");
+
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
+    })
+    .write_to(&mut png, image::ImageFormat::Png)
+    .expect("encode PNG");
+    let prompt_image = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
+    let run = |extra: Value| {
+        let body = small_request(extra);
+        let submit = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
+        assert_eq!(
+            submit.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&submit.body)
+        );
+        let polling_url = submit.json()["polling_url"]
+            .as_str()
+            .expect("url")
+            .to_owned();
+        let done = poll_until_final(&server, &polling_url, &key);
+        assert_eq!(done["status"], "Ready", "{done}");
+        let sample = done["result"]["sample"]
+            .as_str()
+            .expect("sample")
+            .to_owned();
+        let target = sample
+            .strip_prefix(&server.base)
+            .expect("local URL")
+            .to_owned();
+        let image = server.get(&target, None);
+        assert_eq!(image.status, 200);
+        image.body
+    };
+    let with_image = run(json!({"seed": 5, "output_format": "png", "image_prompt": prompt_image}));
+    let again = run(json!({"seed": 5, "output_format": "png", "image_prompt": prompt_image}));
+    let without = run(json!({"seed": 5, "output_format": "png"}));
+    assert_eq!(
+        with_image, again,
+        "the same image prompt and seed give the same image"
+    );
+    assert_ne!(with_image, without, "the image prompt changed nothing");
+}

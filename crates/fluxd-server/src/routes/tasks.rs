@@ -96,11 +96,26 @@ pub async fn submit(
     // Never silently ignore what the caller asked for (contract): these need models this server
     // does not have yet.
     if let Some(image) = &request.image_prompt {
-        return Err(ApiError::body_field(
-            "image_prompt",
-            Value::String(truncate(image, 64)),
-            "this server has no Redux model configured, so image_prompt is not supported",
-        ));
+        let Some(max_pixels) = state.config().image_prompt_max_pixels else {
+            return Err(ApiError::body_field(
+                "image_prompt",
+                Value::String(truncate(image, 64)),
+                "this server has no Redux model configured, so image_prompt is not supported",
+            ));
+        };
+        // Decoding is bounded by the pixel limit but still real work: off the async threads.
+        let text = image.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || crate::image_prompt::decode(&text, max_pixels))
+                .await
+                .map_err(|e| ApiError::Internal(format!("checking image_prompt: {e}")))?;
+        if let Err(why) = checked {
+            return Err(ApiError::body_field(
+                "image_prompt",
+                Value::String(truncate(image, 64)),
+                &why,
+            ));
+        }
     }
     if request.prompt_upsampling && state.config().upsampler.is_none() {
         return Err(ApiError::body_field(
