@@ -10,6 +10,7 @@ pub mod model_dir;
 pub mod noise;
 pub mod pipeline;
 pub mod postprocess;
+pub mod safety;
 pub mod schedule;
 pub mod text_encoders;
 pub mod tiny_init;

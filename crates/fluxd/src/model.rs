@@ -8,7 +8,8 @@ use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
-    /// Write a small random FLUX.1 model in the real FLUX.1-dev (diffusers) layout.
+    /// Write a small random FLUX.1 model in the real FLUX.1-dev (diffusers) layout, with a tiny
+    /// NSFW classifier (Falconsai/nsfw_image_detection's format) in `safety_checker/`.
     InitTiny(InitTinyArgs),
 }
 
