@@ -13,9 +13,11 @@
 //! - the head reads the final-layer-normed `[CLS]` dimension 0 with weight +`HEAD_GAIN` for
 //!   "nsfw" and −`HEAD_GAIN` for "normal" (other head weights are small).
 //!
-//! Measured on the seed-0 model (`tests/safety_reference.rs`, `tiny_classifier_follows_red`):
-//! a red channel of 0 everywhere scores below 0.01, of 255 everywhere above 0.99, whatever the
-//! other channels hold; 128 is near 0.5. [`red_probe`] makes such images.
+//! Measured ([`red_probe`] images, whose green and blue hold a fixed pattern; unit test below
+//! for seed 0, `tests/safety_reference.rs` for seed 7 in transformers too): a red channel of 0
+//! everywhere scores below 0.01, of 255 everywhere above 0.99 (0.0069 and 0.9972 for seed 7), so
+//! they are served resp. moderated at every tolerance; the score rises with the red level in
+//! between. Ordinary pictures (the fixtures' patterns) score 0.5 to 0.8.
 
 use std::path::Path;
 
