@@ -27,13 +27,16 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 # (width, height, kind, param): kind "pattern" uses `pattern_image`, "red" the tiny model's
-# `red_probe` (red channel = param). Sizes: downscale, non-square, upscale, identity, large.
+# `red_probe` (red channel = param). Sizes: downscale, non-square, upscale, identity, large,
+# and two tall ones that Pillow 13 resamples vertically first.
 IMAGES = [
     (64, 64, "pattern", 1),
     (100, 60, "pattern", 2),
     (17, 23, "pattern", 3),
     (32, 32, "pattern", 4),
     (512, 384, "pattern", 5),
+    (60, 160, "pattern", 6),
+    (300, 500, "pattern", 7),
     (48, 40, "red", 255),
     (40, 48, "red", 0),
 ]
