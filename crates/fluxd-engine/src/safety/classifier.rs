@@ -485,3 +485,119 @@ impl ImageClassifier {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safety::{red_probe, write_tiny_classifier};
+    use crate::tiny_init::{write_safetensors, TensorMap};
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fluxd-vit-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        dir
+    }
+
+    /// Rewrites `model.safetensors` with every name passed through `rename` (None drops it).
+    fn rewrite(dir: &Path, rename: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let file = dir.join("model.safetensors");
+        let w = WeightFiles::open(std::slice::from_ref(&file))?;
+        let mut t = TensorMap::new();
+        for name in w.names() {
+            if let Some(new) = rename(name) {
+                t.insert(new, w.get(name, DType::F32, &Device::Cpu)?);
+            }
+        }
+        drop(w);
+        write_safetensors(&file, &t)
+    }
+
+    #[test]
+    fn transformers_5_tensor_names_load_to_the_same_model() -> Result<()> {
+        let dir = temp_dir("names");
+        write_tiny_classifier(&dir, 3)?;
+        let img = red_probe(40, 30, 140);
+        let want = ImageClassifier::load(&dir, DType::F32, &Device::Cpu)?.classify(&img)?;
+        // transformers 5's module names (`conversion_mapping.py`, "ViTModel").
+        rewrite(&dir, |n| {
+            Some(
+                n.replace("encoder.layer.", "layers.")
+                    .replace("attention.attention.query", "attention.q_proj")
+                    .replace("attention.attention.key", "attention.k_proj")
+                    .replace("attention.attention.value", "attention.v_proj")
+                    .replace("attention.output.dense", "attention.o_proj")
+                    .replace("intermediate.dense", "mlp.fc1")
+                    .replace("output.dense", "mlp.fc2"),
+            )
+        })?;
+        let got = ImageClassifier::load(&dir, DType::F32, &Device::Cpu)?.classify(&img)?;
+        assert_eq!(got, want);
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+
+    #[test]
+    fn missing_tensors_labels_and_sizes_are_errors_naming_them() -> Result<()> {
+        let dir = temp_dir("bad");
+        write_tiny_classifier(&dir, 3)?;
+        rewrite(&dir, |n| {
+            (n != "vit.encoder.layer.1.output.dense.weight").then(|| n.to_string())
+        })?;
+        let msg = ImageClassifier::load(&dir, DType::F32, &Device::Cpu)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("vit.encoder.layer.1.output.dense.weight")
+                && msg.contains("model.safetensors"),
+            "{msg}"
+        );
+
+        write_tiny_classifier(&dir, 3)?;
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+        let cfg = text.replace("\"nsfw\"", "\"unsafe\"");
+        std::fs::write(&cfg_path, cfg).map_err(|e| EngineError::io(&cfg_path, e))?;
+        let c = ImageClassifier::load(&dir, DType::F32, &Device::Cpu)?;
+        let msg = c
+            .nsfw_score(&red_probe(8, 8, 0))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("nsfw") && msg.contains("unsafe"), "{msg}");
+        assert!(c
+            .logits(&Tensor::zeros((1, 3, 16, 32), DType::F32, &Device::Cpu)?)
+            .is_err());
+
+        let pp = dir.join("preprocessor_config.json");
+        std::fs::write(&pp, r#"{"size": {"height": 64, "width": 64}}"#)
+            .map_err(|e| EngineError::io(&pp, e))?;
+        let msg = ImageClassifier::load(&dir, DType::F32, &Device::Cpu)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("preprocessor_config.json") && msg.contains("image_size"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+
+    #[test]
+    fn configs_without_labels_or_of_other_models_are_handled() {
+        let p = Path::new("config.json");
+        let cfg = VitConfig::from_value(
+            serde_json::json!({"hidden_size": 64, "num_attention_heads": 4}),
+            p,
+        );
+        assert_eq!(
+            cfg.map(|c| c.labels).ok(),
+            Some(vec!["LABEL_0".into(), "LABEL_1".into()])
+        );
+        let clip = VitConfig::from_value(serde_json::json!({"model_type": "clip"}), p);
+        assert!(clip.is_err());
+        let gaps = VitConfig::from_value(serde_json::json!({"id2label": {"0": "a", "2": "b"}}), p);
+        assert!(gaps.is_err());
+    }
+}
