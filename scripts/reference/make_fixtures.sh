@@ -16,4 +16,6 @@ loras=$(mktemp -d)
 cargo run --quiet -p fluxd-engine --example write_random_loras -- "$loras"
 "$venv/bin/python" "$root/scripts/reference/lora_fixtures.py" \
   "$model" "$loras" "$root/crates/fluxd-engine/tests/fixtures/lora"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora}"
+FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/safety_fixtures.py" \
+  "$model" "$root/crates/fluxd-engine/tests/fixtures/safety"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety}"

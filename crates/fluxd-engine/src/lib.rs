@@ -11,6 +11,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod postprocess;
 pub mod redux;
+pub mod safety;
 pub mod schedule;
 pub mod text_encoders;
 pub mod tiny_init;

@@ -57,7 +57,8 @@ pub fn write_tiny_model(dir: &Path, seed: u64, preset: TinyPreset) -> Result<()>
     text_encoders::write_tiny_t5(&dir.join("text_encoder_2"), vocab.t5_vocab_size, seed)?;
     transformer::write_tiny_diffusers(&dir.join("transformer"), &cfg, seed, 2)?;
     vae::write_tiny_vae(&dir.join("vae"), seed)?;
-    write_tiny_redux(&dir.join(TINY_REDUX_DIR), seed)
+    write_tiny_redux(&dir.join(TINY_REDUX_DIR), seed)?;
+    write_tiny_safety_checker(dir, seed)
 }
 
 /// Writes a random FLUX.1-Redux model in the layout of `black-forest-labs/FLUX.1-Redux-dev` to
@@ -66,6 +67,16 @@ pub fn write_tiny_model(dir: &Path, seed: u64, preset: TinyPreset) -> Result<()>
 pub fn write_tiny_redux(dir: &Path, seed: u64) -> Result<()> {
     let joint_dim = TinyPreset::Tiny.transformer_config().joint_attention_dim;
     write_tiny_redux_model(dir, &SiglipVisionConfig::tiny(), joint_dim, seed)
+}
+
+/// Folder of the NSFW image classifier inside a model folder written by `init-tiny` (not a
+/// diffusers component: `model_index.json` does not list it, so diffusers ignores it).
+pub const SAFETY_CHECKER_DIR: &str = "safety_checker";
+
+/// Writes the tiny NSFW classifier (transformers `ViTForImageClassification`, the format of
+/// Falconsai/nsfw_image_detection) into `model_dir/safety_checker`; see `safety::tiny`.
+pub fn write_tiny_safety_checker(model_dir: &Path, seed: u64) -> Result<()> {
+    crate::safety::write_tiny_classifier(&model_dir.join(SAFETY_CHECKER_DIR), seed)
 }
 
 /// `model_index.json` as FLUX.1-dev ships it.
