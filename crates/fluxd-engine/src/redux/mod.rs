@@ -12,13 +12,11 @@
 //!   separate folder (`google/siglip-so400m-patch14-384`, or an `image_encoder/` folder).
 
 mod input;
-mod pil_resize;
 mod preprocess;
 mod siglip;
 mod write;
 
 pub use input::{decode_image_prompt, to_rgb_over_white, ImagePromptError};
-pub use pil_resize::resize_bicubic_like_pillow;
 pub use preprocess::PreprocessConfig;
 pub use siglip::{SiglipVisionConfig, SiglipVisionEncoder};
 pub use write::{write_tiny_redux_model, BFL_REDUX_FILE};

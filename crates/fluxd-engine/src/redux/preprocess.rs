@@ -4,8 +4,8 @@
 //! input with PIL's bicubic filter (no crop, the aspect ratio is not kept), multiply by
 //! `rescale_factor` in f64 and cast to f32, then `(x - mean) / std` per channel in f32.
 //!
-//! The resize is Pillow's own algorithm (see `pil_resize`); `tests/redux_reference.rs` compares
-//! it with Pillow's output level for level.
+//! The resize is Pillow's own algorithm (`safety::pil_resize`, shared with the safety
+//! classifier); `tests/redux_reference.rs` compares it with Pillow's output level for level.
 
 use std::path::Path;
 
@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use serde::Deserialize;
 
-use super::pil_resize::resize_bicubic_like_pillow;
 use crate::error::{EngineError, Result};
+use crate::safety::{pil_resize, Resample};
 
 /// `preprocessor_config.json` of a SigLIP image processor. Defaults are FLUX.1-Redux-dev's
 /// (`feature_extractor/preprocessor_config.json`: 384×384, bicubic, mean = std = 0.5).
@@ -150,7 +150,7 @@ impl PreprocessConfig {
         let side = |v: usize| {
             u32::try_from(v).map_err(|_| EngineError::InvalidInput(format!("size {v} too large")))
         };
-        Ok(resize_bicubic_like_pillow(img, side(w)?, side(h)?))
+        pil_resize(img, side(w)?, side(h)?, Resample::Bicubic)
     }
 
     /// The model input for one image: (1, 3, height, width) f32 on `device`.
