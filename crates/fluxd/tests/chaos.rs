@@ -140,10 +140,30 @@ fn time_of_day(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).expect("clock").as_secs_f64() % 86_400.0
 }
 
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Seconds from `started` to the first task claimed again (attempt ≥ 2) in one run's log.
 fn first_reclaim(log: &Path, started: SystemTime) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().find(|l| {
+    // Log lines may carry colour codes; `attempt=2` is what matters.
+    let plain: String = strip_ansi(&text);
+    let line = plain.lines().find(|l| {
         l.contains("running task")
             && l.split("attempt=")
                 .nth(1)
@@ -270,7 +290,9 @@ fn kill_9_loses_no_accepted_task_and_no_webhook() {
     let mut restarts = Vec::new();
     let (mut server, _, _) = launch(&mut runs);
     let mut kills = 0;
-    while (kills < MIN_KILLS || submitting.load(Ordering::SeqCst)) && !client.is_finished() {
+    // At least MIN_KILLS, and on until every task has an id (unless the client gave up).
+    let client_failed = || client.is_finished() && submitting.load(Ordering::SeqCst);
+    while (kills < MIN_KILLS || submitting.load(Ordering::SeqCst)) && !client_failed() {
         std::thread::sleep(Duration::from_millis(150 + rng.below(750)));
         let killed_at = SystemTime::now();
         server.child.kill().expect("kill -9");

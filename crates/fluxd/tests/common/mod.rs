@@ -71,6 +71,7 @@ impl Server {
             .args(["serve", "--data-dir", s(data), "--listen", listen])
             .args(extra)
             .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
