@@ -11,6 +11,7 @@ use fluxd_engine::model_dir::ModelPaths;
 use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH};
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
 use fluxd_engine::redux::{ReduxModel, ReduxPaths};
+use fluxd_engine::safety::ImageClassifier;
 use fluxd_engine::transformer::FluxConfig;
 use fluxd_engine::EngineError;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -54,6 +55,19 @@ pub struct GenerateJob {
 pub struct Generated {
     /// JPEG or PNG bytes.
     pub bytes: Vec<u8>,
+    /// The safety classifier's "nsfw" probability for the image, when a classifier is loaded.
+    pub nsfw_score: Option<f32>,
+}
+
+/// What the engine thread loads.
+#[derive(Debug, Clone)]
+pub struct EngineModels {
+    /// The FLUX.1 model.
+    pub flux: ModelPaths,
+    /// The Redux model for image prompts, if any.
+    pub redux: Option<ReduxPaths>,
+    /// The NSFW image classifier folder (transformers ViTForImageClassification), if any.
+    pub safety_checker: Option<std::path::PathBuf>,
 }
 
 type Job = (GenerateJob, oneshot::Sender<Result<Generated, EngineError>>);
@@ -88,8 +102,7 @@ impl EngineHandle {
 /// Starts the engine thread, which loads the model at `paths` and then serves jobs until every
 /// handle is dropped.
 pub fn spawn_engine(
-    paths: ModelPaths,
-    redux: Option<ReduxPaths>,
+    models: EngineModels,
     device: Device,
     dtype: DType,
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>), ServerError> {
@@ -97,21 +110,27 @@ pub fn spawn_engine(
     let (state_tx, state) = watch::channel(EngineState::Loading);
     let thread = std::thread::Builder::new()
         .name("fluxd-engine".into())
-        .spawn(move || engine_main(paths, redux, device, dtype, rx, state_tx))
+        .spawn(move || engine_main(models, device, dtype, rx, state_tx))
         .map_err(|e| ServerError::io("starting the engine thread", e))?;
     Ok((EngineHandle { jobs, state }, thread))
 }
 
+/// The models besides FLUX that jobs may use.
+struct Extras {
+    redux: Option<ReduxModel>,
+    classifier: Option<ImageClassifier>,
+}
+
 fn engine_main(
-    paths: ModelPaths,
-    redux: Option<ReduxPaths>,
+    models: EngineModels,
     device: Device,
     dtype: DType,
     mut jobs: mpsc::Receiver<Job>,
     state: watch::Sender<EngineState>,
 ) {
     let started = std::time::Instant::now();
-    let mut pipeline = match FluxPipeline::load(&paths, &device, dtype, |stage| {
+    let paths = &models.flux;
+    let mut pipeline = match FluxPipeline::load(paths, &device, dtype, |stage| {
         tracing::info!(stage, "loading model");
     }) {
         Ok(pipeline) => pipeline,
@@ -121,7 +140,10 @@ fn engine_main(
             return;
         }
     };
-    let redux = match redux.map(|p| ReduxModel::load_paths(&p, dtype, &device)) {
+    let redux = match models
+        .redux
+        .map(|p| ReduxModel::load_paths(&p, dtype, &device))
+    {
         None => None,
         Some(Ok(model)) => Some(model),
         Some(Err(err)) => {
@@ -130,9 +152,24 @@ fn engine_main(
             return;
         }
     };
+    // The classifier is small; f32 keeps its scores those of the reference.
+    let classifier = match models
+        .safety_checker
+        .map(|dir| ImageClassifier::load(&dir, DType::F32, &device))
+    {
+        None => None,
+        Some(Ok(classifier)) => Some(classifier),
+        Some(Err(err)) => {
+            tracing::error!(%err, "loading the safety classifier failed");
+            state.send_replace(EngineState::Failed(format!("safety classifier: {err}")));
+            return;
+        }
+    };
+    let extras = Extras { redux, classifier };
     tracing::info!(
         model = %paths.root.display(),
-        redux = redux.is_some(),
+        redux = extras.redux.is_some(),
+        safety_classifier = extras.classifier.is_some(),
         seconds = started.elapsed().as_secs_f64(),
         "model loaded"
     );
@@ -140,7 +177,7 @@ fn engine_main(
         pipeline.transformer().config().clone(),
     )));
     while let Some((job, reply)) = jobs.blocking_recv() {
-        let result = run_job(&mut pipeline, redux.as_ref(), job);
+        let result = run_job(&mut pipeline, &extras, job);
         // The worker may have given up on the task (lease lost); nothing to tell then.
         let _ = reply.send(result);
     }
@@ -149,14 +186,14 @@ fn engine_main(
 
 fn run_job(
     pipeline: &mut FluxPipeline,
-    redux: Option<&ReduxModel>,
+    extras: &Extras,
     job: GenerateJob,
 ) -> Result<Generated, EngineError> {
     match &job.lora {
         Some((lora, strength)) => pipeline.set_loras(&[(lora.as_ref(), *strength)])?,
         None => pipeline.set_loras(&[])?,
     }
-    let image_tokens = match (&job.image_prompt, redux) {
+    let image_tokens = match (&job.image_prompt, &extras.redux) {
         (None, _) => None,
         (Some(image), Some(redux)) => Some(redux.encode(image)?),
         (Some(_), None) => {
@@ -179,8 +216,12 @@ fn run_job(
         },
         &job.cancel,
     )?;
+    let nsfw_score = match &extras.classifier {
+        Some(classifier) => Some(classifier.nsfw_score(&generation.image)?),
+        None => None,
+    };
     let bytes = encode_image(&generation.image, job.format, DEFAULT_JPEG_QUALITY)?;
-    Ok(Generated { bytes })
+    Ok(Generated { bytes, nsfw_score })
 }
 
 /// Generation parameters for the engine from a validated request.

@@ -10,6 +10,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::engine::EngineState;
 use crate::signing::UrlSigner;
+use fluxd_engine::safety::PromptPolicy;
+
 use crate::upsample::Upsampler;
 use crate::webhook::WebhookConfig;
 
@@ -43,6 +45,8 @@ pub struct ServerConfig {
     /// How long a claimed task stays claimed without a heartbeat: after a crash, its task runs
     /// again this long after the last heartbeat.
     pub task_lease: Duration,
+    /// Terms refused in prompts, by `safety_tolerance` (requests become `Request Moderated`).
+    pub prompt_policy: Arc<PromptPolicy>,
     /// Largest image prompt in pixels; None when the server has no Redux model, and requests
     /// with `image_prompt` are refused with a 422.
     pub image_prompt_max_pixels: Option<u64>,
@@ -78,6 +82,7 @@ impl ServerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             upsampler: None,
             image_prompt_max_pixels: None,
+            prompt_policy: Arc::new(PromptPolicy::builtin()),
         }
     }
 }

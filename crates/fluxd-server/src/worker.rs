@@ -11,10 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use fluxd_api::{FinetunedRequest, WebhookPayload};
 use fluxd_engine::lora::LoraFile;
+use fluxd_engine::safety::{moderate_nsfw_score, SafetyTolerance};
 use fluxd_engine::transformer::FluxConfig;
 use fluxd_engine::EngineError;
 use fluxd_store::{
-    Claim, ClaimedTask, ErrorOutcome, NewWebhook, ReadyRecord, StoreError, TaskState,
+    Claim, ClaimedTask, ErrorOutcome, ModerationKind, NewWebhook, ReadyRecord, StoreError,
+    TaskState,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -65,6 +67,16 @@ impl TaskFailure {
             ..Self::user("Storage failure while running the task")
         }
     }
+}
+
+/// How a task that ran to its end came out.
+enum Outcome {
+    Ready(ReadyRecord),
+    /// Refused by moderation: the prompt before generating, or the image after.
+    Moderated {
+        kind: ModerationKind,
+        reasons: Vec<String>,
+    },
 }
 
 /// Parsed LoRA files by content digest, so neither adapters nor the base model are re-read per
@@ -229,7 +241,10 @@ async fn handle_claim(
     tracing::info!(attempt = task.attempts, "running task");
     let started = std::time::Instant::now();
     match run_task(state, engine, cfg, cache, worker_id, &task, cancel).await {
-        Ok(ready) => {
+        Ok(Outcome::Moderated { kind, reasons }) => {
+            finish_moderated(state, &task, worker_id, kind, reasons).await;
+        }
+        Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
             let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
             match state
@@ -279,6 +294,36 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
     }
 }
 
+async fn finish_moderated(
+    state: &AppState,
+    task: &ClaimedTask,
+    worker_id: &str,
+    kind: ModerationKind,
+    reasons: Vec<String>,
+) {
+    let final_state = TaskState::Moderated {
+        kind,
+        reasons: reasons.clone(),
+    };
+    let webhook = webhook(state, task, final_state);
+    let status = match kind {
+        ModerationKind::Request => "Request Moderated",
+        ModerationKind::Content => "Content Moderated",
+    };
+    match state
+        .store()
+        .complete_moderated(task.id, worker_id, kind, reasons, webhook)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(status, "task moderated");
+            crate::metrics::task_finished(status, None);
+            state.webhook_wake().notify_one();
+        }
+        Err(err) => tracing::warn!(%err, "could not record the moderation"),
+    }
+}
+
 /// The webhook for a task's final state, when the caller asked for one: the `get_result` body
 /// plus `task_id`, queued in the outbox in the same transaction as the result.
 fn webhook(state: &AppState, task: &ClaimedTask, final_state: TaskState) -> Option<NewWebhook> {
@@ -307,7 +352,7 @@ async fn run_task(
     worker_id: &str,
     task: &ClaimedTask,
     cancel: &Arc<AtomicBool>,
-) -> Result<ReadyRecord, TaskFailure> {
+) -> Result<Outcome, TaskFailure> {
     let request: FinetunedRequest = serde_json::from_value(task.params.clone()).map_err(|e| {
         tracing::error!(%e, "stored parameters do not parse");
         TaskFailure::user("The stored request could not be read; submit it again")
@@ -343,8 +388,27 @@ async fn run_task(
             TaskFailure::retryable("Could not draw a random seed")
         })?),
     };
+    // The reference's 0..=6 was checked at submit; a stored value out of range is clamped to
+    // the strictest.
+    let tolerance = SafetyTolerance::new(request.safety_tolerance)
+        .unwrap_or_else(|_| SafetyTolerance::new(0).unwrap_or_default());
+    let policy = &state.config().prompt_policy;
+    if let Some(reasons) = policy.moderate(&request.prompt, tolerance) {
+        return Ok(Outcome::Moderated {
+            kind: ModerationKind::Request,
+            reasons,
+        });
+    }
     let prompt = if request.prompt_upsampling {
-        upsample(state, &request.prompt, seed).await?
+        let rewritten = upsample(state, &request.prompt, seed).await?;
+        // The rewrite is checked too: a language model can add what the caller did not write.
+        if let Some(reasons) = policy.moderate(&rewritten, tolerance) {
+            return Ok(Outcome::Moderated {
+                kind: ModerationKind::Request,
+                reasons,
+            });
+        }
+        rewritten
     } else {
         request.prompt.clone()
     };
@@ -400,19 +464,29 @@ async fn run_task(
         }
     };
     let end_time = epoch_secs(SystemTime::now());
+    if let Some(score) = generated.nsfw_score {
+        tracing::debug!(score, "safety classifier score");
+        if let Some(reasons) = moderate_nsfw_score(score, tolerance) {
+            // Not stored: a moderated image is never served.
+            return Ok(Outcome::Moderated {
+                kind: ModerationKind::Content,
+                reasons,
+            });
+        }
+    }
     let sample_key = format!("samples/{}.{}", task.id, request.output_format.as_str());
     state
         .blobs()
         .put(&sample_key, Bytes::from(generated.bytes))
         .await
         .map_err(TaskFailure::store)?;
-    Ok(ReadyRecord {
+    Ok(Outcome::Ready(ReadyRecord {
         sample_key,
         prompt_used: prompt,
         seed_used: seed,
         start_time,
         end_time,
-    })
+    }))
 }
 
 /// The prompt rewritten by the configured language model.

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
 use fluxd_engine::redux::ReduxPaths;
+use fluxd_engine::safety::PromptPolicy;
+use fluxd_engine::tiny_model::SAFETY_CHECKER_DIR;
 use fluxd_engine::transformer::{FluxConfig, FluxTransformer};
-use fluxd_server::engine::spawn_engine;
+use fluxd_server::engine::{spawn_engine, EngineModels};
 use fluxd_server::state::{
     DEFAULT_IMAGE_PROMPT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES,
 };
@@ -145,6 +147,20 @@ pub struct ServeArgs {
     /// and how long the webhook outbox is flushed.
     #[arg(long, env = "FLUXD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// NSFW image classifier (a transformers ViTForImageClassification folder, e.g.
+    /// Falconsai/nsfw_image_detection) that checks every image against the request's
+    /// `safety_tolerance`. Default: `safety_checker/` inside the `--model` folder, if there is
+    /// one. (The tiny model's own tiny checker, in `<data-dir>/tiny-model/safety_checker`, is
+    /// only used when named here: it flags the tiny model's reddish noise.)
+    #[arg(long, env = "FLUXD_SAFETY_CHECKER")]
+    safety_checker: Option<PathBuf>,
+    /// Serve images without the classifier check (prompts are still checked).
+    #[arg(long, conflicts_with = "safety_checker")]
+    no_image_moderation: bool,
+    /// Prompt policy file added to the built-in list: one term per line, `always: TERM` blocked
+    /// at every tolerance, `N: TERM` allowed from tolerance N up, `TERM` allowed only at 6.
+    #[arg(long, env = "FLUXD_PROMPT_POLICY")]
+    prompt_policy: Option<PathBuf>,
     /// Flux Redux model for `image_prompt`: a FLUX.1-Redux-dev folder (image_encoder/,
     /// feature_extractor/, image_embedder/) or a `flux1-redux-dev.safetensors` file (then give
     /// `--siglip`). `fluxd model init-tiny DIR` writes a tiny one in DIR/redux. Without it,
@@ -248,7 +264,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let image_prompt_max_pixels = redux.is_some().then_some(args.image_prompt_max_pixels);
-    let (engine, _engine_thread) = spawn_engine(paths, redux, device, dtype)?;
+    let safety_checker = safety_checker(&args, &paths.root);
+    let mut prompt_policy = PromptPolicy::builtin();
+    if let Some(file) = &args.prompt_policy {
+        let own = PromptPolicy::from_file(file)
+            .with_context(|| format!("reading the prompt policy {}", file.display()))?;
+        tracing::info!(terms = own.len(), file = %file.display(), "prompt policy loaded");
+        prompt_policy.extend(own);
+    }
+    let models = EngineModels {
+        flux: paths,
+        redux,
+        safety_checker,
+    };
+    let (engine, _engine_thread) = spawn_engine(models, device, dtype)?;
     let config = ServerConfig {
         max_active_tasks: args.max_active_tasks,
         result_url_ttl: args.result_url_ttl,
@@ -266,6 +295,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         drain_timeout: args.drain_timeout,
         upsampler: upsampler(&args)?,
         image_prompt_max_pixels,
+        prompt_policy: Arc::new(prompt_policy),
         ..ServerConfig::new(public_url.clone())
     };
     let state = AppState::new(
@@ -293,6 +323,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
     .await?;
     tracing::info!("fluxd stopped");
     Ok(())
+}
+
+/// The image classifier to load: the flag's, else the model folder's `safety_checker/`.
+fn safety_checker(args: &ServeArgs, model_root: &Path) -> Option<PathBuf> {
+    if args.no_image_moderation {
+        tracing::warn!("image moderation is OFF (--no-image-moderation): images are not checked");
+        return None;
+    }
+    if let Some(dir) = &args.safety_checker {
+        return Some(dir.clone());
+    }
+    let bundled = model_root.join(SAFETY_CHECKER_DIR);
+    if args.model.model.is_some() && bundled.join("config.json").is_file() {
+        return Some(bundled);
+    }
+    tracing::warn!(
+        "NO SAFETY CHECKER: images are served unchecked; pass --safety-checker DIR (e.g. \
+         Falconsai/nsfw_image_detection) or --no-image-moderation to silence this"
+    );
+    None
 }
 
 /// The prompt upsampler the flags describe, if any.

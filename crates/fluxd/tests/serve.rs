@@ -526,3 +526,78 @@ fn image_prompts_go_through_redux() {
     );
     assert_ne!(with_image, without, "the image prompt changed nothing");
 }
+
+/// Moderation: a blocked prompt term is `Request Moderated` by `safety_tolerance` (an operator's
+/// `always:` term even at 6); the image check runs the classifier given with `--safety-checker`
+/// (tiny ones in Falconsai's format, made to flag every image or none) and a flagged image is
+/// `Content Moderated` with its reasons, never stored or served.
+#[test]
+fn moderation_refuses_prompts_and_images() {
+    use fluxd_engine::safety::write_tiny_classifier_with;
+    let data = scratch("moderation");
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    let policy = data.join("policy.txt");
+    std::fs::write(&policy, "# house rules\nalways: purple elephant\n").expect("policy");
+    let (flag_none, flag_all) = (data.join("checker-none"), data.join("checker-all"));
+    write_tiny_classifier_with(&flag_none, 7, -20.0).expect("classifier");
+    write_tiny_classifier_with(&flag_all, 7, 20.0).expect("classifier");
+    let run = |server: &Server, extra: Value| {
+        let body = small_request(extra);
+        let submit = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
+        assert_eq!(
+            submit.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&submit.body)
+        );
+        let polling_url = submit.json()["polling_url"]
+            .as_str()
+            .expect("url")
+            .to_owned();
+        poll_until_final(server, &polling_url, &key)
+    };
+
+    let mut server = Server::start(
+        &data,
+        &[
+            "--prompt-policy",
+            s(&policy),
+            "--safety-checker",
+            s(&flag_none),
+        ],
+    );
+    let clean = run(&server, json!({"seed": 1, "safety_tolerance": 0}));
+    assert_eq!(clean["status"], "Ready", "{clean}");
+    let prompt = run(&server, json!({"prompt": "porn", "safety_tolerance": 2}));
+    assert_eq!(prompt["status"], "Request Moderated", "{prompt}");
+    let reasons = prompt["details"]["Moderation Reasons"]
+        .as_array()
+        .expect("reasons");
+    assert!(!reasons.is_empty(), "{prompt}");
+    let allowed = run(&server, json!({"prompt": "porn", "safety_tolerance": 6}));
+    assert_eq!(allowed["status"], "Ready", "{allowed}");
+    let house = run(
+        &server,
+        json!({"prompt": "a Purple  Elephant!", "safety_tolerance": 6}),
+    );
+    assert_eq!(house["status"], "Request Moderated", "{house}");
+    assert!(server.terminate().success());
+
+    let server = Server::start(&data, &["--safety-checker", s(&flag_all)]);
+    let flagged = run(&server, json!({"seed": 1, "safety_tolerance": 6}));
+    assert_eq!(flagged["status"], "Content Moderated", "{flagged}");
+    let reasons = flagged["details"]["Moderation Reasons"]
+        .as_array()
+        .expect("reasons");
+    assert!(!reasons.is_empty(), "{flagged}");
+    assert_eq!(flagged["result"], Value::Null, "{flagged}");
+    let id = flagged["id"].as_str().expect("id");
+    let kept = std::fs::read_dir(data.join("blobs/samples"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(id))
+        })
+        .unwrap_or(false);
+    assert!(!kept, "the moderated image was stored");
+}
