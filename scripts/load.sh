@@ -11,8 +11,8 @@
 #      the model; 0 skips it).
 #
 # The load tool is wrk (Debian package, installed with apt-get when missing): it installs in
-# seconds where `cargo install oha` compiles ~300 crates for minutes, and its C event loop takes
-# less of the CPU that client and server share on a small machine.
+# seconds where `cargo install oha` compiles a whole HTTP stack for minutes, and its C event loop
+# takes less of the CPU that client and server share on a small machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,7 +21,7 @@ json_out=
 while [ $# -gt 0 ]; do
   case "$1" in
     --json) json_out=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (usage: scripts/load.sh [--json FILE])" >&2; exit 2 ;;
   esac
 done
