@@ -11,6 +11,8 @@ use fluxd_engine::pipeline::{
 };
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
 use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
+use fluxd_engine::safety::{moderate_nsfw_score, ImageClassifier, PromptPolicy, SafetyTolerance};
+use fluxd_server::upsample::{Upsampler, UpsamplerConfig};
 
 use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
 use crate::progress::bar;
@@ -64,6 +66,30 @@ pub struct GenerateArgs {
     /// Image prompt (PNG, JPEG or WebP): its Redux tokens are appended to the text prompt's.
     #[arg(long, requires = "redux_model")]
     image_prompt: Option<PathBuf>,
+    /// Rewrite the prompt with the language model at `--upsampler-url` first (as the API's
+    /// `prompt_upsampling`); the prompt used is printed.
+    #[arg(long, requires = "upsampler_url")]
+    prompt_upsampling: bool,
+    /// OpenAI-compatible API for `--prompt-upsampling` (e.g. http://127.0.0.1:8081/v1).
+    #[arg(long, env = "FLUXD_UPSAMPLER_URL", requires = "upsampler_model")]
+    upsampler_url: Option<String>,
+    /// Model name sent to the upsampler.
+    #[arg(long, env = "FLUXD_UPSAMPLER_MODEL")]
+    upsampler_model: Option<String>,
+    /// Bearer token for the upsampler.
+    #[arg(long, env = "FLUXD_UPSAMPLER_KEY", hide_env_values = true)]
+    upsampler_key: Option<String>,
+    /// Moderate as the API does at this `safety_tolerance` (0 strictest … 6): the prompt against
+    /// the built-in policy (+ `--prompt-policy`), the image with `--safety-checker` if given. A
+    /// refused prompt or image is reported and nothing is written (exit status 3).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=6))]
+    safety_tolerance: Option<u8>,
+    /// NSFW image classifier folder (transformers ViTForImageClassification).
+    #[arg(long, requires = "safety_tolerance")]
+    safety_checker: Option<PathBuf>,
+    /// Prompt policy file added to the built-in list (format in the README).
+    #[arg(long, requires = "safety_tolerance")]
+    prompt_policy: Option<PathBuf>,
     /// Write load, text-encoding, per-step and decode times (ms) and peak RSS to this JSON file.
     #[arg(long)]
     timings_json: Option<PathBuf>,
@@ -73,6 +99,29 @@ pub struct GenerateArgs {
     /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
     #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
     dtype: String,
+}
+
+/// A refused prompt or image: `main` turns it into exit status 3.
+#[derive(Debug, thiserror::Error)]
+#[error("moderated")]
+pub struct Moderated;
+
+/// The prompt rewritten by the configured language model.
+fn upsample(args: &GenerateArgs, prompt: &str) -> Result<String> {
+    let (Some(url), Some(model)) = (&args.upsampler_url, &args.upsampler_model) else {
+        bail!("--prompt-upsampling needs --upsampler-url and --upsampler-model");
+    };
+    let upsampler = Upsampler::new(UpsamplerConfig {
+        url: url.clone(),
+        model: model.clone(),
+        api_key: args.upsampler_key.clone(),
+        timeout: std::time::Duration::from_secs(60),
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(upsampler.upsample(prompt, args.seed))?)
 }
 
 /// Image prompts with more pixels than this are refused before decoding.
@@ -122,8 +171,38 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let refs: Vec<_> = loras.iter().map(|(l, s)| (l, *s)).collect();
     pipeline.set_loras(&refs).context("applying LoRAs")?;
 
+    let tolerance = args
+        .safety_tolerance
+        .map(SafetyTolerance::new)
+        .transpose()
+        .context("--safety-tolerance")?;
+    let mut policy = PromptPolicy::builtin();
+    if let Some(file) = &args.prompt_policy {
+        policy.extend(
+            PromptPolicy::from_file(file).with_context(|| format!("reading {}", file.display()))?,
+        );
+    }
+    let moderated = |kind: &str, reasons: Vec<String>| -> anyhow::Error {
+        eprintln!("{kind} Moderated: {}", reasons.join("; "));
+        anyhow::Error::new(Moderated)
+    };
+    if let Some(t) = tolerance {
+        if let Some(reasons) = policy.moderate(&args.prompt, t) {
+            return Err(moderated("Request", reasons));
+        }
+    }
+    let mut prompt = args.prompt.clone();
+    if args.prompt_upsampling {
+        prompt = upsample(&args, &prompt)?;
+        println!("prompt used: {prompt}");
+        if let Some(t) = tolerance {
+            if let Some(reasons) = policy.moderate(&prompt, t) {
+                return Err(moderated("Request", reasons));
+            }
+        }
+    }
     let params = GenerateParams {
-        prompt: args.prompt,
+        prompt,
         width: args.width,
         height: args.height,
         steps: args.steps,
@@ -175,6 +254,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .context("generating")?;
     steps_bar.finish_and_clear();
 
+    if let (Some(t), Some(dir)) = (tolerance, &args.safety_checker) {
+        let classifier = ImageClassifier::load(dir, candle_core::DType::F32, &device)
+            .with_context(|| format!("loading the safety checker {}", dir.display()))?;
+        let score = classifier.nsfw_score(&generation.image)?;
+        tracing::info!(score, "safety classifier score");
+        if let Some(reasons) = moderate_nsfw_score(score, t) {
+            return Err(moderated("Content", reasons));
+        }
+    }
     let bytes = encode_image(&generation.image, format, DEFAULT_JPEG_QUALITY)?;
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;

@@ -65,6 +65,8 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Already reported with its reasons.
+        Err(e) if e.is::<generate::Moderated>() => std::process::ExitCode::from(3),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

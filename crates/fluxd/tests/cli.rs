@@ -1,5 +1,7 @@
 //! `fluxd model init-tiny` and `fluxd generate` as a user runs them: the real binary, real files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -327,4 +329,91 @@ fn image_prompt_through_redux_conditions_the_image() {
     let out = generate(tiny(), &dir.join("x.png"), &["--image-prompt", s(&gif)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--redux-model"));
+}
+
+fn generate_custom(model: &Path, output: &Path, prompt: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "generate",
+        "--model",
+        s(model),
+        "--prompt",
+        prompt,
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--output",
+        s(output),
+    ];
+    args.extend_from_slice(extra);
+    fluxd(&args)
+}
+
+#[test]
+fn generate_moderates_like_the_api_with_exit_status_3() {
+    use fluxd_engine::safety::write_tiny_classifier_with;
+    let dir = scratch("moderation");
+    let out = dir.join("out.png");
+    let refused = generate_custom(tiny(), &out, "porn", &["--safety-tolerance", "2"]);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Request Moderated"));
+    assert!(!out.exists());
+
+    let (none, all) = (dir.join("checker-none"), dir.join("checker-all"));
+    write_tiny_classifier_with(&none, 7, -20.0).expect("classifier");
+    write_tiny_classifier_with(&all, 7, 20.0).expect("classifier");
+    let flagged = generate_custom(
+        tiny(),
+        &out,
+        "a fox",
+        &["--safety-tolerance", "6", "--safety-checker", s(&all)],
+    );
+    assert_eq!(flagged.status.code(), Some(3), "{flagged:?}");
+    assert!(String::from_utf8_lossy(&flagged.stderr).contains("Content Moderated"));
+    assert!(!out.exists(), "a moderated image was written");
+    let served = generate_custom(
+        tiny(),
+        &out,
+        "a fox",
+        &["--safety-tolerance", "0", "--safety-checker", s(&none)],
+    );
+    assert!(served.status.success(), "{served:?}");
+    assert!(out.exists());
+}
+
+#[test]
+fn generate_upsamples_the_prompt_through_the_configured_model() {
+    let llm = common::FakeLlm::start("a red fox, golden hour, shallow depth of field");
+    let dir = scratch("upsampling");
+    let (plain, upsampled) = (dir.join("plain.png"), dir.join("upsampled.png"));
+    let endpoint = format!("{}/v1", llm.base);
+    let flags = [
+        "--prompt-upsampling",
+        "--upsampler-url",
+        &endpoint,
+        "--upsampler-model",
+        "tiny-llm",
+    ];
+    let run = generate_custom(tiny(), &upsampled, "fox", &flags);
+    assert!(run.status.success(), "{run:?}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("prompt used: a red fox, golden hour, shallow depth of field"),
+        "{stdout}"
+    );
+    assert_eq!(
+        llm.requests.lock().expect("lock")[0]["messages"][1]["content"],
+        "fox"
+    );
+    let run = generate_custom(tiny(), &plain, "fox", &[]);
+    assert!(run.status.success());
+    assert_ne!(
+        std::fs::read(&plain).expect("plain"),
+        std::fs::read(&upsampled).expect("upsampled"),
+        "the rewritten prompt made no difference"
+    );
 }
