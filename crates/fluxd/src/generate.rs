@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use crate::serve::UpsamplerArgs;
 use anyhow::{bail, Context, Result};
 use fluxd_engine::model_dir::ModelPaths;
 use fluxd_engine::pipeline::{
@@ -12,7 +13,6 @@ use fluxd_engine::pipeline::{
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
 use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
 use fluxd_engine::safety::{moderate_nsfw_score, ImageClassifier, PromptPolicy, SafetyTolerance};
-use fluxd_server::upsample::{Upsampler, UpsamplerConfig};
 
 use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
 use crate::progress::bar;
@@ -70,15 +70,8 @@ pub struct GenerateArgs {
     /// `prompt_upsampling`); the prompt used is printed.
     #[arg(long, requires = "upsampler_url")]
     prompt_upsampling: bool,
-    /// OpenAI-compatible API for `--prompt-upsampling` (e.g. http://127.0.0.1:8081/v1).
-    #[arg(long, env = "FLUXD_UPSAMPLER_URL", requires = "upsampler_model")]
-    upsampler_url: Option<String>,
-    /// Model name sent to the upsampler.
-    #[arg(long, env = "FLUXD_UPSAMPLER_MODEL")]
-    upsampler_model: Option<String>,
-    /// Bearer token for the upsampler.
-    #[arg(long, env = "FLUXD_UPSAMPLER_KEY", hide_env_values = true)]
-    upsampler_key: Option<String>,
+    #[command(flatten)]
+    upsampler: UpsamplerArgs,
     /// Moderate as the API does at this `safety_tolerance` (0 strictest … 6): the prompt against
     /// the built-in policy (+ `--prompt-policy`), the image with `--safety-checker` if given. A
     /// refused prompt or image is reported and nothing is written (exit status 3).
@@ -108,15 +101,9 @@ pub struct Moderated;
 
 /// The prompt rewritten by the configured language model.
 fn upsample(args: &GenerateArgs, prompt: &str) -> Result<String> {
-    let (Some(url), Some(model)) = (&args.upsampler_url, &args.upsampler_model) else {
+    let Some(upsampler) = args.upsampler.build()? else {
         bail!("--prompt-upsampling needs --upsampler-url and --upsampler-model");
     };
-    let upsampler = Upsampler::new(UpsamplerConfig {
-        url: url.clone(),
-        model: model.clone(),
-        api_key: args.upsampler_key.clone(),
-        timeout: std::time::Duration::from_secs(60),
-    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -173,20 +173,8 @@ pub struct ServeArgs {
     /// Largest `image_prompt` in pixels (larger images and decompression bombs get a 422).
     #[arg(long, env = "FLUXD_IMAGE_PROMPT_MAX_PIXELS", default_value_t = DEFAULT_IMAGE_PROMPT_MAX_PIXELS)]
     image_prompt_max_pixels: u64,
-    /// OpenAI-compatible API that rewrites prompts for `prompt_upsampling: true` (e.g.
-    /// http://127.0.0.1:8081/v1 for llama.cpp's server, http://127.0.0.1:11434/v1 for Ollama).
-    /// Without it such requests get a 422.
-    #[arg(long, env = "FLUXD_UPSAMPLER_URL", requires = "upsampler_model")]
-    upsampler_url: Option<String>,
-    /// Model name sent to the upsampler.
-    #[arg(long, env = "FLUXD_UPSAMPLER_MODEL")]
-    upsampler_model: Option<String>,
-    /// Bearer token for the upsampler (prefer the environment variable).
-    #[arg(long, env = "FLUXD_UPSAMPLER_KEY", hide_env_values = true)]
-    upsampler_key: Option<String>,
-    /// Time for one prompt rewrite.
-    #[arg(long, env = "FLUXD_UPSAMPLER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    upsampler_timeout: Duration,
+    #[command(flatten)]
+    upsampler: UpsamplerArgs,
     /// Serve the API without running tasks (another process on the same data directory runs
     /// them).
     #[arg(long)]
@@ -293,7 +281,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
         task_lease: args.task_lease,
         drain_timeout: args.drain_timeout,
-        upsampler: upsampler(&args)?,
+        upsampler: args.upsampler.build()?,
         image_prompt_max_pixels,
         prompt_policy: Arc::new(prompt_policy),
         ..ServerConfig::new(public_url.clone())
@@ -345,23 +333,45 @@ fn safety_checker(args: &ServeArgs, model_root: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The prompt upsampler the flags describe, if any.
-fn upsampler(args: &ServeArgs) -> Result<Option<Upsampler>> {
-    let (Some(url), Some(model)) = (&args.upsampler_url, &args.upsampler_model) else {
-        return Ok(None);
-    };
-    let upsampler = Upsampler::new(UpsamplerConfig {
-        url: url.clone(),
-        model: model.clone(),
-        api_key: args.upsampler_key.clone(),
-        timeout: args.upsampler_timeout,
-    })?;
-    tracing::info!(
-        endpoint = upsampler.config().endpoint(),
-        model,
-        "prompt upsampling enabled"
-    );
-    Ok(Some(upsampler))
+/// The language model that rewrites prompts (`prompt_upsampling`), shared by `serve` and
+/// `generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpsamplerArgs {
+    /// OpenAI-compatible API that rewrites prompts for `prompt_upsampling` (e.g.
+    /// http://127.0.0.1:8081/v1 for llama.cpp's server, http://127.0.0.1:11434/v1 for Ollama).
+    /// Without it such requests get a 422.
+    #[arg(long, env = "FLUXD_UPSAMPLER_URL", requires = "upsampler_model")]
+    pub upsampler_url: Option<String>,
+    /// Model name sent to the upsampler.
+    #[arg(long, env = "FLUXD_UPSAMPLER_MODEL")]
+    pub upsampler_model: Option<String>,
+    /// Bearer token for the upsampler (prefer the environment variable).
+    #[arg(long, env = "FLUXD_UPSAMPLER_KEY", hide_env_values = true)]
+    pub upsampler_key: Option<String>,
+    /// Time for one prompt rewrite.
+    #[arg(long, env = "FLUXD_UPSAMPLER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upsampler_timeout: Duration,
+}
+
+impl UpsamplerArgs {
+    /// The upsampler the flags describe, if any.
+    pub fn build(&self) -> Result<Option<Upsampler>> {
+        let (Some(url), Some(model)) = (&self.upsampler_url, &self.upsampler_model) else {
+            return Ok(None);
+        };
+        let upsampler = Upsampler::new(UpsamplerConfig {
+            url: url.clone(),
+            model: model.clone(),
+            api_key: self.upsampler_key.clone(),
+            timeout: self.upsampler_timeout,
+        })?;
+        tracing::info!(
+            endpoint = upsampler.config().endpoint(),
+            model,
+            "prompt upsampling enabled"
+        );
+        Ok(Some(upsampler))
+    }
 }
 
 /// Shared by the store-only subcommands: runs `f` on a one-thread runtime.

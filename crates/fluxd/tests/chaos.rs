@@ -34,30 +34,6 @@ fn secret_for(n: usize) -> String {
     }
 }
 
-/// A Python environment with `standardwebhooks` from PyPI, made once per target directory.
-fn receiver_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-1.1.0-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv", s(&venv)])
-            .status()
-            .expect("python3 -m venv");
-        assert!(ok.success(), "creating the receiver's venv failed");
-        let ok = Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "standardwebhooks==1.1.0",
-            ])
-            .status()
-            .expect("pip install standardwebhooks");
-        assert!(ok.success(), "installing standardwebhooks from PyPI failed");
-    }
-    python
-}
-
 /// The receiver process, killed when dropped.
 struct Receiver {
     child: Child,
@@ -75,7 +51,7 @@ impl Drop for Receiver {
 impl Receiver {
     fn start(record: PathBuf) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
-        let mut child = Command::new(receiver_python())
+        let mut child = Command::new(python_with("standardwebhooks==1.1.0"))
             .args([s(&script), s(&record)])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -315,37 +315,9 @@ fn too_many_active_tasks_is_429_with_retry_after() {
     assert_eq!(out.trim(), "my-finetune");
 }
 
-/// A Python environment with the official client (`blackforest==0.1.3` from PyPI), made once per
-/// target directory.
-fn official_client_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("blackforest-0.1.3-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv", s(&venv)])
-            .status()
-            .expect("python3 -m venv");
-        assert!(ok.success(), "creating the client's venv failed");
-        let ok = Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "blackforest==0.1.3",
-            ])
-            .status()
-            .expect("pip install blackforest");
-        assert!(
-            ok.success(),
-            "installing blackforest==0.1.3 from PyPI failed"
-        );
-    }
-    python
-}
-
 #[test]
 fn the_official_python_client_submits_polls_and_downloads() {
-    let python = official_client_python();
+    let python = python_with("blackforest==0.1.3");
     let data = scratch("official-client");
     let server = Server::start(&data, &[]);
     let key = create_key(&data, "acme");
@@ -437,18 +409,7 @@ fn prompt_upsampling_rewrites_the_prompt_through_the_configured_model() {
         ],
     );
     let body = small_request(json!({"prompt": "TOK fox", "prompt_upsampling": true, "seed": 3}));
-    let submit = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
-    assert_eq!(
-        submit.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&submit.body)
-    );
-    let polling_url = submit.json()["polling_url"]
-        .as_str()
-        .expect("url")
-        .to_owned();
-    let done = poll_until_final(&server, &polling_url, &key);
+    let done = submit_and_wait(&server, &key, &body);
     assert_eq!(done["status"], "Ready", "{done}");
     assert_eq!(
         done["result"]["prompt"],
@@ -491,19 +452,7 @@ fn image_prompts_go_through_redux() {
     .expect("encode PNG");
     let prompt_image = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
     let run = |extra: Value| {
-        let body = small_request(extra);
-        let submit = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
-        assert_eq!(
-            submit.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&submit.body)
-        );
-        let polling_url = submit.json()["polling_url"]
-            .as_str()
-            .expect("url")
-            .to_owned();
-        let done = poll_until_final(&server, &polling_url, &key);
+        let done = submit_and_wait(&server, &key, &small_request(extra));
         assert_eq!(done["status"], "Ready", "{done}");
         let sample = done["result"]["sample"]
             .as_str()
@@ -542,21 +491,7 @@ fn moderation_refuses_prompts_and_images() {
     let (flag_none, flag_all) = (data.join("checker-none"), data.join("checker-all"));
     write_tiny_classifier_with(&flag_none, 7, -20.0).expect("classifier");
     write_tiny_classifier_with(&flag_all, 7, 20.0).expect("classifier");
-    let run = |server: &Server, extra: Value| {
-        let body = small_request(extra);
-        let submit = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
-        assert_eq!(
-            submit.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&submit.body)
-        );
-        let polling_url = submit.json()["polling_url"]
-            .as_str()
-            .expect("url")
-            .to_owned();
-        poll_until_final(server, &polling_url, &key)
-    };
+    let run = |server: &Server, extra: Value| submit_and_wait(server, &key, &small_request(extra));
 
     let mut server = Server::start(
         &data,

@@ -321,3 +321,44 @@ impl FakeLlm {
         FakeLlm { base, requests }
     }
 }
+
+/// A Python virtual environment under the target directory with `requirement` installed from
+/// PyPI (e.g. `blackforest==0.1.3`), made once; returns its interpreter.
+pub fn python_with(requirement: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{requirement}-venv"));
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv", s(&venv)])
+            .status()
+            .expect("python3 -m venv");
+        assert!(ok.success(), "creating a venv for {requirement} failed");
+        let ok = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                requirement,
+            ])
+            .status()
+            .expect("pip install");
+        assert!(ok.success(), "installing {requirement} from PyPI failed");
+    }
+    python
+}
+
+/// Submits `body` with `key`, asserts it was accepted, and polls it to its final status.
+pub fn submit_and_wait(server: &Server, key: &str, body: &Value) -> Value {
+    let submit = server.post_json("/v1/flux-pro-finetuned", Some(key), body);
+    assert_eq!(
+        submit.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&submit.body)
+    );
+    let polling_url = submit.json()["polling_url"]
+        .as_str()
+        .expect("polling_url")
+        .to_owned();
+    poll_until_final(server, &polling_url, key)
+}
