@@ -6,7 +6,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use fluxd_engine::lora::LoraFile;
 use fluxd_engine::transformer::FluxConfig;
 use fluxd_store::{BlobStore, FinetuneRecord, Store, StoreError};
@@ -117,12 +116,9 @@ pub async fn import_lora(
         return Err(ServerError::FinetuneExists(options.id));
     }
     let lora = validate_lora(path.to_path_buf(), cfg).await?;
-    // The blob store takes whole buffers; a streaming put would avoid holding the file in memory.
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| ServerError::io(format!("reading {}", path.display()), e))?;
+    // Streamed in chunks: a rank-128 FLUX LoRA is over a gigabyte.
     let blob_key = format!("loras/{}.safetensors", uuid::Uuid::new_v4());
-    blobs.put(&blob_key, Bytes::from(bytes)).await?;
+    blobs.put_file(&blob_key, path).await?;
     let record = FinetuneRecord {
         tenant: tenant.to_owned(),
         id: options.id.clone(),

@@ -518,19 +518,15 @@ async fn load_lora(
 ) -> Result<LoraFile, TaskFailure> {
     let path: PathBuf = state.lora_cache_dir().join(format!("{sha256}.safetensors"));
     if !path.is_file() {
-        let bytes = state
-            .blobs()
-            .get(blob_key)
-            .await
-            .map_err(TaskFailure::store)?;
         let staging = state
             .lora_cache_dir()
             .join(format!(".{}.partial", uuid::Uuid::new_v4()));
-        let write = async {
-            tokio::fs::write(&staging, &bytes).await?;
-            tokio::fs::rename(&staging, &path).await
-        };
-        write.await.map_err(|e| {
+        // Streamed to disk: the blob is not held in memory whole.
+        if let Err(err) = state.blobs().get_to_file(blob_key, &staging).await {
+            let _ = tokio::fs::remove_file(&staging).await;
+            return Err(TaskFailure::store(err));
+        }
+        tokio::fs::rename(&staging, &path).await.map_err(|e| {
             tracing::error!(%e, "could not cache a LoRA file");
             TaskFailure::retryable("Could not read the fine-tune's file")
         })?;
