@@ -20,12 +20,17 @@ const MAX_PARTS_IN_FLIGHT: usize = 4;
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
+    /// For local blobs, their folder: writes are fsynced there before they count as done.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl BlobStore {
     /// Wraps any object store (S3 and friends plug in here).
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            local_root: None,
+        }
     }
 
     /// Blobs as files under `dir`, created if missing.
@@ -33,7 +38,10 @@ impl BlobStore {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(StoreError::io)?;
         let files = LocalFileSystem::new_with_prefix(dir)?;
-        Ok(Self::new(Arc::new(files)))
+        Ok(Self {
+            inner: Arc::new(files),
+            local_root: Some(dir.to_path_buf()),
+        })
     }
 
     /// Stores `bytes` under `key`, replacing what was there.
@@ -41,7 +49,27 @@ impl BlobStore {
         self.inner
             .put(&parse_key(key)?, PutPayload::from_bytes(bytes))
             .await?;
-        Ok(())
+        self.sync(key).await
+    }
+
+    /// Local files are renamed into place without an fsync by `object_store`; a result recorded
+    /// as durable must not point to an image a power cut can lose, so the file and its folder are
+    /// synced. (Object stores are durable once the put returns.)
+    async fn sync(&self, key: &str) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(key);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .map_err(|e| StoreError::io(std::io::Error::other(e)))?
+        .map_err(StoreError::io)
     }
 
     /// Stores the file at `path` under `key` in chunks (a multipart upload on object stores,
@@ -68,7 +96,7 @@ impl BlobStore {
             writer.write(&buf[..n]);
         }
         writer.finish().await?;
-        Ok(())
+        self.sync(key).await
     }
 
     /// Copies the blob under `key` to a new file at `path` as it streams in.
