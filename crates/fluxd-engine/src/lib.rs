@@ -19,6 +19,7 @@ pub mod tiny_model;
 pub mod tokenizer;
 pub mod transformer;
 pub mod vae;
+mod vit;
 pub mod weights;
 
 pub use error::{EngineError, Result};

@@ -2,7 +2,9 @@
 //! (transformers 5.23 `image_processing_backends.py` `PilBackend._preprocess`, the backend used
 //! without torchvision and the one FLUX.1-Redux was released with): resize to the model's square
 //! input with PIL's bicubic filter (no crop, the aspect ratio is not kept), multiply by
-//! `rescale_factor` in f64 and cast to f32, then `(x - mean) / std` per channel in f32.
+//! `rescale_factor` in f64 and cast to f32, then `(x - mean) / std` per channel in f32. Reading
+//! the JSON and the rescale/normalise step are shared with the safety classifier's ViT processor
+//! (`vit::processor`); SigLIP's defaults and rules (bicubic only, no centre crop) are here.
 //!
 //! The resize is Pillow's own algorithm (`safety::pil_resize`, shared with the safety
 //! classifier); `tests/redux_reference.rs` compares it with Pillow's output level for level.
@@ -11,10 +13,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
-use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 use crate::safety::{pil_resize, Resample};
+use crate::vit::processor::{pixel_values, ProcessorJson};
 
 /// `preprocessor_config.json` of a SigLIP image processor. Defaults are FLUX.1-Redux-dev's
 /// (`feature_extractor/preprocessor_config.json`: 384×384, bicubic, mean = std = 0.5).
@@ -53,81 +55,30 @@ impl Default for PreprocessConfig {
     }
 }
 
-#[derive(Deserialize)]
-struct RawSize {
-    height: Option<usize>,
-    width: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum PerChannel {
-    One(f32),
-    Three([f32; 3]),
-}
-
-impl PerChannel {
-    fn get(self) -> [f32; 3] {
-        match self {
-            Self::One(v) => [v; 3],
-            Self::Three(v) => v,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct RawConfig {
-    size: Option<RawSize>,
-    resample: Option<u32>,
-    do_resize: Option<bool>,
-    do_rescale: Option<bool>,
-    rescale_factor: Option<f64>,
-    do_normalize: Option<bool>,
-    image_mean: Option<PerChannel>,
-    image_std: Option<PerChannel>,
-    do_center_crop: Option<bool>,
-}
-
 impl PreprocessConfig {
     /// Reads a `preprocessor_config.json`; absent keys take transformers' SigLIP defaults, except
     /// `size`, which takes `default_size` (the vision model's `image_size`).
     pub fn load(path: &Path, default_size: usize) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-        let raw: RawConfig =
-            serde_json::from_str(&text).map_err(|e| EngineError::config(path, e.to_string()))?;
+        let raw = ProcessorJson::parse(&text, path)?;
         let d = Self::default();
-        let size = match raw.size {
-            Some(RawSize {
-                height: Some(h),
-                width: Some(w),
-            }) => (h, w),
-            Some(_) => {
-                return Err(EngineError::config(
-                    path,
-                    "`size` must give `height` and `width` (SigLIP resizes to a fixed size)",
-                ))
-            }
-            None => (default_size, default_size),
-        };
+        let resample = raw.resample.unwrap_or(u64::from(d.resample));
+        if resample != 3 {
+            return Err(EngineError::config(
+                path,
+                format!("resample {resample} is not supported (only 3, bicubic)"),
+            ));
+        }
         let cfg = Self {
-            size,
-            resample: raw.resample.unwrap_or(d.resample),
+            size: raw.size.unwrap_or((default_size, default_size)),
+            resample: 3,
             do_resize: raw.do_resize.unwrap_or(d.do_resize),
             do_rescale: raw.do_rescale.unwrap_or(d.do_rescale),
             rescale_factor: raw.rescale_factor.unwrap_or(d.rescale_factor),
             do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
-            image_mean: raw.image_mean.map_or(d.image_mean, PerChannel::get),
-            image_std: raw.image_std.map_or(d.image_std, PerChannel::get),
+            image_mean: raw.image_mean.unwrap_or(d.image_mean),
+            image_std: raw.image_std.unwrap_or(d.image_std),
         };
-        if cfg.resample != 3 {
-            return Err(EngineError::config(
-                path,
-                format!(
-                    "resample {} is not supported (only 3, bicubic)",
-                    cfg.resample
-                ),
-            ));
-        }
         if raw.do_center_crop == Some(true) {
             return Err(EngineError::config(path, "do_center_crop is not supported"));
         }
@@ -156,30 +107,13 @@ impl PreprocessConfig {
     /// The model input for one image: (1, 3, height, width) f32 on `device`.
     pub fn pixel_values(&self, img: &RgbImage, device: &Device) -> Result<Tensor> {
         let resized = self.resize(img)?;
-        let (w, h) = (resized.width() as usize, resized.height() as usize);
-        // Every input level maps to one output value per channel: a table, computed in the
-        // reference's order (f64 rescale, f32 cast, f32 normalise).
-        let mut lut = [[0f32; 256]; 3];
-        for (c, table) in lut.iter_mut().enumerate() {
-            for (v, out) in table.iter_mut().enumerate() {
-                let mut x = if self.do_rescale {
-                    (v as f64 * self.rescale_factor) as f32
-                } else {
-                    v as f32
-                };
-                if self.do_normalize {
-                    x = (x - self.image_mean[c]) / self.image_std[c];
-                }
-                *out = x;
-            }
-        }
-        let mut data = vec![0f32; 3 * h * w];
-        for (i, px) in resized.as_raw().chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                data[c * h * w + i] = lut[c][px[c] as usize];
-            }
-        }
-        Ok(Tensor::from_vec(data, (1, 3, h, w), device)?)
+        pixel_values(
+            &resized,
+            self.do_rescale.then_some(self.rescale_factor),
+            self.do_normalize
+                .then_some((self.image_mean, self.image_std)),
+            device,
+        )
     }
 }
 
@@ -210,6 +144,9 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(msg.unwrap_or_default().contains("resample 2"));
+        // One integer is a square size (`get_size_dict(size, default_to_square=True)`).
+        write(serde_json::json!({"size": 64})).map_err(|e| EngineError::io(&path, e))?;
+        assert_eq!(PreprocessConfig::load(&path, 8)?.size, (64, 64));
         std::fs::remove_dir_all(&dir).ok();
         Ok(())
     }

@@ -1,16 +1,31 @@
 //! The SigLIP vision tower (transformers 5.23 `models/siglip/modeling_siglip.py`,
 //! `SiglipVisionModel`), of which Redux uses `last_hidden_state`: patch embedding, learned
-//! positions, pre-norm encoder layers and the post-LayerNorm. The attention-pooling head
-//! (`vision_model.head.*`) is in the checkpoints but unused by Redux, so it is not loaded.
+//! positions, pre-norm encoder layers and the post-LayerNorm, run by the vision transformer
+//! shared with the safety classifier (`crate::vit`); this file holds SigLIP's config and tensor
+//! names. The attention-pooling head (`vision_model.head.*`) is in the checkpoints but unused by
+//! Redux, so it is not loaded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
-use crate::text_encoders::{apply, layer_norm, linear, read_config, softmax_f32, Act, Linear};
+use crate::text_encoders::{read_config, Act};
+use crate::vit::{LayerNames, VitEncoder, VitNames, VitSpec};
 use crate::weights::WeightFiles;
+
+/// Names of one `SiglipEncoderLayer`'s tensors under `encoder.layers.{i}`.
+const LAYER_SUFFIXES: [&str; 8] = [
+    "layer_norm1",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "layer_norm2",
+    "mlp.fc1",
+    "mlp.fc2",
+];
 
 /// A `SiglipVisionConfig` as transformers writes it (defaults are transformers' own).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -63,12 +78,19 @@ impl SiglipVisionConfig {
         };
         let cfg: Self = serde_json::from_value(vision)
             .map_err(|e| EngineError::config(&path, e.to_string()))?;
+        cfg.check(&path)?;
+        Ok(cfg)
+    }
+
+    /// Refuses sizes the encoder cannot be built with; `path` is named in the error.
+    fn check(&self, path: &Path) -> Result<()> {
+        let cfg = self;
         if cfg.hidden_size == 0
             || cfg.num_attention_heads == 0
             || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
         {
             return Err(EngineError::config(
-                &path,
+                path,
                 format!(
                     "hidden_size {} is not a positive multiple of num_attention_heads {}",
                     cfg.hidden_size, cfg.num_attention_heads
@@ -77,15 +99,15 @@ impl SiglipVisionConfig {
         }
         if cfg.patch_size == 0 || cfg.image_size < cfg.patch_size {
             return Err(EngineError::config(
-                &path,
+                path,
                 format!(
                     "image_size {} holds no {}-pixel patch",
                     cfg.image_size, cfg.patch_size
                 ),
             ));
         }
-        Act::parse(&cfg.hidden_act, &path)?;
-        Ok(cfg)
+        Act::parse(&cfg.hidden_act, path)?;
+        Ok(())
     }
 
     /// Patches per side: the convolution is `padding="valid"`, so a remainder (384 = 27·14 + 6)
@@ -100,29 +122,10 @@ impl SiglipVisionConfig {
     }
 }
 
-struct Layer {
-    ln1: candle_nn::LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    ln2: candle_nn::LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// The SigLIP vision encoder, loaded once.
 pub struct SiglipVisionEncoder {
     cfg: SiglipVisionConfig,
-    act: Act,
-    /// Patch convolution as a matrix: (channels·patch², hidden), rows in (c, y, x) order.
-    patch_weight_t: Tensor,
-    patch_bias: Tensor,
-    position_embedding: Tensor,
-    layers: Vec<Layer>,
-    post_ln: candle_nn::LayerNorm,
-    dtype: DType,
-    device: Device,
+    encoder: VitEncoder,
 }
 
 impl SiglipVisionEncoder {
@@ -141,7 +144,14 @@ impl SiglipVisionEncoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let act = Act::parse(&cfg.hidden_act, &w.paths()[0])?;
+        // A config built in code has not been through `from_dir`'s checks.
+        let file = w
+            .paths()
+            .first()
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new(""));
+        cfg.check(file)?;
+        let act = Act::parse(&cfg.hidden_act, file)?;
         let p = if w.contains("embeddings.patch_embedding.weight")
             && !w.contains("vision_model.embeddings.patch_embedding.weight")
         {
@@ -149,60 +159,31 @@ impl SiglipVisionEncoder {
         } else {
             "vision_model.".to_string()
         };
-        let (h, f, ps, c) = (
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.patch_size,
-            cfg.num_channels,
-        );
-        let patch = w.get_shaped(
-            &format!("{p}embeddings.patch_embedding.weight"),
-            (h, c, ps, ps),
-            dtype,
-            device,
-        )?;
-        let patch_weight_t = patch.reshape((h, c * ps * ps))?.t()?.contiguous()?;
-        let patch_bias = w.get_shaped(
-            &format!("{p}embeddings.patch_embedding.bias"),
-            h,
-            dtype,
-            device,
-        )?;
-        let position_embedding = w.get_shaped(
-            &format!("{p}embeddings.position_embedding.weight"),
-            (cfg.num_patches(), h),
-            dtype,
-            device,
-        )?;
-        let eps = cfg.layer_norm_eps;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = format!("{p}encoder.layers.{i}");
-            let lin =
-                |name: &str, o, i| linear(w, &format!("{l}.{name}"), o, i, true, dtype, device);
-            layers.push(Layer {
-                ln1: layer_norm(w, &format!("{l}.layer_norm1"), h, eps, dtype, device)?,
-                q: lin("self_attn.q_proj", h, h)?,
-                k: lin("self_attn.k_proj", h, h)?,
-                v: lin("self_attn.v_proj", h, h)?,
-                out: lin("self_attn.out_proj", h, h)?,
-                ln2: layer_norm(w, &format!("{l}.layer_norm2"), h, eps, dtype, device)?,
-                fc1: lin("mlp.fc1", f, h)?,
-                fc2: lin("mlp.fc2", h, f)?,
-            });
-        }
-        let post_ln = layer_norm(w, &format!("{p}post_layernorm"), h, eps, dtype, device)?;
-        Ok(Self {
-            cfg,
+        let spec = VitSpec {
+            hidden_size: cfg.hidden_size,
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.hidden_size / cfg.num_attention_heads,
+            intermediate_size: cfg.intermediate_size,
+            num_channels: cfg.num_channels,
+            patch_size: (cfg.patch_size, cfg.patch_size),
+            grid: (cfg.grid(), cfg.grid()),
+            layer_norm_eps: cfg.layer_norm_eps,
             act,
-            patch_weight_t,
-            patch_bias,
-            position_embedding,
-            layers,
-            post_ln,
-            dtype,
-            device: device.clone(),
-        })
+            qkv_bias: true,
+        };
+        // `SiglipVisionEmbeddings`: no class token; positions are an `nn.Embedding` table.
+        let names = VitNames {
+            patch: format!("{p}embeddings.patch_embedding"),
+            cls_token: None,
+            positions: format!("{p}embeddings.position_embedding.weight"),
+            positions_batched: false,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| LayerNames::under(&format!("{p}encoder.layers.{i}"), LAYER_SUFFIXES))
+                .collect(),
+            final_norm: format!("{p}post_layernorm"),
+        };
+        let encoder = VitEncoder::load(spec, &names, w, dtype, device)?;
+        Ok(Self { cfg, encoder })
     }
 
     /// The config the encoder was loaded with.
@@ -214,7 +195,7 @@ impl SiglipVisionEncoder {
     /// config's `image_size`: (B, num_patches, hidden).
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (b, c, hh, ww) = pixel_values.dims4()?;
+        let (_, c, hh, ww) = pixel_values.dims4()?;
         if c != cfg.num_channels || hh != cfg.image_size || ww != cfg.image_size {
             return Err(EngineError::InvalidInput(format!(
                 "SigLIP expects pixel values (B, {}, {s}, {s}), got {:?}",
@@ -223,51 +204,6 @@ impl SiglipVisionEncoder {
                 s = cfg.image_size
             )));
         }
-        let (g, ps) = (cfg.grid(), cfg.patch_size);
-        // Conv2d(kernel = stride = patch, valid) as one matmul over non-overlapping patches;
-        // `flatten(2).transpose(1, 2)` orders the patches row-major, as here.
-        let x = pixel_values
-            .to_device(&self.device)?
-            .to_dtype(self.dtype)?
-            .narrow(2, 0, g * ps)?
-            .narrow(3, 0, g * ps)?
-            .reshape((b, c, g, ps, g, ps))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b * g * g, c * ps * ps))?;
-        let x = x
-            .matmul(&self.patch_weight_t)?
-            .broadcast_add(&self.patch_bias)?
-            .reshape((b, g * g, cfg.hidden_size))?;
-        let mut x = x.broadcast_add(&self.position_embedding)?;
-        for layer in &self.layers {
-            let r = x.clone();
-            let h = self.attention(layer, &apply(&layer.ln1, &x)?)?;
-            x = (r + h)?;
-            let r = x.clone();
-            let h = layer.fc1.forward(&apply(&layer.ln2, &x)?)?;
-            let h = layer.fc2.forward(&self.act.apply(&h)?)?;
-            x = (r + h)?;
-        }
-        apply(&self.post_ln, &x)
-    }
-
-    /// Bidirectional multi-head attention with no mask (`SiglipAttention`, eager path).
-    fn attention(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
-        let heads = self.cfg.num_attention_heads;
-        let hd = h / heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, l, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(layer.q.forward(x)?)?;
-        let k = split(layer.k.forward(x)?)?;
-        let v = split(layer.v.forward(x)?)?;
-        // transformers scales the scores (not the queries) by head_dim^-0.5.
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let probs = softmax_f32(&scores)?;
-        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        layer.out.forward(&o)
+        self.encoder.forward(pixel_values)
     }
 }

@@ -1,7 +1,8 @@
 //! A ViT image classifier (transformers `models/vit/modeling_vit.py`,
 //! `ViTForImageClassification`), the architecture of the reference NSFW detector
 //! Falconsai/nsfw_image_detection: patch embedding, `[CLS]` token and learned positions,
-//! pre-LayerNorm encoder layers, final LayerNorm, a linear head on the `[CLS]` state, softmax.
+//! pre-LayerNorm encoder layers, final LayerNorm (the vision transformer shared with SigLIP,
+//! `crate::vit`), then a linear head on the `[CLS]` state, softmax.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use serde::Deserialize;
 
 use super::preprocess::{ImageProcessor, ImageProcessorConfig};
 use crate::error::{EngineError, Result};
-use crate::text_encoders::{apply, layer_norm, linear, read_config, softmax_f32, Act, Linear};
+use crate::text_encoders::{linear, read_config, Act, Linear};
+use crate::vit::{LayerNames, VitEncoder, VitNames, VitSpec};
 use crate::weights::WeightFiles;
 
 /// An int or an `[h, w]` pair, as ViT configs write `image_size` and `patch_size`.
@@ -175,76 +177,48 @@ pub struct LabelScore {
     pub score: f32,
 }
 
-/// Tensor names of one encoder layer, in the hub's layout (transformers ≤ 4, the files
+/// Tensor names of encoder layer `i`, in the hub's layout (transformers ≤ 4, the files
 /// Falconsai ships) or in transformers 5's module names (`conversion_mapping.py`, "ViTModel").
-struct LayerNames {
-    ln_before: String,
-    q: String,
-    k: String,
-    v: String,
-    o: String,
-    ln_after: String,
-    fc1: String,
-    fc2: String,
-}
-
-impl LayerNames {
-    fn new(w: &WeightFiles, i: usize) -> Self {
-        let legacy = format!("vit.encoder.layer.{i}");
-        if w.contains(&format!("{legacy}.layernorm_before.weight")) {
-            Self {
-                ln_before: format!("{legacy}.layernorm_before"),
-                q: format!("{legacy}.attention.attention.query"),
-                k: format!("{legacy}.attention.attention.key"),
-                v: format!("{legacy}.attention.attention.value"),
-                o: format!("{legacy}.attention.output.dense"),
-                ln_after: format!("{legacy}.layernorm_after"),
-                fc1: format!("{legacy}.intermediate.dense"),
-                fc2: format!("{legacy}.output.dense"),
-            }
-        } else {
-            let l = format!("vit.layers.{i}");
-            Self {
-                ln_before: format!("{l}.layernorm_before"),
-                q: format!("{l}.attention.q_proj"),
-                k: format!("{l}.attention.k_proj"),
-                v: format!("{l}.attention.v_proj"),
-                o: format!("{l}.attention.o_proj"),
-                ln_after: format!("{l}.layernorm_after"),
-                fc1: format!("{l}.mlp.fc1"),
-                fc2: format!("{l}.mlp.fc2"),
-            }
-        }
+fn layer_names(w: &WeightFiles, i: usize) -> LayerNames {
+    let legacy = format!("vit.encoder.layer.{i}");
+    if w.contains(&format!("{legacy}.layernorm_before.weight")) {
+        LayerNames::under(
+            &legacy,
+            [
+                "layernorm_before",
+                "attention.attention.query",
+                "attention.attention.key",
+                "attention.attention.value",
+                "attention.output.dense",
+                "layernorm_after",
+                "intermediate.dense",
+                "output.dense",
+            ],
+        )
+    } else {
+        LayerNames::under(
+            &format!("vit.layers.{i}"),
+            [
+                "layernorm_before",
+                "attention.q_proj",
+                "attention.k_proj",
+                "attention.v_proj",
+                "attention.o_proj",
+                "layernorm_after",
+                "mlp.fc1",
+                "mlp.fc2",
+            ],
+        )
     }
-}
-
-struct Layer {
-    ln_before: candle_nn::LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    ln_after: candle_nn::LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
 }
 
 /// A ViT image classifier with its preprocessing, loaded once and run on RGB images.
 pub struct ImageClassifier {
     cfg: VitConfig,
-    act: Act,
     processor: ImageProcessor,
-    /// Patch projection as a matrix (C·ph·pw, hidden): the stride-`patch` convolution of
-    /// `ViTPatchEmbeddings` is one matmul over non-overlapping patches.
-    patch_w_t: Tensor,
-    patch_b: Tensor,
-    cls_token: Tensor,
-    position_embeddings: Tensor,
-    layers: Vec<Layer>,
-    final_ln: candle_nn::LayerNorm,
+    encoder: VitEncoder,
     classifier: Linear,
     config_path: PathBuf,
-    dtype: DType,
     device: Device,
 }
 
@@ -280,67 +254,39 @@ impl ImageClassifier {
             });
         }
         let w = WeightFiles::open_dir(dir, &["model"])?;
-        let (h, inter, hd, heads) = (
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.head_dim,
-            cfg.num_attention_heads,
-        );
-        let (ph, pw) = cfg.patch_size;
-        let (gh, gw) = cfg.grid();
-        let c = cfg.num_channels;
-        let emb = "vit.embeddings";
-        let patch_w = w.get_shaped(
-            &format!("{emb}.patch_embeddings.projection.weight"),
-            (h, c, ph, pw),
-            dtype,
-            device,
-        )?;
-        let patch_w_t = patch_w.reshape((h, c * ph * pw))?.t()?.contiguous()?;
-        let patch_b = w.get_shaped(
-            &format!("{emb}.patch_embeddings.projection.bias"),
-            h,
-            dtype,
-            device,
-        )?;
-        let cls_token = w.get_shaped(&format!("{emb}.cls_token"), (1, 1, h), dtype, device)?;
-        let position_embeddings = w.get_shaped(
-            &format!("{emb}.position_embeddings"),
-            (1, gh * gw + 1, h),
-            dtype,
-            device,
-        )?;
-        let eps = cfg.layer_norm_eps;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let n = LayerNames::new(&w, i);
-            let lin = |name: &str, o, i, bias| linear(&w, name, o, i, bias, dtype, device);
-            layers.push(Layer {
-                ln_before: layer_norm(&w, &n.ln_before, h, eps, dtype, device)?,
-                q: lin(&n.q, heads * hd, h, cfg.qkv_bias)?,
-                k: lin(&n.k, heads * hd, h, cfg.qkv_bias)?,
-                v: lin(&n.v, heads * hd, h, cfg.qkv_bias)?,
-                o: lin(&n.o, h, heads * hd, true)?,
-                ln_after: layer_norm(&w, &n.ln_after, h, eps, dtype, device)?,
-                fc1: lin(&n.fc1, inter, h, true)?,
-                fc2: lin(&n.fc2, h, inter, true)?,
-            });
-        }
-        let final_ln = layer_norm(&w, "vit.layernorm", h, eps, dtype, device)?;
+        let spec = VitSpec {
+            hidden_size: cfg.hidden_size,
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim,
+            intermediate_size: cfg.intermediate_size,
+            num_channels: cfg.num_channels,
+            patch_size: cfg.patch_size,
+            grid: cfg.grid(),
+            layer_norm_eps: cfg.layer_norm_eps,
+            act,
+            qkv_bias: cfg.qkv_bias,
+        };
+        // `ViTEmbeddings`: a [CLS] token before the patches; positions a (1, tokens, hidden)
+        // parameter.
+        let names = VitNames {
+            patch: "vit.embeddings.patch_embeddings.projection".into(),
+            cls_token: Some("vit.embeddings.cls_token".into()),
+            positions: "vit.embeddings.position_embeddings".into(),
+            positions_batched: true,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| layer_names(&w, i))
+                .collect(),
+            final_norm: "vit.layernorm".into(),
+        };
+        let encoder = VitEncoder::load(spec, &names, &w, dtype, device)?;
+        let h = cfg.hidden_size;
         let classifier = linear(&w, "classifier", cfg.labels.len(), h, true, dtype, device)?;
         Ok(Self {
-            act,
             processor: ImageProcessor::new(pp, pp_path),
-            patch_w_t,
-            patch_b,
-            cls_token,
-            position_embeddings,
-            layers,
-            final_ln,
+            encoder,
             classifier,
             config_path,
             cfg,
-            dtype,
             device: device.clone(),
         })
     }
@@ -367,7 +313,7 @@ impl ImageClassifier {
 
     /// Class logits (B, num_labels) for `pixel_values` (B, 3, H, W) at the model's image size.
     pub fn logits(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let (b, c, ih, iw) = pixel_values.dims4().map_err(|_| {
+        let (_, c, ih, iw) = pixel_values.dims4().map_err(|_| {
             EngineError::InvalidInput(format!(
                 "pixel_values must be (batch, channels, height, width), got {:?}",
                 pixel_values.dims()
@@ -382,58 +328,9 @@ impl ImageClassifier {
                 self.cfg.image_size
             )));
         }
-        let x = pixel_values.to_dtype(self.dtype)?.to_device(&self.device)?;
-        let h = self.cfg.hidden_size;
-        let (ph, pw) = self.cfg.patch_size;
-        let (gh, gw) = self.cfg.grid();
-        // A stride-`patch` convolution drops trailing rows/columns that make no whole patch.
-        let x = x.narrow(2, 0, gh * ph)?.narrow(3, 0, gw * pw)?;
-        // (B, C, gh, ph, gw, pw) → (B, gh, gw, C, ph, pw): rows of one patch in the kernel's
-        // (c, kh, kw) order, patches in the conv output's row-major (flatten(2)) order.
-        let patches = x
-            .reshape((b, c, gh, ph, gw, pw))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b * gh * gw, c * ph * pw))?;
-        let emb = patches
-            .matmul(&self.patch_w_t)?
-            .broadcast_add(&self.patch_b)?
-            .reshape((b, gh * gw, h))?;
-        let cls = self.cls_token.broadcast_as((b, 1, h))?;
-        let mut x = Tensor::cat(&[&cls, &emb], 1)?.broadcast_add(&self.position_embeddings)?;
-        for layer in &self.layers {
-            // `ViTLayer.forward`: pre-LayerNorm attention and MLP, each with a residual.
-            let r = x.clone();
-            x = (r + self.attention(layer, &apply(&layer.ln_before, &x)?)?)?;
-            let r = x.clone();
-            let m = layer.fc1.forward(&apply(&layer.ln_after, &x)?)?;
-            x = (r + layer.fc2.forward(&self.act.apply(&m)?)?)?;
-        }
-        let x = apply(&self.final_ln, &x)?;
+        let x = self.encoder.forward(pixel_values)?;
         // `ViTForImageClassification`: the head sees the [CLS] position only.
         self.classifier.forward(&x.i((.., 0, ..))?.contiguous()?)
-    }
-
-    fn attention(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        let heads = self.cfg.num_attention_heads;
-        let hd = self.cfg.head_dim;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, l, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(layer.q.forward(x)?)?;
-        let k = split(layer.k.forward(x)?)?;
-        let v = split(layer.v.forward(x)?)?;
-        // `eager_attention_forward`: scores · head_dim^-0.5, softmax in f32, no mask.
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let probs = softmax_f32(&scores)?;
-        let o = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, l, heads * hd))?;
-        layer.o.forward(&o)
     }
 
     /// Class probabilities for one image, in class-index order (the transformers pipeline

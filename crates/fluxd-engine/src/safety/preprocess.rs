@@ -2,7 +2,9 @@
 //! does it (`models/vit/image_processing_pil_vit.py` over `image_processing_backends.PilBackend`):
 //! resize the 8-bit RGB image with Pillow's resampling filter, rescale by `rescale_factor` (in
 //! f64, then cast to f32, `image_transforms.rescale`), normalize `(x - mean) / std` in f32
-//! (`image_transforms.normalize`), channels first.
+//! (`image_transforms.normalize`), channels first. Reading the JSON and the rescale/normalise
+//! step are shared with Redux's SigLIP processor (`vit::processor`); ViT's defaults and rules
+//! are here.
 //!
 //! The resize is Pillow's own arithmetic (`safety::resample`), so the resized pixels are
 //! Pillow's (checked by `tests/safety_reference.rs` against PIL itself).
@@ -10,9 +12,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
+use crate::vit::processor::{pixel_values, ProcessorJson};
 
 /// Pillow's resampling filters by the integer code transformers stores in `resample`
 /// (`PIL.Image.Resampling`).
@@ -84,19 +86,6 @@ impl Default for ImageProcessorConfig {
     }
 }
 
-/// The raw JSON, before checks.
-#[derive(Deserialize)]
-struct RawConfig {
-    do_resize: Option<bool>,
-    size: Option<serde_json::Value>,
-    resample: Option<u64>,
-    do_rescale: Option<bool>,
-    rescale_factor: Option<f64>,
-    do_normalize: Option<bool>,
-    image_mean: Option<serde_json::Value>,
-    image_std: Option<serde_json::Value>,
-}
-
 impl ImageProcessorConfig {
     /// Reads `preprocessor_config.json` at `path`.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -112,44 +101,34 @@ impl ImageProcessorConfig {
 
     /// Parses the JSON text; `path` is named in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig =
-            serde_json::from_str(text).map_err(|e| EngineError::config(path, e.to_string()))?;
+        let raw = ProcessorJson::parse(text, path)?;
         let d = Self::default();
-        let bad = |msg: String| EngineError::config(path, msg);
-        let size = match &raw.size {
-            None => d.size,
-            Some(v) => parse_size(v).ok_or_else(|| {
-                bad(format!(
-                    "`size` {v} is not {{\"height\": h, \"width\": w}} or an integer (ViT resizes \
-                     to a fixed size)"
-                ))
-            })?,
-        };
         let resample = match raw.resample {
             None => d.resample,
-            Some(c) => Resample::from_pil_code(c)
-                .ok_or_else(|| bad(format!("`resample` {c} is not a Pillow filter (0..=5)")))?,
+            Some(c) => Resample::from_pil_code(c).ok_or_else(|| {
+                EngineError::config(
+                    path,
+                    format!("`resample` {c} is not a Pillow filter (0..=5)"),
+                )
+            })?,
         };
-        let triple = |v: &Option<serde_json::Value>, name: &str, default: [f32; 3]| {
-            v.as_ref().map_or(Ok(default), |v| {
-                parse_triple(v).ok_or_else(|| bad(format!("`{name}` {v} is not 1 or 3 numbers")))
-            })
-        };
+        // `ViTImageProcessor` has no centre crop, so `do_center_crop` is not read.
         let cfg = Self {
             do_resize: raw.do_resize.unwrap_or(d.do_resize),
-            size,
+            size: raw.size.unwrap_or(d.size),
             resample,
             do_rescale: raw.do_rescale.unwrap_or(d.do_rescale),
             rescale_factor: raw.rescale_factor.unwrap_or(d.rescale_factor),
             do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
-            image_mean: triple(&raw.image_mean, "image_mean", d.image_mean)?,
-            image_std: triple(&raw.image_std, "image_std", d.image_std)?,
+            image_mean: raw.image_mean.unwrap_or(d.image_mean),
+            image_std: raw.image_std.unwrap_or(d.image_std),
         };
+        let bad = |msg: &str| EngineError::config(path, msg);
         if cfg.size.0 == 0 || cfg.size.1 == 0 {
-            return Err(bad("`size` must be positive".into()));
+            return Err(bad("`size` must be positive"));
         }
         if cfg.do_normalize && cfg.image_std.contains(&0.0) {
-            return Err(bad("`image_std` has a zero".into()));
+            return Err(bad("`image_std` has a zero"));
         }
         Ok(cfg)
     }
@@ -176,30 +155,6 @@ impl ImageProcessorConfig {
             "size": { "height": self.size.0, "width": self.size.1 },
         })
     }
-}
-
-fn parse_size(v: &serde_json::Value) -> Option<(usize, usize)> {
-    if let Some(n) = v.as_u64() {
-        return Some((n as usize, n as usize));
-    }
-    let h = v.get("height")?.as_u64()?;
-    let w = v.get("width")?.as_u64()?;
-    Some((h as usize, w as usize))
-}
-
-fn parse_triple(v: &serde_json::Value) -> Option<[f32; 3]> {
-    if let Some(x) = v.as_f64() {
-        return Some([x as f32; 3]);
-    }
-    let a = v.as_array()?;
-    if a.len() != 3 {
-        return None;
-    }
-    let mut out = [0f32; 3];
-    for (o, x) in out.iter_mut().zip(a) {
-        *o = x.as_f64()? as f32;
-    }
-    Some(out)
 }
 
 /// Turns RGB images into the classifier's `pixel_values`.
@@ -240,26 +195,14 @@ impl ImageProcessor {
     pub fn preprocess(&self, img: &image::RgbImage, device: &Device) -> Result<Tensor> {
         let img = self.resize(img)?;
         // With `do_resize` off the size may differ; the model checks it (as transformers does).
-        let (h, w) = (img.height() as usize, img.width() as usize);
-        let mut data = vec![0f32; 3 * h * w];
-        let plane = h * w;
-        for (i, px) in img.pixels().enumerate() {
-            for c in 0..3 {
-                let level = px.0[c];
-                // `rescale`: upcast to f64, multiply, cast to f32 (image_transforms.rescale).
-                let mut x = if self.cfg.do_rescale {
-                    (f64::from(level) * self.cfg.rescale_factor) as f32
-                } else {
-                    f32::from(level)
-                };
-                // `normalize`: in f32, `(x - mean) / std` (image_transforms.normalize).
-                if self.cfg.do_normalize {
-                    x = (x - self.cfg.image_mean[c]) / self.cfg.image_std[c];
-                }
-                data[c * plane + i] = x;
-            }
-        }
-        Ok(Tensor::from_vec(data, (1, 3, h, w), &Device::Cpu)?.to_device(device)?)
+        pixel_values(
+            &img,
+            self.cfg.do_rescale.then_some(self.cfg.rescale_factor),
+            self.cfg
+                .do_normalize
+                .then_some((self.cfg.image_mean, self.cfg.image_std)),
+            device,
+        )
     }
 
     /// The config file, for error messages.
