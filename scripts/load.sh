@@ -8,7 +8,9 @@
 #      RATE (1000: requests/s offered in the latency rounds, below saturation),
 #      KEYS (256 API keys, one tenant, taken in turn by the requests),
 #      WORKER_ROUND (1: also measure with the worker generating, to show the API never waits on
-#      the model; 0 skips it).
+#      the model; 0 skips it),
+#      SERVE_ARGS (extra `fluxd serve` arguments, e.g. "--auth-cache-ttl 0s --task-cache-ttl 0s
+#      --finetune-cache-ttl 0s" to measure without the read caches).
 #
 # The load tool is wrk (Debian package, installed with apt-get when missing): it installs in
 # seconds where `cargo install oha` compiles a whole HTTP stack for minutes, and its C event loop
@@ -21,12 +23,13 @@ json_out=
 while [ $# -gt 0 ]; do
   case "$1" in
     --json) json_out=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (usage: scripts/load.sh [--json FILE])" >&2; exit 2 ;;
   esac
 done
 CONNECTIONS=${CONNECTIONS:-64}; DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}; RATE=${RATE:-1000}; KEYS=${KEYS:-256}; WORKER_ROUND=${WORKER_ROUND:-1}
+read -r -a serve_args <<<"${SERVE_ARGS:-}"
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (apt-get)" >&2
@@ -136,7 +139,7 @@ stop_last
 
 # API node only: the model does not compete for the CPU. The polled task stays Pending.
 start fluxd "$fluxd" serve --data-dir "$work/api" --listen 127.0.0.1:0 --no-worker \
-  --max-active-tasks 1000000000
+  --max-active-tasks 1000000000 ${serve_args[@]+"${serve_args[@]}"}
 id=$(submit_one "$base")
 measure "$base" /v1/flux-pro-finetuned POST fluxd_submit
 measure "$base" "/v1/get_result?id=$id" GET fluxd_get
@@ -147,7 +150,7 @@ if [ "$WORKER_ROUND" = 1 ]; then
   # (its answer carries a freshly signed URL); the submits queue up behind the model.
   setup_data "$work/worker"
   start fluxd_worker "$fluxd" serve --data-dir "$work/worker" --listen 127.0.0.1:0 \
-    --max-active-tasks 1000000000
+    --max-active-tasks 1000000000 ${serve_args[@]+"${serve_args[@]}"}
   id=$(submit_one "$base")
   for _ in $(seq 600); do
     curl -sf -H "x-key: $key" "$base/v1/get_result?id=$id" | grep -q '"Ready"' && break

@@ -1,4 +1,6 @@
 //! The `x-key` header: every `/v1/*` route but the signed image URL takes a [`Caller`].
+//! Keys found in the store are remembered for `auth_cache_ttl` ([`crate::cache::AuthCache`]), so a
+//! key revoked by another process keeps working that long.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -23,8 +25,16 @@ impl FromRequestParts<AppState> for Caller {
             .transpose()?
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::NotAuthenticated)?;
+        if let Some(info) = state.auth_cache().get(key) {
+            return Ok(Caller(info));
+        }
+        // Unknown keys are not remembered: garbage keys cannot crowd out real ones, and a key
+        // created a moment ago works at once.
         match state.store().authenticate(key).await? {
-            Some(info) => Ok(Caller(info)),
+            Some(info) => {
+                state.auth_cache().insert(key, info.clone());
+                Ok(Caller(info))
+            }
             None => Err(ApiError::InvalidApiKey),
         }
     }

@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod auth;
+pub mod cache;
 pub mod data_dir;
 pub mod engine;
 pub mod error;

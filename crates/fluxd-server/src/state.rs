@@ -8,6 +8,10 @@ use std::time::Duration;
 use fluxd_store::{BlobStore, Store, DEFAULT_MAX_ACTIVE_TASKS};
 use tokio::sync::{watch, Notify};
 
+use crate::cache::{
+    AuthCache, FinetuneCache, TaskCache, DEFAULT_AUTH_CACHE_TTL, DEFAULT_FINETUNE_CACHE_TTL,
+    DEFAULT_TASK_CACHE_TTL,
+};
 use crate::engine::EngineState;
 use crate::signing::UrlSigner;
 use fluxd_engine::safety::PromptPolicy;
@@ -56,6 +60,15 @@ pub struct ServerConfig {
     /// On shutdown, how long a running task may take to finish before it is stopped and handed
     /// back to the queue, and how long the outbox is flushed.
     pub drain_timeout: Duration,
+    /// How long an authenticated key is remembered (zero: every request reads the store). A key
+    /// revoked by another process keeps working this long.
+    pub auth_cache_ttl: Duration,
+    /// How long `get_result` remembers an unfinished task (zero: no task cache). Finished tasks
+    /// are remembered until their retention ends; this process's worker drops what it changes.
+    pub task_cache_ttl: Duration,
+    /// How long submit remembers a fine-tune it found (zero: off); imports and deletes through
+    /// this process clear it.
+    pub finetune_cache_ttl: Duration,
 }
 
 /// Default largest image prompt: 16 megapixels (a 4096×4096 PNG) is far beyond the 384² SigLIP
@@ -80,6 +93,9 @@ impl ServerConfig {
             webhooks: WebhookConfig::default(),
             task_lease: DEFAULT_TASK_LEASE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            auth_cache_ttl: DEFAULT_AUTH_CACHE_TTL,
+            task_cache_ttl: DEFAULT_TASK_CACHE_TTL,
+            finetune_cache_ttl: DEFAULT_FINETUNE_CACHE_TTL,
             upsampler: None,
             image_prompt_max_pixels: None,
             prompt_policy: Arc::new(PromptPolicy::builtin()),
@@ -97,6 +113,9 @@ struct Inner {
     webhook_wake: Notify,
     tmp_dir: PathBuf,
     lora_cache_dir: PathBuf,
+    auth_cache: AuthCache,
+    task_cache: TaskCache,
+    finetune_cache: FinetuneCache,
 }
 
 /// Shared state of the service; cheap to clone.
@@ -126,6 +145,9 @@ impl AppState {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                auth_cache: AuthCache::new(config.auth_cache_ttl),
+                task_cache: TaskCache::new(config.task_cache_ttl, config.result_retention),
+                finetune_cache: FinetuneCache::new(config.finetune_cache_ttl),
                 store,
                 blobs,
                 signer,
@@ -182,5 +204,20 @@ impl AppState {
     /// Local copies of LoRA blobs.
     pub fn lora_cache_dir(&self) -> &Path {
         &self.inner.lora_cache_dir
+    }
+
+    /// Recently authenticated keys.
+    pub fn auth_cache(&self) -> &AuthCache {
+        &self.inner.auth_cache
+    }
+
+    /// Recently read tasks (`get_result`).
+    pub fn task_cache(&self) -> &TaskCache {
+        &self.inner.task_cache
+    }
+
+    /// Recently resolved fine-tunes (submit).
+    pub fn finetune_cache(&self) -> &FinetuneCache {
+        &self.inner.finetune_cache
     }
 }

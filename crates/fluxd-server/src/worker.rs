@@ -144,6 +144,8 @@ pub async fn run_worker(
             continue;
         };
         let task_id = claim.task().id;
+        // Claiming set its progress to 0: get_result must not answer from before.
+        state.task_cache().invalidate(task_id);
         let span = tracing::info_span!("task", %task_id);
         let cancel = Arc::new(AtomicBool::new(false));
         let run = handle_claim(
@@ -247,11 +249,12 @@ async fn handle_claim(
         Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
             let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
-            match state
+            let recorded = state
                 .store()
                 .complete_ready(task.id, worker_id, ready, webhook)
-                .await
-            {
+                .await;
+            state.task_cache().invalidate(task.id);
+            match recorded {
                 Ok(()) => {
                     tracing::info!("task ready");
                     crate::metrics::task_finished("Ready", Some(generation_seconds));
@@ -261,7 +264,9 @@ async fn handle_claim(
             }
         }
         Err(failure) if failure.cancelled => {
-            match state.store().release_task(task.id, worker_id).await {
+            let released = state.store().release_task(task.id, worker_id).await;
+            state.task_cache().invalidate(task.id);
+            match released {
                 Ok(()) => tracing::info!("task handed back to the queue"),
                 // The lease runs out instead; the task runs again then.
                 Err(err) => tracing::warn!(%err, "could not hand the task back"),
@@ -277,11 +282,12 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
     };
     // The store only queues it when the failure is final (not re-queued).
     let webhook = webhook(state, task, final_state);
-    match state
+    let recorded = state
         .store()
         .complete_error(task.id, worker_id, f.details.clone(), f.retryable, webhook)
-        .await
-    {
+        .await;
+    state.task_cache().invalidate(task.id);
+    match recorded {
         Ok(ErrorOutcome::Requeued { attempts }) => {
             tracing::warn!(attempts, details = f.details, "task failed, re-queued");
         }
@@ -310,11 +316,12 @@ async fn finish_moderated(
         ModerationKind::Request => "Request Moderated",
         ModerationKind::Content => "Content Moderated",
     };
-    match state
+    let recorded = state
         .store()
         .complete_moderated(task.id, worker_id, kind, reasons, webhook)
-        .await
-    {
+        .await;
+    state.task_cache().invalidate(task.id);
+    match recorded {
         Ok(()) => {
             tracing::info!(status, "task moderated");
             crate::metrics::task_finished(status, None);
@@ -450,7 +457,9 @@ async fn run_task(
         tokio::select! {
             result = &mut generation => break result.map_err(engine_failure)?,
             Some(progress) = progress_rx.recv() => {
-                if let Err(err) = state.store().set_progress(task.id, worker_id, progress).await {
+                let recorded = state.store().set_progress(task.id, worker_id, progress).await;
+                state.task_cache().invalidate(task.id);
+                if let Err(err) = recorded {
                     tracing::warn!(%err, "could not record progress");
                 }
             }

@@ -147,6 +147,19 @@ pub struct ServeArgs {
     /// and how long the webhook outbox is flushed.
     #[arg(long, env = "FLUXD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// How long an authenticated API key is remembered (0s: never). A key revoked or re-limited
+    /// by another process (`fluxd keys revoke`) keeps working this long.
+    #[arg(long, env = "FLUXD_AUTH_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    auth_cache_ttl: Duration,
+    /// How long get_result answers an unfinished task from memory (0s: no task cache). Finished
+    /// tasks are kept until their retention ends; this server's worker drops what it changes, a
+    /// worker in another process is seen up to this late.
+    #[arg(long, env = "FLUXD_TASK_CACHE_TTL", default_value = "200ms", value_parser = parse_duration)]
+    task_cache_ttl: Duration,
+    /// How long submit remembers a fine-tune it found (0s: never); a fine-tune deleted by another
+    /// process can still be submitted to this long.
+    #[arg(long, env = "FLUXD_FINETUNE_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    finetune_cache_ttl: Duration,
     /// NSFW image classifier (a transformers ViTForImageClassification folder, e.g.
     /// Falconsai/nsfw_image_detection) that checks every image against the request's
     /// `safety_tolerance`. Default: `safety_checker/` inside the `--model` folder, if there is
@@ -194,11 +207,14 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let n: u64 = digits
         .parse()
         .with_context(|| format!("`{s}` is not a duration like 600s, 10m or 1h"))?;
+    if unit == "ms" {
+        return Ok(Duration::from_millis(n));
+    }
     let scale = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
-        other => bail!("unknown duration unit `{other}` in `{s}` (use s, m or h)"),
+        other => bail!("unknown duration unit `{other}` in `{s}` (use ms, s, m or h)"),
     };
     let secs = n
         .checked_mul(scale)
@@ -281,6 +297,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
         task_lease: args.task_lease,
         drain_timeout: args.drain_timeout,
+        auth_cache_ttl: args.auth_cache_ttl,
+        task_cache_ttl: args.task_cache_ttl,
+        finetune_cache_ttl: args.finetune_cache_ttl,
         upsampler: args.upsampler.build()?,
         image_prompt_max_pixels,
         prompt_policy: Arc::new(prompt_policy),
@@ -409,6 +428,10 @@ mod tests {
         assert_eq!(
             parse_duration("1h").expect("duration"),
             Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse_duration("200ms").expect("duration"),
+            Duration::from_millis(200)
         );
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("s").is_err());

@@ -86,6 +86,8 @@ pub async fn delete_finetune(
         .delete_finetune(&key.tenant, &request.finetune_id)
         .await?
         .ok_or(ApiError::FinetuneNotFound)?;
+    // Submits through this process stop finding it at once (others within their cache TTL).
+    state.finetune_cache().clear();
     // The record is gone, so nothing can reach the file any more; a failed delete only leaks
     // disk space, which is worth a warning, not a failed request.
     if let Err(err) = state.blobs().delete(&deleted.blob_key).await {
@@ -146,6 +148,7 @@ pub async fn upload(
         &staged.file,
     )
     .await?;
+    state.finetune_cache().clear();
     tracing::info!(
         tenant = record.tenant,
         finetune = record.id,

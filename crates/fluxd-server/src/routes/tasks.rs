@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::cache::CachedTask;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -124,11 +125,27 @@ pub async fn submit(
             "this server has no prompt upsampler configured; send prompt_upsampling false",
         ));
     }
-    let finetune = state
-        .store()
-        .get_finetune(&key.tenant, &request.finetune_id)
-        .await?
-        .ok_or(ApiError::FinetuneNotFound)?;
+    let finetune = match state
+        .finetune_cache()
+        .get(&key.tenant, &request.finetune_id)
+    {
+        Some(found) => found,
+        None => {
+            let generation = state.finetune_cache().generation();
+            let found = state
+                .store()
+                .get_finetune(&key.tenant, &request.finetune_id)
+                .await?
+                .ok_or(ApiError::FinetuneNotFound)?;
+            state.finetune_cache().insert(
+                generation,
+                &key.tenant,
+                &request.finetune_id,
+                found.clone(),
+            );
+            found
+        }
+    };
     tracing::debug!(
         owner = finetune.tenant,
         finetune = finetune.id,
@@ -175,7 +192,8 @@ fn truncate(s: &str, max_chars: usize) -> String {
     }
 }
 
-/// `GET /v1/get_result?id=`: always 200 once authenticated.
+/// `GET /v1/get_result?id=`: always 200 once authenticated. Answers from the task cache when it
+/// can (see [`crate::cache`] for how stale that may be).
 pub async fn get_result(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -185,10 +203,25 @@ pub async fn get_result(
     let Ok(uuid) = Uuid::parse_str(&id) else {
         return Ok(Json(GetResultResponse::not_found(id)));
     };
+    let now = SystemTime::now();
+    let cache = state.task_cache();
+    if let Some(task_state) = cache.get(&key.tenant, uuid, now) {
+        return Ok(Json(result_body(&state, id, task_state, now)));
+    }
+    let generation = cache.generation();
     let Some(task) = state.store().get_task(&key.tenant, uuid).await? else {
         return Ok(Json(GetResultResponse::not_found(id)));
     };
-    Ok(Json(result_body(&state, id, task.state, SystemTime::now())))
+    cache.insert(
+        generation,
+        uuid,
+        CachedTask {
+            tenant: task.tenant,
+            state: task.state.clone(),
+            finished_at: task.finished_at,
+        },
+    );
+    Ok(Json(result_body(&state, id, task.state, now)))
 }
 
 /// The `get_result` body of a task, with a freshly signed sample URL when it is ready.

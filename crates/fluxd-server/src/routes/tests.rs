@@ -198,6 +198,9 @@ async fn submit_poll_limit_and_signed_delivery() {
         )
         .await
         .unwrap();
+    // The worker drops what it changed from the get_result cache (which holds the Pending
+    // answer above for a moment).
+    f.state.task_cache().invalidate(uuid);
     let (status, _, body) = call(&f.state, "GET", &poll, Some(&f.key), vec![]).await;
     assert_eq!(status, StatusCode::OK);
     let ready = json_of(&body);

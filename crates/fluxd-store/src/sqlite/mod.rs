@@ -23,6 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::ConnectOptions;
+use tokio::sync::oneshot;
 
 use crate::{StoreError, DEFAULT_MAX_ATTEMPTS};
 use writer::Writer;
@@ -55,6 +56,36 @@ pub struct SqliteStore {
     writer: Writer,
     reads: SqlitePool,
     max_attempts: u32,
+    /// Dropped with the store, which ends [`checkpoints`].
+    _stop_checkpoints: oneshot::Sender<()>,
+}
+
+/// How often [`checkpoints`] copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies committed pages from the WAL into the database file every [`CHECKPOINT_EVERY`] on a
+/// read connection, so that the writer's commits never do it. `PASSIVE` neither waits for nor
+/// blocks the writer or readers (it copies what no reader still needs); once a checkpoint has
+/// caught up, the writer starts the WAL over, which keeps it short. Ends when the store is
+/// dropped or closed.
+async fn checkpoints(reads: SqlitePool, mut stop: oneshot::Receiver<()>) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = every.tick() => {}
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&reads)
+            .await
+        {
+            Ok(_) => {}
+            Err(sqlx::Error::PoolClosed) => break,
+            // The writer's automatic checkpoint is the backstop; say why this one failed.
+            Err(err) => tracing::debug!(error = %err, "background checkpoint failed"),
+        }
+    }
 }
 
 impl SqliteStore {
@@ -87,18 +118,36 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout);
-        let mut write_conn = connect.connect().await.map_err(map_sqlx)?;
+        // The writer touches a few random index pages per task (ids are random), so under load a
+        // commit writes hundreds of pages: a page cache that holds the indexes saves reading them
+        // back. Checkpoints run beside the writer ([`checkpoints`]) instead of inside whichever
+        // commit crosses SQLite's 1000-page mark, where copying the pages and syncing the
+        // database file made that commit, and every submit in its batch, wait; the writer's own
+        // automatic checkpoint stays as a backstop at 16384 pages (64 MiB of WAL).
+        let mut write_conn = connect
+            .clone()
+            .pragma("cache_size", "-16384")
+            .pragma("wal_autocheckpoint", "16384")
+            .connect()
+            .await
+            .map_err(map_sqlx)?;
         migrate::migrate(&mut write_conn).await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .min_connections(0)
+            // sqlx would otherwise ping each connection on every acquire: one more round trip
+            // to the connection's thread per read, for a local file that cannot drop the link.
+            .test_before_acquire(false)
             .connect_with(connect.create_if_missing(false))
             .await
             .map_err(map_sqlx)?;
+        let (stop_checkpoints, stop) = oneshot::channel();
+        tokio::spawn(checkpoints(reads.clone(), stop));
         Ok(Self {
             writer: Writer::spawn(write_conn),
             reads,
             max_attempts: options.max_attempts,
+            _stop_checkpoints: stop_checkpoints,
         })
     }
 }
@@ -194,6 +243,83 @@ mod tests {
             .await
             .map_err(map_sqlx)?;
         assert_eq!(read, 2);
+        Ok(())
+    }
+
+    fn task_of(key_id: uuid::Uuid) -> crate::NewTask {
+        crate::NewTask {
+            id: uuid::Uuid::new_v4(),
+            tenant: "t".into(),
+            key_id,
+            params: serde_json::json!({}),
+            finetune_id: None,
+            webhook_url: None,
+            webhook_secret: None,
+        }
+    }
+
+    // On the current-thread runtime, submits joined together reach the writer before it runs
+    // and share one batch, so they go through the multi-row inserts of `tasks::insert_many`.
+    #[tokio::test]
+    async fn submits_sharing_a_batch_keep_their_own_outcomes() -> Result<(), StoreError> {
+        use crate::{InsertOutcome, Store};
+        use futures_util::future::join_all;
+        let dir = tempfile::tempdir().map_err(StoreError::io)?;
+        let store = SqliteStore::open(dir.path().join("batch.db")).await?;
+        let mut keys = Vec::new();
+        for _ in 0..5 {
+            keys.push(store.create_key("t", None).await?.key_id);
+        }
+        // Key 0 is at the limit of 2; key 1's next task reuses an id.
+        store.insert_task(task_of(keys[0])).await?;
+        store.insert_task(task_of(keys[0])).await?;
+        let taken = task_of(keys[1]);
+        store.insert_task(taken.clone()).await?;
+
+        // Distinct keys: one statement; it queues all but the key at its limit.
+        let before = store.writer_stats();
+        let outcomes =
+            join_all([0, 2, 3, 4].map(|k| store.insert_task_if_under_limit(task_of(keys[k]), 2)))
+                .await;
+        assert!(matches!(
+            outcomes[0],
+            Ok(InsertOutcome::LimitReached { active: 2 })
+        ));
+        for outcome in &outcomes[1..] {
+            assert!(
+                matches!(outcome, Ok(InsertOutcome::Inserted)),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(store.writer_stats().commits, before.commits + 1);
+
+        // A duplicate id undoes its statement: the rows go again one by one and only it is
+        // refused; a key twice in one batch is counted with its own earlier task.
+        let outcomes = join_all([
+            store.insert_task_if_under_limit(taken, 2),
+            store.insert_task_if_under_limit(task_of(keys[2]), 2),
+            store.insert_task_if_under_limit(task_of(keys[3]), 2),
+            store.insert_task_if_under_limit(task_of(keys[3]), 2),
+        ])
+        .await;
+        assert!(
+            matches!(outcomes[0], Err(StoreError::Conflict(_))),
+            "{:?}",
+            outcomes[0]
+        );
+        assert!(matches!(outcomes[1], Ok(InsertOutcome::Inserted)));
+        assert!(matches!(outcomes[2], Ok(InsertOutcome::Inserted)));
+        assert!(matches!(
+            outcomes[3],
+            Ok(InsertOutcome::LimitReached { active: 2 })
+        ));
+        for (k, unfinished) in [(0, 2), (1, 1), (2, 2), (3, 2), (4, 1)] {
+            assert_eq!(
+                store.count_unfinished(keys[k]).await?,
+                unfinished,
+                "key {k}"
+            );
+        }
         Ok(())
     }
 

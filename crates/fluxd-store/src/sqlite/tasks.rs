@@ -1,9 +1,11 @@
 //! The durable task queue: submit, claim with a lease, heartbeat, progress, completion, retention.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::SqliteExecutor;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::sqlite::{map_sqlx, rows, webhooks};
@@ -72,18 +74,21 @@ pub(super) async fn insert(
 }
 
 /// Check and insert are one statement, run by the single writer: no other submit can slip in
-/// between them, and a submit costs one round trip to the database thread.
+/// between them, and a submit costs one round trip to the database thread. The check asks
+/// whether the key's `limit`-th unfinished task exists rather than counting them all, so a key
+/// with a long queue costs no more than one with a short one.
 pub(super) async fn insert_if_under_limit(
     conn: &mut SqliteConnection,
-    task: NewTask,
+    task: &NewTask,
     limit: u32,
     max_attempts: u32,
 ) -> Result<InsertOutcome, StoreError> {
     let done = bind_task(
         sqlx::query(insert_task_sql!(
-            " WHERE (SELECT COUNT(*) FROM tasks WHERE key_id = $3 AND status = 'Pending') < $10"
+            " WHERE $10 > 0 AND NOT EXISTS (SELECT 1 FROM tasks WHERE key_id = $3 \
+             AND status = 'Pending' LIMIT 1 OFFSET $10 - 1)"
         )),
-        &task,
+        task,
         max_attempts,
     )
     .bind(rows::int(limit))
@@ -95,6 +100,136 @@ pub(super) async fn insert_if_under_limit(
     }
     let active = count_unfinished(conn, task.key_id).await?;
     Ok(InsertOutcome::LimitReached { active })
+}
+
+/// A submit waiting in the writer's batch: [`insert_many`] queues the batch's submits with a few
+/// multi-row statements instead of one round trip to the database thread each.
+pub(crate) struct Submit {
+    /// The task.
+    pub(crate) task: NewTask,
+    /// Most unfinished tasks its key may have.
+    pub(crate) limit: u32,
+    /// Runs the task may start.
+    pub(crate) max_attempts: u32,
+    /// Where the outcome goes once the batch committed.
+    pub(crate) reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+}
+
+/// Most rows in one multi-row insert (7 parameters each, far below SQLite's 32766).
+const ROWS_PER_INSERT: usize = 64;
+
+/// Queues `submits` in the writer's transaction, each under its key's limit as
+/// [`insert_if_under_limit`] would, and returns each one's outcome. Rows of one statement have
+/// distinct keys (a statement does not see its own rows when checking a key's unfinished tasks)
+/// and one limit (bound once). `Err` is a failure that aborts the transaction.
+pub(crate) async fn insert_many(
+    conn: &mut SqliteConnection,
+    submits: &[Submit],
+) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
+    let mut outcomes: Vec<Result<InsertOutcome, StoreError>> =
+        submits.iter().map(|_| Err(StoreError::Closed)).collect();
+    let mut groups: Vec<(u32, u32, HashSet<Uuid>, Vec<usize>)> = Vec::new();
+    for (i, submit) in submits.iter().enumerate() {
+        let key = submit.task.key_id;
+        let group = groups.iter_mut().find(|(limit, attempts, keys, rows)| {
+            *limit == submit.limit
+                && *attempts == submit.max_attempts
+                && rows.len() < ROWS_PER_INSERT
+                && !keys.contains(&key)
+        });
+        match group {
+            Some((_, _, keys, rows)) => {
+                keys.insert(key);
+                rows.push(i);
+            }
+            None => groups.push((
+                submit.limit,
+                submit.max_attempts,
+                HashSet::from([key]),
+                vec![i],
+            )),
+        }
+    }
+    for (limit, max_attempts, _, rows) in groups {
+        if let [i] = rows[..] {
+            let submit = &submits[i];
+            outcomes[i] = insert_if_under_limit(conn, &submit.task, limit, max_attempts).await;
+            continue;
+        }
+        // Only placeholders are formatted into the text; every value is bound.
+        let sql = sqlx::AssertSqlSafe(insert_many_sql(rows.len()));
+        let mut query = sqlx::query(sql)
+            .bind(rows::int(limit))
+            .bind(rows::int(max_attempts))
+            .bind(now_millis());
+        for &i in &rows {
+            let task = &submits[i].task;
+            query = query
+                .bind(task.id.to_string())
+                .bind(task.tenant.as_str())
+                .bind(task.key_id.to_string())
+                .bind(task.params.to_string())
+                .bind(task.finetune_id.as_deref())
+                .bind(task.webhook_url.as_deref())
+                .bind(task.webhook_secret.as_deref());
+        }
+        match query.fetch_all(&mut *conn).await.map_err(map_sqlx) {
+            Ok(inserted) => {
+                let ids = inserted
+                    .iter()
+                    .map(|row| rows::uuid(row, "id"))
+                    .collect::<Result<HashSet<Uuid>, StoreError>>()?;
+                for &i in &rows {
+                    let task = &submits[i].task;
+                    outcomes[i] = Ok(if ids.contains(&task.id) {
+                        InsertOutcome::Inserted
+                    } else {
+                        let active = count_unfinished(&mut *conn, task.key_id).await?;
+                        InsertOutcome::LimitReached { active }
+                    });
+                }
+            }
+            Err(err) if err.aborts_transaction() => return Err(err),
+            // Refused (a duplicate id): SQLite undid the whole statement, so each row goes again
+            // on its own and only the culprit is refused.
+            Err(_) => {
+                for &i in &rows {
+                    let task = &submits[i].task;
+                    let outcome = insert_if_under_limit(conn, task, limit, max_attempts).await;
+                    if let Err(err) = &outcome {
+                        if err.aborts_transaction() {
+                            return Err(err.clone());
+                        }
+                    }
+                    outcomes[i] = outcome;
+                }
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The insert of `rows` tasks for [`insert_many`]: `$1` limit, `$2` max attempts, `$3` now, then
+/// 7 values per row (id, tenant, key id, params, fine-tune, webhook URL, webhook secret); the
+/// same condition as [`insert_if_under_limit`], per row.
+fn insert_many_sql(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|row| {
+            let first = 4 + row * 7;
+            let params: Vec<String> = (first..first + 7).map(|n| format!("${n}")).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, \
+         webhook_secret, status, attempts, max_attempts, created_at, updated_at) \
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
+         'Pending', 0, $2, $3, $3 FROM (VALUES {values}) AS v \
+         WHERE $1 > 0 AND NOT EXISTS (SELECT 1 FROM tasks WHERE key_id = v.column3 \
+         AND status = 'Pending' LIMIT 1 OFFSET $1 - 1) \
+         RETURNING id"
+    )
 }
 
 pub(super) async fn count_unfinished<'e>(

@@ -58,11 +58,7 @@ impl Store for SqliteStore {
     #[tracing::instrument(level = "debug", skip_all, fields(task_id = %task.id))]
     async fn insert_task_if_under_limit(&self, task: NewTask, limit: u32) -> Result<InsertOutcome> {
         let max_attempts = self.max_attempts;
-        self.writer
-            .write_one(move |c| {
-                Box::pin(tasks::insert_if_under_limit(c, task, limit, max_attempts))
-            })
-            .await
+        self.writer.submit_task(task, limit, max_attempts).await
     }
 
     async fn count_unfinished(&self, key_id: Uuid) -> Result<u32> {

@@ -9,6 +9,11 @@
 //! connection's thread on the hottest path, submitting a task).
 //! Under load, many submits share one fsync; alone, a write costs what it would anyway. Nothing
 //! waits on a mutex: callers await a oneshot reply.
+//!
+//! Submits, the most frequent write, are not closures but data ([`Submit`]): a batch's submits are
+//! queued by a few multi-row statements ([`tasks::insert_many`]), since each statement is a
+//! hand-off to the connection's thread and back, and those hand-offs, not SQLite, were what
+//! limited the submit rate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +24,8 @@ use sqlx::{Connection, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sqlite::map_sqlx;
-use crate::StoreError;
+use crate::sqlite::tasks::{self, Submit};
+use crate::{InsertOutcome, NewTask, StoreError};
 
 /// Most writes that share one transaction; bounds how long one commit holds the write lock.
 const MAX_BATCH: usize = 256;
@@ -97,6 +103,7 @@ impl<R: Send + 'static> Job for Pending<R> {
 
 enum Message {
     Write(Box<dyn Job>),
+    Submit(Submit),
     Close(oneshot::Sender<()>),
 }
 
@@ -164,6 +171,28 @@ impl Writer {
         self.submit(Box::new(write), false).await
     }
 
+    /// Queues `task` unless its key has `limit` unfinished tasks, in the next batch (see
+    /// [`tasks::insert_many`]).
+    pub(crate) async fn submit_task(
+        &self,
+        task: NewTask,
+        limit: u32,
+        max_attempts: u32,
+    ) -> Result<InsertOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let submit = Submit {
+            task,
+            limit,
+            max_attempts,
+            reply,
+        };
+        self.queue
+            .send(Message::Submit(submit))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn submit<R: Send + 'static>(
         &self,
         write: WriteFn<R>,
@@ -197,33 +226,50 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Message>, counte
     let mut closing = None;
     while let Some(first) = rx.recv().await {
         let mut batch: Vec<Box<dyn Job>> = Vec::new();
+        let mut submits: Vec<Submit> = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 Message::Write(job) => batch.push(job),
+                Message::Submit(submit) => submits.push(submit),
                 Message::Close(done) => {
                     closing = Some(done);
                     break;
                 }
             }
-            if batch.len() < MAX_BATCH {
+            if batch.len() + submits.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            let commit = run_batch(&mut conn, &mut batch).await;
+        if !batch.is_empty() || !submits.is_empty() {
+            let writes = batch.len() + submits.len();
+            let ran = run_batch(&mut conn, &mut batch, &submits).await;
+            let commit = ran.as_ref().map(|_| ()).map_err(StoreError::clone);
             match &commit {
                 Ok(()) => {
                     counters.commits.fetch_add(1, Ordering::Relaxed);
-                    let writes = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                    let writes = u64::try_from(writes).unwrap_or(u64::MAX);
                     counters.writes.fetch_add(writes, Ordering::Relaxed);
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, writes = batch.len(), "store batch failed");
+                    tracing::warn!(error = %err, writes, "store batch failed");
                 }
             }
             for job in batch {
                 job.finish(commit.clone());
+            }
+            match ran {
+                Ok(outcomes) => {
+                    for (submit, outcome) in submits.into_iter().zip(outcomes) {
+                        // The caller may have gone away; the task stays queued regardless.
+                        let _ = submit.reply.send(outcome);
+                    }
+                }
+                Err(err) => {
+                    for submit in submits {
+                        let _ = submit.reply.send(Err(err.clone()));
+                    }
+                }
             }
         }
         if closing.is_some() {
@@ -241,11 +287,14 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Message>, counte
 }
 
 /// Runs a batch in one `BEGIN IMMEDIATE` transaction (taking the write lock up front, so no
-/// statement inside can fail with a busy snapshot).
+/// statement inside can fail with a busy snapshot): the writes, then the submits. Writes of one
+/// batch were all sent before any was answered, so no caller can tell their order.
+/// Returns the submits' outcomes.
 async fn run_batch(
     conn: &mut SqliteConnection,
     batch: &mut [Box<dyn Job>],
-) -> Result<(), StoreError> {
+    submits: &[Submit],
+) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
     let mut tx: Transaction<'_, Sqlite> =
         conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_sqlx)?;
     for job in batch.iter_mut() {
@@ -264,7 +313,9 @@ async fn run_batch(
             Ran::Fatal(err) => return Err(err),
         }
     }
-    tx.commit().await.map_err(map_sqlx)
+    let outcomes = tasks::insert_many(&mut tx, submits).await?;
+    tx.commit().await.map_err(map_sqlx)?;
+    Ok(outcomes)
 }
 
 #[cfg(test)]
