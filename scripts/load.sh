@@ -7,6 +7,8 @@
 # Env: CONNECTIONS (64), DURATION (10, seconds), WARMUP (2, seconds), THREADS (wrk threads, 2),
 #      RATE (1000: requests/s offered in the latency rounds, below saturation),
 #      KEYS (256 API keys, one tenant, taken in turn by the requests),
+#      KEY_LIMIT (unfinished tasks each key may have, 10^9; KEYS × KEY_LIMIT must exceed the
+#      submits of a round, or they turn into 429s),
 #      WORKER_ROUND (1: also measure with the worker generating, to show the API never waits on
 #      the model; 0 skips it),
 #      SERVE_ARGS (extra `fluxd serve` arguments, e.g. "--auth-cache-ttl 0s --task-cache-ttl 0s
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
 done
 CONNECTIONS=${CONNECTIONS:-64}; DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}; RATE=${RATE:-1000}; KEYS=${KEYS:-256}; WORKER_ROUND=${WORKER_ROUND:-1}
+KEY_LIMIT=${KEY_LIMIT:-1000000000}
 read -r -a serve_args <<<"${SERVE_ARGS:-}"
 
 if ! command -v wrk >/dev/null; then
@@ -88,7 +91,7 @@ stop_last() {
 setup_data() {
   local data=$1 i
   for i in $(seq "$KEYS"); do
-    "$fluxd" keys create --tenant load --max-active-tasks 1000000000 --data-dir "$data" \
+    "$fluxd" keys create --tenant load --max-active-tasks "$KEY_LIMIT" --data-dir "$data" \
       2>/dev/null | tail -n1
   done >"$data.keys"
   key=$(head -n1 "$data.keys")
