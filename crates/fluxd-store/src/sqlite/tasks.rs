@@ -23,6 +23,30 @@ macro_rules! owned_by_worker {
     };
 }
 
+/// A statement on a task as its worker, the text ending in [`owned_by_worker`], with `$1`..`$3`
+/// bound; the caller binds its own values from `$4` on.
+fn owned(
+    sql: &'static str,
+    task_id: Uuid,
+    worker_id: String,
+    now: i64,
+) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query(sql)
+        .bind(task_id.to_string())
+        .bind(worker_id)
+        .bind(now)
+}
+
+/// Runs an [`owned`] statement: [`StoreError::LeaseLost`] unless it changed the task.
+async fn execute_owned(
+    conn: &mut SqliteConnection,
+    query: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    task_id: Uuid,
+) -> Result<(), StoreError> {
+    let done = query.execute(conn).await.map_err(map_sqlx)?;
+    expect_owned(done.rows_affected(), task_id)
+}
+
 /// The insert of [`insert`] and [`insert_if_under_limit`]: the row comes from a SELECT so that a
 /// condition can be attached (`$10`, unfinished tasks of the key fewer than the limit).
 macro_rules! insert_task_sql {
@@ -156,7 +180,8 @@ pub(crate) async fn insert_many(
             outcomes[i] = insert_if_under_limit(conn, &submit.task, limit, max_attempts).await;
             continue;
         }
-        // Only placeholders are formatted into the text; every value is bound.
+        // The generated SQL holds `$n` placeholders only (one row's worth per task); every value
+        // is bound, so asserting the text safe is sound.
         let sql = sqlx::AssertSqlSafe(insert_many_sql(rows.len()));
         let mut query = sqlx::query(sql)
             .bind(rows::int(limit))
@@ -299,18 +324,13 @@ pub(super) async fn heartbeat(
     lease: Duration,
 ) -> Result<(), StoreError> {
     let now = now_millis();
-    let done = sqlx::query(concat!(
+    let sql = concat!(
         "UPDATE tasks SET lease_until = $4, updated_at = $3 WHERE ",
         owned_by_worker!()
-    ))
-    .bind(task_id.to_string())
-    .bind(worker_id)
-    .bind(now)
-    .bind(now.saturating_add(duration_millis(lease)))
-    .execute(conn)
-    .await
-    .map_err(map_sqlx)?;
-    expect_owned(done.rows_affected(), task_id)
+    );
+    let query =
+        owned(sql, task_id, worker_id, now).bind(now.saturating_add(duration_millis(lease)));
+    execute_owned(conn, query, task_id).await
 }
 
 pub(super) async fn release(
@@ -318,19 +338,12 @@ pub(super) async fn release(
     task_id: Uuid,
     worker_id: String,
 ) -> Result<(), StoreError> {
-    let now = now_millis();
-    let done = sqlx::query(concat!(
+    let sql = concat!(
         "UPDATE tasks SET worker_id = NULL, lease_until = NULL, progress = NULL, \
          attempts = MAX(attempts - 1, 0), updated_at = $3 WHERE ",
         owned_by_worker!()
-    ))
-    .bind(task_id.to_string())
-    .bind(worker_id)
-    .bind(now)
-    .execute(conn)
-    .await
-    .map_err(map_sqlx)?;
-    expect_owned(done.rows_affected(), task_id)
+    );
+    execute_owned(conn, owned(sql, task_id, worker_id, now_millis()), task_id).await
 }
 
 pub(super) async fn set_progress(
@@ -339,19 +352,12 @@ pub(super) async fn set_progress(
     worker_id: String,
     progress: f64,
 ) -> Result<(), StoreError> {
-    let now = now_millis();
-    let done = sqlx::query(concat!(
+    let sql = concat!(
         "UPDATE tasks SET progress = $4, updated_at = $3 WHERE ",
         owned_by_worker!()
-    ))
-    .bind(task_id.to_string())
-    .bind(worker_id)
-    .bind(now)
-    .bind(progress)
-    .execute(conn)
-    .await
-    .map_err(map_sqlx)?;
-    expect_owned(done.rows_affected(), task_id)
+    );
+    let query = owned(sql, task_id, worker_id, now_millis()).bind(progress);
+    execute_owned(conn, query, task_id).await
 }
 
 pub(super) async fn complete_ready(
@@ -361,26 +367,20 @@ pub(super) async fn complete_ready(
     ready: ReadyRecord,
     webhook: Option<NewWebhook>,
 ) -> Result<(), StoreError> {
-    let now = now_millis();
-    let done = sqlx::query(concat!(
+    let sql = concat!(
         "UPDATE tasks SET status = 'Ready', sample_key = $4, prompt_used = $5, seed_used = $6, \
          start_time = $7, end_time = $8, progress = NULL, lease_until = NULL, \
          finished_at = $3, updated_at = $3 WHERE ",
         owned_by_worker!()
-    ))
-    .bind(task_id.to_string())
-    .bind(worker_id)
-    .bind(now)
-    .bind(ready.sample_key)
-    .bind(ready.prompt_used)
-    // The seed's bits, reinterpreted: SQL integers are signed 64-bit.
-    .bind(i64::from_ne_bytes(ready.seed_used.to_ne_bytes()))
-    .bind(ready.start_time)
-    .bind(ready.end_time)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
-    expect_owned(done.rows_affected(), task_id)?;
+    );
+    let query = owned(sql, task_id, worker_id, now_millis())
+        .bind(ready.sample_key)
+        .bind(ready.prompt_used)
+        // The seed's bits, reinterpreted: SQL integers are signed 64-bit.
+        .bind(i64::from_ne_bytes(ready.seed_used.to_ne_bytes()))
+        .bind(ready.start_time)
+        .bind(ready.end_time);
+    execute_owned(&mut *conn, query, task_id).await?;
     enqueue_final_webhook(conn, task_id, webhook).await
 }
 
@@ -396,21 +396,15 @@ pub(super) async fn complete_moderated(
         ModerationKind::Request => TaskStatus::RequestModerated,
         ModerationKind::Content => TaskStatus::ContentModerated,
     };
-    let now = now_millis();
-    let done = sqlx::query(concat!(
+    let sql = concat!(
         "UPDATE tasks SET status = $4, details = $5, progress = NULL, lease_until = NULL, \
          finished_at = $3, updated_at = $3 WHERE ",
         owned_by_worker!()
-    ))
-    .bind(task_id.to_string())
-    .bind(worker_id)
-    .bind(now)
-    .bind(status.as_str())
-    .bind(serde_json::Value::from(reasons).to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
-    expect_owned(done.rows_affected(), task_id)?;
+    );
+    let query = owned(sql, task_id, worker_id, now_millis())
+        .bind(status.as_str())
+        .bind(serde_json::Value::from(reasons).to_string());
+    execute_owned(&mut *conn, query, task_id).await?;
     enqueue_final_webhook(conn, task_id, webhook).await
 }
 
@@ -423,48 +417,40 @@ pub(super) async fn complete_error(
     webhook: Option<NewWebhook>,
 ) -> Result<ErrorOutcome, StoreError> {
     let now = now_millis();
-    let found = sqlx::query(concat!(
+    let sql = concat!(
         "SELECT attempts, max_attempts FROM tasks WHERE ",
         owned_by_worker!()
-    ))
-    .bind(task_id.to_string())
-    .bind(&worker_id)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    );
+    let found = owned(sql, task_id, worker_id.clone(), now)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
     let Some(row) = found else {
         return Err(StoreError::LeaseLost { task_id });
     };
     let attempts = rows::count(&row, "attempts")?;
     if retryable && attempts < rows::count(&row, "max_attempts")? {
         // Back to the queue, in its original place (claims order by submission time).
-        sqlx::query(concat!(
+        let sql = concat!(
             "UPDATE tasks SET worker_id = NULL, lease_until = NULL, progress = NULL, \
              last_error = $4, updated_at = $3 WHERE ",
             owned_by_worker!()
-        ))
-        .bind(task_id.to_string())
-        .bind(worker_id)
-        .bind(now)
-        .bind(details)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
+        );
+        let query = owned(sql, task_id, worker_id, now).bind(details);
+        execute_owned(&mut *conn, query, task_id).await?;
         return Ok(ErrorOutcome::Requeued { attempts });
     }
-    sqlx::query(concat!(
+    let sql = concat!(
         "UPDATE tasks SET status = 'Error', details = $4, last_error = $4, progress = NULL, \
          lease_until = NULL, finished_at = $3, updated_at = $3 WHERE ",
         owned_by_worker!()
-    ))
-    .bind(task_id.to_string())
-    .bind(worker_id)
-    .bind(now)
-    .bind(details)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    );
+    execute_owned(
+        &mut *conn,
+        owned(sql, task_id, worker_id, now).bind(details),
+        task_id,
+    )
+    .await?;
     enqueue_final_webhook(conn, task_id, webhook).await?;
     Ok(ErrorOutcome::Failed)
 }
