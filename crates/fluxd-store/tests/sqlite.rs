@@ -119,7 +119,7 @@ async fn a_newer_schema_is_refused() -> Result {
             reopened,
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             })
         ),
         "{:?}",
@@ -164,5 +164,86 @@ async fn two_stores_share_one_file() -> Result {
     assert_eq!(server.count_unfinished(key.key_id).await?, 12);
     admin.close().await;
     server.close().await;
+    Ok(())
+}
+
+/// A database made by schema version 1 (which counted a key's unfinished tasks from an index)
+/// keeps its counts when version 2 moves them into `key_load`: pending tasks count, finished
+/// ones do not, and the limit holds on the first submit after the upgrade.
+#[tokio::test]
+async fn the_upgrade_to_version_2_counts_the_queue_already_there() -> Result {
+    use sqlx::{ConnectOptions, Connection};
+    let db = |err| StoreError::Database(std::sync::Arc::new(err));
+    let dir = temp()?;
+    let path = dir.path().join("fluxd.db");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .map_err(db)?;
+    sqlx::raw_sql(include_str!("../migrations/sqlite/0001_init.sql"))
+        .execute(&mut conn)
+        .await
+        .map_err(db)?;
+    sqlx::raw_sql(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+         INSERT INTO schema_migrations VALUES (1, 0);
+         INSERT INTO tenants VALUES ('alice', 0);
+         INSERT INTO api_keys (id, tenant, prefix, key_hash, max_active_tasks, created_at)
+             VALUES ('00000000-0000-4000-8000-000000000001', 'alice', 'p1', 'h1', 3, 0),
+                    ('00000000-0000-4000-8000-000000000002', 'alice', 'p2', 'h2', 3, 0);",
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(db)?;
+    // Key 1: two waiting, one running, two finished. Key 2: one finished.
+    let rows = [
+        (1, "Pending", None),
+        (1, "Pending", None),
+        (1, "Pending", Some("worker-a")),
+        (1, "Ready", None),
+        (1, "Error", None),
+        (2, "Content Moderated", None),
+    ];
+    for (n, (key, status, worker)) in rows.into_iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO tasks (id, tenant, key_id, params, status, worker_id, max_attempts, \
+             created_at, updated_at) VALUES ($1, 'alice', $2, '{}', $3, $4, 3, $5, $5)",
+        )
+        .bind(format!("00000000-0000-4000-9000-{n:012}"))
+        .bind(format!("00000000-0000-4000-8000-{key:012}"))
+        .bind(status)
+        .bind(worker)
+        .bind(i64::try_from(n).unwrap_or_default())
+        .execute(&mut conn)
+        .await
+        .map_err(db)?;
+    }
+    conn.close().await.map_err(db)?;
+
+    let store = SqliteStore::open(&path).await?;
+    let key = |n: u128| uuid::Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0000 | n);
+    assert_eq!(store.count_unfinished(key(1)).await?, 3);
+    assert_eq!(store.count_unfinished(key(2)).await?, 0);
+    let task = |key_id| fluxd_store::NewTask {
+        id: uuid::Uuid::new_v4(),
+        tenant: "alice".into(),
+        key_id,
+        params: serde_json::json!({}),
+        finetune_id: None,
+        webhook_url: None,
+        webhook_secret: None,
+    };
+    assert_eq!(
+        store.insert_task_if_under_limit(task(key(1)), 3).await?,
+        fluxd_store::InsertOutcome::LimitReached { active: 3 }
+    );
+    assert_eq!(
+        store.insert_task_if_under_limit(task(key(2)), 3).await?,
+        fluxd_store::InsertOutcome::Inserted
+    );
+    assert_eq!(store.count_unfinished(key(2)).await?, 1);
+    store.close().await;
     Ok(())
 }

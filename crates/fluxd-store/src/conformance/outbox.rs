@@ -60,6 +60,8 @@ pub async fn retention(store: &dyn Store) -> Result<()> {
         kept.map(|t| t.state),
         Some(TaskState::Pending { progress: None })
     );
+    // Finished tasks leaving did not change what the key has unfinished.
+    assert_eq!(store.count_unfinished(key.key_id).await?, 1);
     assert_eq!(store.expire_finished(soon).await?, Vec::<String>::new());
     // The delivered webhook went with the tasks; it is no longer known.
     let gone = store.webhook_delivered(sent[0].id).await;

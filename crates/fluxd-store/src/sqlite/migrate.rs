@@ -8,7 +8,10 @@ use crate::time::now_millis;
 use crate::StoreError;
 
 /// Every schema version, in order. Append; never edit a released one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_key_load.sql")),
+];
 
 /// Brings the schema to the newest version. `BEGIN IMMEDIATE` takes the write lock first, so two
 /// processes opening the same new file cannot both apply a migration.

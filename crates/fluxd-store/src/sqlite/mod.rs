@@ -118,16 +118,18 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout);
-        // The writer touches a few random index pages per task (ids are random), so under load a
-        // commit writes hundreds of pages: a page cache that holds the indexes saves reading them
-        // back. Checkpoints run beside the writer ([`checkpoints`]) instead of inside whichever
-        // commit crosses SQLite's 1000-page mark, where copying the pages and syncing the
-        // database file made that commit, and every submit in its batch, wait; the writer's own
-        // automatic checkpoint stays as a backstop at 16384 pages (64 MiB of WAL).
+        // A page cache that holds the indexes saves reading back the pages a batch touches.
+        // Statement journals (a multi-row insert keeps one, to undo itself on a conflict) stay
+        // in memory instead of spilling to a temporary file past 64 KiB. Checkpoints run beside
+        // the writer ([`checkpoints`]) instead of inside whichever commit crosses SQLite's
+        // 1000-page mark, where copying the pages and syncing the database file made that
+        // commit, and every submit in its batch, wait; the writer's own automatic checkpoint
+        // stays as a backstop at 16384 pages (64 MiB of WAL).
         let mut write_conn = connect
             .clone()
             .pragma("cache_size", "-16384")
             .pragma("wal_autocheckpoint", "16384")
+            .pragma("temp_store", "memory")
             .connect()
             .await
             .map_err(map_sqlx)?;

@@ -109,8 +109,7 @@ pub(super) async fn insert_if_under_limit(
 ) -> Result<InsertOutcome, StoreError> {
     let done = bind_task(
         sqlx::query(insert_task_sql!(
-            " WHERE $10 > 0 AND NOT EXISTS (SELECT 1 FROM tasks WHERE key_id = $3 \
-             AND status = 'Pending' LIMIT 1 OFFSET $10 - 1)"
+            " WHERE $10 > COALESCE((SELECT pending FROM key_load WHERE key_id = $3), 0)"
         )),
         task,
         max_attempts,
@@ -180,7 +179,7 @@ pub(crate) async fn insert_many(
             outcomes[i] = insert_if_under_limit(conn, &submit.task, limit, max_attempts).await;
             continue;
         }
-        // The generated SQL holds `$n` placeholders only (one row's worth per task); every value
+        // The generated SQL holds `?` placeholders only (one row's worth per task); every value
         // is bound, so asserting the text safe is sound.
         let sql = sqlx::AssertSqlSafe(insert_many_sql(rows.len()));
         let mut query = sqlx::query(sql)
@@ -198,20 +197,25 @@ pub(crate) async fn insert_many(
                 .bind(task.webhook_url.as_deref())
                 .bind(task.webhook_secret.as_deref());
         }
-        match query.fetch_all(&mut *conn).await.map_err(map_sqlx) {
-            Ok(inserted) => {
-                let ids = inserted
-                    .iter()
-                    .map(|row| rows::uuid(row, "id"))
-                    .collect::<Result<HashSet<Uuid>, StoreError>>()?;
+        match query.execute(&mut *conn).await.map_err(map_sqlx) {
+            Ok(done) => {
+                // Usually every row went in; otherwise the rows that did are found by id (a row
+                // of this statement that already existed would have failed it instead).
+                let inserted = if usize::try_from(done.rows_affected()).ok() == Some(rows.len()) {
+                    None
+                } else {
+                    Some(existing_ids(&mut *conn, rows.iter().map(|&i| submits[i].task.id)).await?)
+                };
                 for &i in &rows {
                     let task = &submits[i].task;
-                    outcomes[i] = Ok(if ids.contains(&task.id) {
-                        InsertOutcome::Inserted
-                    } else {
-                        let active = count_unfinished(&mut *conn, task.key_id).await?;
-                        InsertOutcome::LimitReached { active }
-                    });
+                    outcomes[i] = Ok(
+                        if inserted.as_ref().is_none_or(|ids| ids.contains(&task.id)) {
+                            InsertOutcome::Inserted
+                        } else {
+                            let active = count_unfinished(&mut *conn, task.key_id).await?;
+                            InsertOutcome::LimitReached { active }
+                        },
+                    );
                 }
             }
             Err(err) if err.aborts_transaction() => return Err(err),
@@ -234,27 +238,44 @@ pub(crate) async fn insert_many(
     Ok(outcomes)
 }
 
-/// The insert of `rows` tasks for [`insert_many`]: `$1` limit, `$2` max attempts, `$3` now, then
-/// 7 values per row (id, tenant, key id, params, fine-tune, webhook URL, webhook secret); the
-/// same condition as [`insert_if_under_limit`], per row.
+/// The insert of `rows` tasks for [`insert_many`]: the limit, max attempts and now, then 7 values
+/// per row (id, tenant, key id, params, fine-tune, webhook URL, webhook secret); the same
+/// condition as [`insert_if_under_limit`], per row. Placeholders are anonymous (`?`): SQLite
+/// keeps no name list for them, where looking up each of hundreds of numbered ones when binding
+/// cost time growing with the square of their number.
 fn insert_many_sql(rows: usize) -> String {
-    let values = (0..rows)
-        .map(|row| {
-            let first = 4 + row * 7;
-            let params: Vec<String> = (first..first + 7).map(|n| format!("${n}")).collect();
-            format!("({})", params.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
     format!(
-        "INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, \
+        "WITH p (lim, attempts, now) AS (VALUES (?, ?, ?)) \
+         INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, \
          webhook_secret, status, attempts, max_attempts, created_at, updated_at) \
          SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
-         'Pending', 0, $2, $3, $3 FROM (VALUES {values}) AS v \
-         WHERE $1 > 0 AND NOT EXISTS (SELECT 1 FROM tasks WHERE key_id = v.column3 \
-         AND status = 'Pending' LIMIT 1 OFFSET $1 - 1) \
-         RETURNING id"
+         'Pending', 0, p.attempts, p.now, p.now FROM p, (VALUES {values}) AS v \
+         WHERE p.lim > COALESCE((SELECT pending FROM key_load WHERE key_id = v.column3), 0)"
     )
+}
+
+/// Which of `ids` are tasks.
+async fn existing_ids(
+    conn: &mut SqliteConnection,
+    ids: impl Iterator<Item = Uuid>,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
+    let sql = format!(
+        "SELECT id FROM tasks WHERE id IN ({})",
+        vec!["?"; ids.len()].join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in &ids {
+        query = query.bind(id.as_str());
+    }
+    query
+        .fetch_all(conn)
+        .await
+        .map_err(map_sqlx)?
+        .iter()
+        .map(|row| rows::uuid(row, "id"))
+        .collect()
 }
 
 pub(super) async fn count_unfinished<'e>(
@@ -262,7 +283,7 @@ pub(super) async fn count_unfinished<'e>(
     key_id: Uuid,
 ) -> Result<u32, StoreError> {
     let active: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE key_id = $1 AND status = 'Pending'")
+        sqlx::query_scalar("SELECT COALESCE((SELECT pending FROM key_load WHERE key_id = $1), 0)")
             .bind(key_id.to_string())
             .fetch_one(executor)
             .await
