@@ -18,6 +18,10 @@ use fluxd_api::{
 };
 use uuid::Uuid;
 
+/// The same allocator as `fluxd`, so that the baseline differs from fluxd only in fluxd's work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = std::env::args()
