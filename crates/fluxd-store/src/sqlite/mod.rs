@@ -325,6 +325,44 @@ mod tests {
         Ok(())
     }
 
+    // One statement may hold a key several times and keys of different limits: a key's rows are
+    // counted among themselves, each against its own limit.
+    #[tokio::test]
+    async fn one_statement_counts_a_keys_rows_among_themselves() -> Result<(), StoreError> {
+        use crate::{InsertOutcome, Store};
+        use futures_util::future::join_all;
+        let dir = tempfile::tempdir().map_err(StoreError::io)?;
+        let store = SqliteStore::open(dir.path().join("same-key.db")).await?;
+        let (a, b) = (
+            store.create_key("t", None).await?.key_id,
+            store.create_key("t", None).await?.key_id,
+        );
+        store.insert_task(task_of(b)).await?;
+        let before = store.writer_stats();
+        // Key a: limit 2, nothing queued, three submits. Key b: limit 3, one queued, three.
+        let submits = [(a, 2), (b, 3), (a, 2), (b, 3), (a, 2), (b, 3)];
+        let outcomes = join_all(
+            submits.map(|(key, limit)| store.insert_task_if_under_limit(task_of(key), limit)),
+        )
+        .await;
+        assert_eq!(store.writer_stats().commits, before.commits + 1);
+        let mut inserted = [0, 0];
+        for (outcome, (key, _)) in outcomes.iter().zip(submits) {
+            let k = usize::from(key == b);
+            match outcome {
+                Ok(InsertOutcome::Inserted) => inserted[k] += 1,
+                Ok(InsertOutcome::LimitReached { active }) => {
+                    assert_eq!(*active, [2, 3][k], "key {k}");
+                }
+                Err(err) => panic!("{err:?}"),
+            }
+        }
+        assert_eq!(inserted, [2, 2]);
+        assert_eq!(store.count_unfinished(a).await?, 2);
+        assert_eq!(store.count_unfinished(b).await?, 3);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn tasks_need_an_existing_key() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(StoreError::io)?;

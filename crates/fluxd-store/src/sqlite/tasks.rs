@@ -138,56 +138,46 @@ pub(crate) struct Submit {
     pub(crate) reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
 }
 
-/// Most rows in one multi-row insert (7 parameters each, far below SQLite's 32766).
+/// Most rows in one multi-row insert (8 parameters each, far below SQLite's 32766).
 const ROWS_PER_INSERT: usize = 64;
 
-/// Queues `submits` in the writer's transaction, each under its key's limit as
-/// [`insert_if_under_limit`] would, and returns each one's outcome. Rows of one statement have
-/// distinct keys (a statement does not see its own rows when checking a key's unfinished tasks)
-/// and one limit (bound once). `Err` is a failure that aborts the transaction.
+/// Whether [`insert_many`] queues `submits` with a single statement, which then needs no
+/// transaction around it.
+pub(crate) fn one_statement(submits: &[Submit]) -> bool {
+    submits.len() <= ROWS_PER_INSERT
+        && submits
+            .windows(2)
+            .all(|pair| pair[0].max_attempts == pair[1].max_attempts)
+}
+
+/// Queues `submits`, each under its key's limit as [`insert_if_under_limit`] would, with one
+/// statement per [`ROWS_PER_INSERT`] tasks of the same max attempts, and returns each one's
+/// outcome. `Err` is a failure that aborts the transaction.
 pub(crate) async fn insert_many(
     conn: &mut SqliteConnection,
     submits: &[Submit],
 ) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
     let mut outcomes: Vec<Result<InsertOutcome, StoreError>> =
         submits.iter().map(|_| Err(StoreError::Closed)).collect();
-    let mut groups: Vec<(u32, u32, HashSet<Uuid>, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
     for (i, submit) in submits.iter().enumerate() {
-        let key = submit.task.key_id;
-        let group = groups.iter_mut().find(|(limit, attempts, keys, rows)| {
-            *limit == submit.limit
-                && *attempts == submit.max_attempts
-                && rows.len() < ROWS_PER_INSERT
-                && !keys.contains(&key)
+        let group = groups.iter_mut().find(|(attempts, rows)| {
+            *attempts == submit.max_attempts && rows.len() < ROWS_PER_INSERT
         });
         match group {
-            Some((_, _, keys, rows)) => {
-                keys.insert(key);
-                rows.push(i);
-            }
-            None => groups.push((
-                submit.limit,
-                submit.max_attempts,
-                HashSet::from([key]),
-                vec![i],
-            )),
+            Some((_, rows)) => rows.push(i),
+            None => groups.push((submit.max_attempts, vec![i])),
         }
     }
-    for (limit, max_attempts, _, rows) in groups {
-        if let [i] = rows[..] {
-            let submit = &submits[i];
-            outcomes[i] = insert_if_under_limit(conn, &submit.task, limit, max_attempts).await;
-            continue;
-        }
+    for (max_attempts, rows) in groups {
         // The generated SQL holds `?` placeholders only (one row's worth per task); every value
         // is bound, so asserting the text safe is sound.
         let sql = sqlx::AssertSqlSafe(insert_many_sql(rows.len()));
         let mut query = sqlx::query(sql)
-            .bind(rows::int(limit))
             .bind(rows::int(max_attempts))
             .bind(now_millis());
         for &i in &rows {
-            let task = &submits[i].task;
+            let Submit { task, limit, .. } = &submits[i];
             query = query
                 .bind(task.id.to_string())
                 .bind(task.tenant.as_str())
@@ -195,7 +185,8 @@ pub(crate) async fn insert_many(
                 .bind(task.params.to_string())
                 .bind(task.finetune_id.as_deref())
                 .bind(task.webhook_url.as_deref())
-                .bind(task.webhook_secret.as_deref());
+                .bind(task.webhook_secret.as_deref())
+                .bind(rows::int(*limit));
         }
         match query.execute(&mut *conn).await.map_err(map_sqlx) {
             Ok(done) => {
@@ -223,8 +214,8 @@ pub(crate) async fn insert_many(
             // on its own and only the culprit is refused.
             Err(_) => {
                 for &i in &rows {
-                    let task = &submits[i].task;
-                    let outcome = insert_if_under_limit(conn, task, limit, max_attempts).await;
+                    let Submit { task, limit, .. } = &submits[i];
+                    let outcome = insert_if_under_limit(conn, task, *limit, max_attempts).await;
                     if let Err(err) = &outcome {
                         if err.aborts_transaction() {
                             return Err(err.clone());
@@ -238,20 +229,25 @@ pub(crate) async fn insert_many(
     Ok(outcomes)
 }
 
-/// The insert of `rows` tasks for [`insert_many`]: the limit, max attempts and now, then 7 values
-/// per row (id, tenant, key id, params, fine-tune, webhook URL, webhook secret); the same
-/// condition as [`insert_if_under_limit`], per row. Placeholders are anonymous (`?`): SQLite
-/// keeps no name list for them, where looking up each of hundreds of numbered ones when binding
-/// cost time growing with the square of their number.
+/// The insert of `rows` tasks for [`insert_many`]: max attempts and now, then 8 values per row
+/// (id, tenant, key id, params, fine-tune, webhook URL, webhook secret, the key's limit); the
+/// same condition as [`insert_if_under_limit`], per row. The rows are all checked before any
+/// goes in (SQLite evaluates the SELECT first when the table has triggers), so a key's rows of
+/// this statement are counted by their rank among themselves.
+/// Placeholders are anonymous (`?`): SQLite keeps no name list for them, where looking up each
+/// of hundreds of numbered ones when binding cost time growing with the square of their number.
 fn insert_many_sql(rows: usize) -> String {
-    let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
     format!(
-        "WITH p (lim, attempts, now) AS (VALUES (?, ?, ?)) \
+        "WITH p (attempts, now) AS (VALUES (?, ?)), \
+         v AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY column3) AS nth \
+               FROM (VALUES {values})) \
          INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, \
          webhook_secret, status, attempts, max_attempts, created_at, updated_at) \
          SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
-         'Pending', 0, p.attempts, p.now, p.now FROM p, (VALUES {values}) AS v \
-         WHERE p.lim > COALESCE((SELECT pending FROM key_load WHERE key_id = v.column3), 0)"
+         'Pending', 0, p.attempts, p.now, p.now FROM p, v \
+         WHERE v.column8 >= v.nth + COALESCE((SELECT pending FROM key_load \
+                                               WHERE key_id = v.column3), 0)"
     )
 }
 
