@@ -23,4 +23,5 @@ pub use types::{
     Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
     ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, TaskRecord, TaskState, TaskStatus,
     WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS,
+    WEBHOOK_STATUSES,
 };

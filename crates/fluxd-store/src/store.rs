@@ -160,6 +160,15 @@ pub trait Store: Send + Sync {
     /// The outbox rows of a task (operators' view of its webhook deliveries), oldest first.
     async fn webhook_deliveries(&self, task_id: Uuid) -> Result<Vec<WebhookRecord>>;
 
+    /// Deliveries of all tasks in `status` (one of [`WEBHOOK_STATUSES`](crate::WEBHOOK_STATUSES);
+    /// every status when `None`), most recently changed first, at most `limit`: for operators.
+    async fn list_webhooks(&self, status: Option<&str>, limit: u32) -> Result<Vec<WebhookRecord>>;
+
+    /// Makes given-up (`failed`) deliveries due now, for one more attempt each: the one with
+    /// `id`, or all of them when `None`. Their retry window has ended, so an attempt that fails
+    /// records them `failed` again with its error. Returns how many were queued.
+    async fn retry_failed_webhooks(&self, id: Option<Uuid>) -> Result<u64>;
+
     // --- lifecycle ------------------------------------------------------------------------------
 
     /// Finishes writes already submitted, then refuses new ones with [`StoreError::Closed`].

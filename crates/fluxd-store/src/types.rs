@@ -371,6 +371,8 @@ pub struct WebhookDelivery {
 pub struct WebhookRecord {
     /// Outbox row id.
     pub id: Uuid,
+    /// Task the webhook reports on.
+    pub task_id: Uuid,
     /// Target URL.
     pub url: String,
     /// `pending` (queued or waiting for a retry), `delivered` or `failed` (given up).
@@ -381,7 +383,12 @@ pub struct WebhookRecord {
     pub last_error: Option<String>,
     /// When a pending delivery is next due.
     pub next_attempt_at: SystemTime,
+    /// When the delivery last changed (queued, attempted, settled).
+    pub updated_at: SystemTime,
 }
+
+/// Where webhook deliveries stand, as [`WebhookRecord::status`] spells it.
+pub const WEBHOOK_STATUSES: [&str; 3] = ["pending", "delivered", "failed"];
 
 /// Longest tenant name accepted; tenants are ids, not prose.
 const MAX_TENANT_LEN: usize = 128;

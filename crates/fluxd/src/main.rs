@@ -12,6 +12,7 @@ mod lora;
 mod model;
 mod progress;
 mod serve;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,9 @@ enum Command {
     /// Manage fine-tunes (LoRA files).
     #[command(subcommand)]
     Finetunes(finetunes::FinetunesCommand),
+    /// See webhook deliveries and send given-up ones again.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Finetunes(cmd) => finetunes::run(cmd),
+        Command::Webhooks(cmd) => webhooks::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

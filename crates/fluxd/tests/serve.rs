@@ -536,3 +536,77 @@ fn moderation_refuses_prompts_and_images() {
         .unwrap_or(false);
     assert!(!kept, "the moderated image was stored");
 }
+
+/// An operator sees a webhook the server gave up on (`fluxd webhooks list`) and, once the
+/// receiver is back, sends it again (`fluxd webhooks retry`) to the running server.
+#[test]
+fn a_given_up_webhook_is_listed_and_sent_again_on_request() {
+    let data = scratch("webhook-retry");
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    // A port with nobody listening yet: every attempt is refused, and with no retry window the
+    // first failure is final.
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").to_string()
+    };
+    let server = Server::start(
+        &data,
+        &["--webhook-allow-private", "--webhook-retry-for", "0s"],
+    );
+    let hook = format!("http://{addr}/hooks/fluxd");
+    let done = submit_and_wait(&server, &key, &small_request(json!({"webhook_url": hook})));
+    assert_eq!(done["status"], "Ready", "{done}");
+    let task_id = done["id"].as_str().expect("id").to_owned();
+    let list = |status: &str| {
+        fluxd(&[
+            "webhooks",
+            "list",
+            "--status",
+            status,
+            "--data-dir",
+            s(&data),
+        ])
+    };
+    let failed = wait_for(|| Some(list("failed")).filter(|out| out.contains(&task_id)));
+    let line = failed.lines().next().expect("one delivery");
+    assert!(line.contains("failed") && line.contains(&hook), "{line}");
+    assert!(
+        line.contains("attempts=1") && line.contains("last_error: "),
+        "{line}"
+    );
+    let delivery_id = line.split_whitespace().next().expect("id").to_owned();
+
+    // An unknown id is an error; the receiver comes back; the retry reaches it.
+    let nobody = "00000000-0000-4000-8000-000000000000";
+    let unknown = Command::new(env!("CARGO_BIN_EXE_fluxd"))
+        .args(["webhooks", "retry", nobody, "--data-dir", s(&data)])
+        .output()
+        .expect("run fluxd");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no failed webhook delivery"));
+    let receiver = FakeLlm::start_at(&addr, "thanks");
+    let out = fluxd(&["webhooks", "retry", &delivery_id, "--data-dir", s(&data)]);
+    assert!(out.contains("queued 1 "), "{out}");
+    let got = wait_for(|| {
+        let got = receiver.requests.lock().expect("lock").clone();
+        (!got.is_empty()).then_some(got)
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["task_id"], task_id.as_str());
+    assert_eq!(got[0]["status"], "Ready");
+    let delivered = wait_for(|| Some(list("delivered")).filter(|out| out.contains(&task_id)));
+    assert!(delivered.contains("attempts=2"), "{delivered}");
+    assert!(list("failed").is_empty());
+}
+
+/// Polls `check` every 100 ms for up to 30 s.
+fn wait_for<T>(check: impl Fn() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(found) = check() {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting");
+}

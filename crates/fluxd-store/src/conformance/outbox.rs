@@ -174,6 +174,39 @@ pub async fn outbox(store: &dyn Store) -> Result<()> {
     assert_eq!(seen[0].url, expected.url);
     assert!(store.webhook_deliveries(Uuid::new_v4()).await?.is_empty());
 
+    // Across tasks: by status, most recently changed first.
+    let failed = store.list_webhooks(Some("failed"), 10).await?;
+    let failed: Vec<_> = failed.iter().map(|w| (w.id, w.task_id)).collect();
+    assert_eq!(failed, [(second.id, moderated_id)]);
+    let all = store.list_webhooks(None, 10).await?;
+    assert_eq!(all.len(), 2);
+    assert!(all.windows(2).all(|w| w[0].updated_at >= w[1].updated_at));
+    assert_eq!(store.list_webhooks(None, 1).await?.len(), 1);
+    let delivered = store.list_webhooks(Some("delivered"), 10).await?;
+    assert_eq!(
+        delivered.iter().map(|w| w.id).collect::<Vec<_>>(),
+        [first.id]
+    );
+    let unknown = store.list_webhooks(Some("lost"), 10).await;
+    assert!(
+        matches!(unknown, Err(StoreError::Invalid(_))),
+        "{unknown:?}"
+    );
+    // A given-up delivery is queued again on request, for one more attempt.
+    assert_eq!(store.retry_failed_webhooks(Some(first.id)).await?, 0);
+    assert_eq!(store.retry_failed_webhooks(Some(Uuid::new_v4())).await?, 0);
+    assert_eq!(store.retry_failed_webhooks(None).await?, 1);
+    assert!(store.list_webhooks(Some("failed"), 10).await?.is_empty());
+    let retried = store.claim_due_webhooks("d4", 10, LONG).await?;
+    assert_eq!(retried.len(), 1);
+    assert_eq!((retried[0].id, retried[0].attempts), (second.id, 4));
+    store.webhook_failed(second.id, "still down", None).await?;
+    assert_eq!(store.retry_failed_webhooks(Some(second.id)).await?, 1);
+    let pending = store.list_webhooks(Some("pending"), 10).await?;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].last_error.as_deref(), Some("still down"));
+    assert_eq!(store.claim_due_webhooks("d5", 10, LONG).await?.len(), 1);
+
     // Standalone enqueue, and the limit on one claim.
     for _ in 0..3 {
         store.enqueue_webhook(lost_id, webhook(lost_id)).await?;

@@ -234,6 +234,16 @@ impl Store for SqliteStore {
         webhooks::for_task(&self.reads, task_id).await
     }
 
+    async fn list_webhooks(&self, status: Option<&str>, limit: u32) -> Result<Vec<WebhookRecord>> {
+        webhooks::list(&self.reads, status, limit).await
+    }
+
+    async fn retry_failed_webhooks(&self, id: Option<Uuid>) -> Result<u64> {
+        self.writer
+            .write_one(move |c| Box::pin(webhooks::retry_failed(c, id)))
+            .await
+    }
+
     async fn close(&self) {
         self.writer.close().await;
         self.reads.close().await;

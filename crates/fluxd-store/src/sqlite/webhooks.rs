@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::sqlite::{map_sqlx, rows};
 use crate::time::{duration_millis, now_millis, to_millis};
-use crate::{NewWebhook, StoreError, WebhookDelivery, WebhookRecord};
+use crate::{NewWebhook, StoreError, WebhookDelivery, WebhookRecord, WEBHOOK_STATUSES};
 
 pub(super) async fn enqueue(
     conn: &mut SqliteConnection,
@@ -121,31 +121,80 @@ pub(super) async fn failed(
     found(done.rows_affected(), id)
 }
 
+/// The columns of a [`WebhookRecord`].
+const RECORD_COLUMNS: &str =
+    "id, task_id, url, status, attempts, last_error, next_attempt_at, updated_at";
+
+fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WebhookRecord, StoreError> {
+    Ok(WebhookRecord {
+        id: rows::uuid(row, "id")?,
+        task_id: rows::uuid(row, "task_id")?,
+        url: rows::get(row, "url")?,
+        status: rows::get(row, "status")?,
+        attempts: rows::count(row, "attempts")?,
+        last_error: rows::get(row, "last_error")?,
+        next_attempt_at: rows::time(row, "next_attempt_at")?,
+        updated_at: rows::time(row, "updated_at")?,
+    })
+}
+
 pub(super) async fn for_task(
     pool: &sqlx::SqlitePool,
     task_id: Uuid,
 ) -> Result<Vec<WebhookRecord>, StoreError> {
-    let found = sqlx::query(
-        "SELECT id, url, status, attempts, last_error, next_attempt_at FROM webhooks \
-         WHERE task_id = $1 ORDER BY created_at, id",
+    let sql =
+        format!("SELECT {RECORD_COLUMNS} FROM webhooks WHERE task_id = $1 ORDER BY created_at, id");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(task_id.to_string())
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?
+        .iter()
+        .map(record)
+        .collect()
+}
+
+pub(super) async fn list(
+    pool: &sqlx::SqlitePool,
+    status: Option<&str>,
+    limit: u32,
+) -> Result<Vec<WebhookRecord>, StoreError> {
+    if let Some(status) = status.filter(|s| !WEBHOOK_STATUSES.contains(s)) {
+        return Err(StoreError::Invalid(format!(
+            "webhook status {status:?}: expected one of {}",
+            WEBHOOK_STATUSES.join(", ")
+        )));
+    }
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM webhooks WHERE $1 IS NULL OR status = $1 \
+         ORDER BY updated_at DESC, id LIMIT $2"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(status)
+        .bind(rows::int(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?
+        .iter()
+        .map(record)
+        .collect()
+}
+
+pub(super) async fn retry_failed(
+    conn: &mut SqliteConnection,
+    id: Option<Uuid>,
+) -> Result<u64, StoreError> {
+    let now = now_millis();
+    let done = sqlx::query(
+        "UPDATE webhooks SET status = 'pending', next_attempt_at = $1, worker_id = NULL, \
+         lease_until = NULL, updated_at = $1 WHERE status = 'failed' AND ($2 IS NULL OR id = $2)",
     )
-    .bind(task_id.to_string())
-    .fetch_all(pool)
+    .bind(now)
+    .bind(id.map(|id| id.to_string()))
+    .execute(conn)
     .await
     .map_err(map_sqlx)?;
-    found
-        .iter()
-        .map(|row| {
-            Ok(WebhookRecord {
-                id: rows::uuid(row, "id")?,
-                url: rows::get(row, "url")?,
-                status: rows::get(row, "status")?,
-                attempts: rows::count(row, "attempts")?,
-                last_error: rows::get(row, "last_error")?,
-                next_attempt_at: rows::time(row, "next_attempt_at")?,
-            })
-        })
-        .collect()
+    Ok(done.rows_affected())
 }
 
 /// Forgets deliveries settled (delivered or given up) before `cutoff` (epoch milliseconds).

@@ -268,7 +268,8 @@ pub fn small_request(extra: Value) -> Value {
 }
 
 /// A stand-in for an OpenAI-compatible language model server on loopback: every request gets a
-/// chat completion whose text is `answer`; the request bodies are kept for inspection.
+/// chat completion whose text is `answer`; the request bodies are kept for inspection. Any
+/// JSON POST gets that 200, so it also serves as a webhook receiver.
 pub struct FakeLlm {
     pub base: String,
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
@@ -276,7 +277,12 @@ pub struct FakeLlm {
 
 impl FakeLlm {
     pub fn start(answer: &str) -> FakeLlm {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        FakeLlm::start_at("127.0.0.1:0", answer)
+    }
+
+    /// Like [`FakeLlm::start`], listening on `addr`.
+    pub fn start_at(addr: &str, answer: &str) -> FakeLlm {
+        let listener = std::net::TcpListener::bind(addr).expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let requests: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
         let seen = requests.clone();
