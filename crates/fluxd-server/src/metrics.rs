@@ -78,6 +78,11 @@ pub fn webhook_attempt(outcome: &'static str) {
 }
 
 /// The Prometheus text exposition of every metric so far.
-pub fn render() -> String {
+pub fn render(store: &dyn fluxd_store::Store) -> String {
+    if let Some(stats) = store.writer_stats() {
+        // Their ratio is the average group commit: how many writes shared one fsync.
+        metrics::counter!("fluxd_store_commits_total").absolute(stats.commits);
+        metrics::counter!("fluxd_store_writes_total").absolute(stats.writes);
+    }
     handle().map(PrometheusHandle::render).unwrap_or_default()
 }

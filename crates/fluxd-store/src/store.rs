@@ -171,6 +171,11 @@ pub trait Store: Send + Sync {
 
     // --- lifecycle ------------------------------------------------------------------------------
 
+    /// Group-commit counters, for metrics, where the backend commits in groups.
+    fn writer_stats(&self) -> Option<crate::WriterStats> {
+        None
+    }
+
     /// Finishes writes already submitted, then refuses new ones with [`StoreError::Closed`].
     async fn close(&self);
 }

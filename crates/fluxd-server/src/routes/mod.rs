@@ -49,10 +49,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Prometheus metrics (`fluxd_` prefix).
-async fn metrics_text() -> Response {
+async fn metrics_text(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
+        crate::metrics::render(state.store()),
     )
         .into_response()
 }

@@ -296,6 +296,17 @@ async fn metrics_count_requests_by_route_pattern() {
     };
     assert!(line("/v1/my_finetunes", "200"), "{text}");
     assert!(line("/v1/get_result", "403"), "{text}");
+    // The store's group commit: the fixture's key and fine-tune were committed.
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let (commits, writes) = (
+        value("fluxd_store_commits_total"),
+        value("fluxd_store_writes_total"),
+    );
+    assert!(commits >= 1 && writes >= commits, "{commits} {writes}");
     assert!(
         text.contains("fluxd_http_request_duration_seconds_bucket"),
         "{text}"

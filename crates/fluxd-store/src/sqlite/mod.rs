@@ -155,7 +155,7 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Group-commit counters of the writer (for metrics).
+    /// Group-commit counters of the writer (also [`Store::writer_stats`](crate::Store)).
     pub fn writer_stats(&self) -> WriterStats {
         self.writer.stats()
     }

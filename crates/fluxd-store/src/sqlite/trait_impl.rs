@@ -244,6 +244,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    fn writer_stats(&self) -> Option<crate::WriterStats> {
+        Some(SqliteStore::writer_stats(self))
+    }
+
     async fn close(&self) {
         self.writer.close().await;
         self.reads.close().await;
