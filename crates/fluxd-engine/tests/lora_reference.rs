@@ -3,18 +3,17 @@
 //! (`load_lora_weights` + `joint_attention_kwargs={"scale": s}`), fixtures from
 //! `scripts/reference/make_fixtures.sh`.
 
+#[allow(dead_code)] // each test file uses only some of the shared helpers
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
+use common::{max_abs_diff, max_level_diff};
 use fluxd_engine::lora::{write_random_lora, write_reference_loras, LoraFile, LoraFormat};
-use fluxd_engine::model_dir::ModelPaths;
-use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Timings};
-use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
+use fluxd_engine::pipeline::{FluxPipeline, GenerateParams};
 use fluxd_engine::transformer::FluxConfig;
-use fluxd_engine::weights::WeightFiles;
-use sha2::{Digest, Sha256};
 
 /// Seed, rank and model seed of the fixture adapter (`examples/write_random_loras.rs`).
 const LORA_SEED: u64 = 11;
@@ -26,14 +25,20 @@ const LATENT_TOL: f32 = 1e-4;
 const PIXEL_TOL: u8 = 1;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
+    common::fixtures("lora")
 }
 
+fn meta() -> serde_json::Value {
+    common::read_json(&fixtures().join("lora_cases.json"))
+}
+
+/// The reference adapters in every layout, written once per test binary (the tiny model they
+/// fit is `common::tiny_model(MODEL_SEED)`).
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fluxd-lora-ref-{}", std::process::id()));
-        write_tiny_model(&dir.join("model"), MODEL_SEED, TinyPreset::Tiny).expect("init-tiny");
+        let dir = common::scratch_dir("lora-ref");
+        std::fs::create_dir_all(&dir).expect("scratch dir");
         write_reference_loras(&dir, &FluxConfig::tiny(), RANK, LORA_SEED).expect("loras");
         dir
     })
@@ -43,27 +48,27 @@ fn scratch() -> &'static Path {
 fn pipeline() -> &'static Mutex<FluxPipeline> {
     static P: OnceLock<Mutex<FluxPipeline>> = OnceLock::new();
     P.get_or_init(|| {
-        let paths = ModelPaths::resolve(&scratch().join("model"), None, None).expect("layout");
-        let p = FluxPipeline::load(&paths, &Device::Cpu, DType::F32, |_| {}).expect("load");
-        Mutex::new(p)
+        let model = common::tiny_model(MODEL_SEED);
+        Mutex::new(common::load_pipeline(model, DType::F32))
     })
 }
 
+/// `<stem>.safetensors` of the scratch folder, loaded into `pipe`.
+fn load(pipe: &FluxPipeline, stem: &str) -> LoraFile {
+    pipe.load_lora(&scratch().join(format!("{stem}.safetensors")))
+        .expect(stem)
+}
+
+/// Why `pipe` refuses the adapter at `path` (empty if it takes it, which fails the caller's check).
+fn refusal(pipe: &FluxPipeline, path: &Path) -> String {
+    pipe.load_lora(path)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 fn params() -> GenerateParams {
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("lora_cases.json")).expect("lora_cases.json"),
-    )
-    .expect("json");
-    let c = &meta["case"];
-    GenerateParams {
-        prompt: c["prompt"].as_str().expect("prompt").into(),
-        width: c["width"].as_u64().expect("w") as usize,
-        height: c["height"].as_u64().expect("h") as usize,
-        steps: c["steps"].as_u64().expect("steps") as usize,
-        guidance: c["guidance"].as_f64().expect("g") as f32,
-        seed: c["seed"].as_u64().expect("seed"),
-        max_sequence_length: c["msl"].as_u64().expect("msl") as usize,
-    }
+    common::generate_params(&meta()["case"], "msl")
 }
 
 /// Final latents and image with `lora` at `strength` (or no LoRA).
@@ -79,52 +84,15 @@ fn run_with(pipe: &mut FluxPipeline, loras: &[(&LoraFile, f32)]) -> (Tensor, ima
     let text = pipe
         .encode_prompt(&p.prompt, p.max_sequence_length)
         .expect("encode");
-    let latents = pipe
-        .denoise(
-            &p,
-            &text,
-            &mut Timings::default(),
-            &mut |_| {},
-            &AtomicBool::new(false),
-        )
-        .expect("denoise");
+    let latents = common::denoise(pipe, &p, &text);
     let image = pipe.decode(&latents, p.width, p.height).expect("decode");
     (latents, image)
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a.flatten_all().expect("f") - b.flatten_all().expect("f")).expect("sub");
-    d.abs()
-        .expect("abs")
-        .max(0)
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("scalar")
-}
-
-fn worst_pixel(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
-}
-
 #[test]
 fn fixture_lora_files_are_the_ones_diffusers_saw() {
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("lora_cases.json")).expect("json"),
-    )
-    .expect("json");
-    for (name, hash) in meta["lora_files"].as_object().expect("lora_files") {
-        let bytes = std::fs::read(scratch().join(format!("{name}.safetensors"))).expect("file");
-        let got = format!("{:x}", Sha256::digest(&bytes));
-        assert_eq!(
-            Some(got.as_str()),
-            hash.as_str(),
-            "{name}: regenerate the fixtures"
-        );
+    for (name, hash) in meta()["lora_files"].as_object().expect("lora_files") {
+        common::assert_sha256(&scratch().join(format!("{name}.safetensors")), hash, name);
     }
 }
 
@@ -139,20 +107,14 @@ fn every_layout_matches_diffusers_at_every_strength() {
         ("bfl_kohya_safe", "kohya"),
     ];
     for (file, reference) in cases {
-        let path = scratch().join(format!("{file}.safetensors"));
-        let lora = pipe.load_lora(&path).expect("load lora");
+        let lora = load(&pipe, file);
         for strength in [0.0f32, 1.0, 1.7] {
             let (latents, image) = run(&mut pipe, Some((&lora, strength)));
             let name = format!("{reference}_{strength:?}");
-            let expected = WeightFiles::open(&[fixtures().join(format!("{name}.safetensors"))])
-                .expect("fixture")
-                .get("final_latents", DType::F32, &Device::Cpu)
-                .expect("latents");
-            let png = image::open(fixtures().join(format!("{name}.png")))
-                .expect("png")
-                .to_rgb8();
-            let d = max_abs_diff(&latents, &expected);
-            let w = worst_pixel(&image, &png);
+            let expected = common::open_tensors(&fixtures().join(format!("{name}.safetensors")));
+            let png = common::png(&fixtures().join(format!("{name}.png")));
+            let d = max_abs_diff(&latents, &common::tensor(&expected, "final_latents"));
+            let w = max_level_diff(&image, &png);
             eprintln!("{file} at {strength}: latents max|Δ| {d:e}, worst pixel {w}");
             assert!(
                 d <= LATENT_TOL,
@@ -169,18 +131,14 @@ fn every_layout_matches_diffusers_at_every_strength() {
 #[test]
 fn strength_zero_is_the_base_and_switching_leaves_no_trace() {
     let mut pipe = pipeline().lock().expect("lock");
-    let a = pipe
-        .load_lora(&scratch().join("peft.safetensors"))
-        .expect("a");
-    let b = pipe
-        .load_lora(&scratch().join("kohya.safetensors"))
-        .expect("b");
+    let a = load(&pipe, "peft");
+    let b = load(&pipe, "kohya");
     let (base, base_img) = run(&mut pipe, None);
     let (zero, _) = run(&mut pipe, Some((&a, 0.0)));
     assert_eq!(max_abs_diff(&base, &zero), 0.0);
     let (first, first_img) = run(&mut pipe, Some((&a, 1.1)));
     assert!(
-        worst_pixel(&first_img, &base_img) > 10,
+        max_level_diff(&first_img, &base_img) > 10,
         "the LoRA must change the image"
     );
     let (_, _) = run(&mut pipe, Some((&b, 0.7)));
@@ -200,12 +158,8 @@ fn strength_zero_is_the_base_and_switching_leaves_no_trace() {
 fn two_loras_add_up() {
     let mut pipe = pipeline().lock().expect("lock");
     // The BFL file holds the same adapter as the PEFT file: A at 0.5 plus A' at 0.5 is A at 1.
-    let a = pipe
-        .load_lora(&scratch().join("peft.safetensors"))
-        .expect("a");
-    let a2 = pipe
-        .load_lora(&scratch().join("bfl.safetensors"))
-        .expect("a2");
+    let a = load(&pipe, "peft");
+    let a2 = load(&pipe, "bfl");
     let (one, _) = run(&mut pipe, Some((&a, 1.0)));
     let (halves, _) = run_with(&mut pipe, &[(&a, 0.5), (&a2, 0.5)]);
     let d = max_abs_diff(&one, &halves);
@@ -223,11 +177,7 @@ fn a_lora_for_another_base_or_a_broken_file_is_refused_naming_the_module() {
     };
     let wrong = dir.join("wrong_base.safetensors");
     write_random_lora(&wrong, LoraFormat::Kohya, &other, RANK, 1, &|_| true).expect("write");
-    let err = pipe
-        .load_lora(&wrong)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = refusal(&pipe, &wrong);
     assert!(
         err.contains("double_blocks.0") && err.contains("another base"),
         "{err}"
@@ -241,11 +191,7 @@ fn a_lora_for_another_base_or_a_broken_file_is_refused_naming_the_module() {
         &unknown,
     )
     .expect("save");
-    let err = pipe
-        .load_lora(&unknown)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = refusal(&pipe, &unknown);
     assert!(err.contains("unet.down_blocks.0.lora_A.weight"), "{err}");
 
     // NaNs.
@@ -259,11 +205,7 @@ fn a_lora_for_another_base_or_a_broken_file_is_refused_naming_the_module() {
         &nan,
     )
     .expect("save");
-    let err = pipe
-        .load_lora(&nan)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = refusal(&pipe, &nan);
     assert!(
         err.contains("double_blocks.0.img_attn.proj.lora_A.weight") && err.contains("NaN"),
         "{err}"
@@ -287,9 +229,7 @@ fn kohya_alpha_applies_to_every_module_including_the_final_layer() {
     )
     .expect("write");
     let k = pipe.load_lora(&full_kohya).expect("kohya");
-    let b = pipe
-        .load_lora(&scratch().join("bfl.safetensors"))
-        .expect("bfl");
+    let b = load(&pipe, "bfl");
     let (lk, _) = run(&mut pipe, Some((&k, 1.3)));
     let (lb, _) = run(&mut pipe, Some((&b, 1.3)));
     let d = max_abs_diff(&lk, &lb);

@@ -6,16 +6,14 @@
 //! every stage. Tolerances were measured (see each constant) and leave head-room of a few times
 //! the largest difference observed.
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)] // each test file uses only some of the shared helpers
+mod common;
+
 use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use fluxd_engine::model_dir::ModelPaths;
-use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Timings};
-use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
-use fluxd_engine::weights::WeightFiles;
-use sha2::{Digest, Sha256};
+use common::{max_abs_diff, max_level_diff, Suite};
+use fluxd_engine::pipeline::GenerateParams;
 
 /// Largest |Δ| allowed on the T5 embeddings and CLIP pooled output (observed: 2.0e-5 T5 at
 /// 512 tokens, 9.5e-7 pooled).
@@ -33,131 +31,36 @@ const BF16_MEAN_TOL: f64 = 2.0;
 /// may round the other way (observed: 1, on 4–12 channel values per image).
 const PIXEL_TOL: u8 = 1;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline")
-}
-
-fn meta() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json");
-    serde_json::from_str(&text).expect("cases.json parses")
-}
-
-/// The tiny model, written once per test binary.
-fn model_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fluxd-ref-model-{}", std::process::id()));
-        let seed = meta()["model_seed"].as_u64().expect("model_seed");
-        write_tiny_model(&dir, seed, TinyPreset::Tiny).expect("init-tiny");
-        dir
-    })
-}
-
-fn pipeline() -> &'static FluxPipeline {
-    static P: OnceLock<FluxPipeline> = OnceLock::new();
-    P.get_or_init(|| {
-        let paths = ModelPaths::resolve(model_dir(), None, None).expect("layout");
-        FluxPipeline::load(&paths, &Device::Cpu, DType::F32, |_| {}).expect("load")
-    })
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a
-        .to_dtype(DType::F32)
-        .expect("f32")
-        .flatten_all()
-        .expect("flat");
-    let b = b
-        .to_dtype(DType::F32)
-        .expect("f32")
-        .flatten_all()
-        .expect("flat");
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .max(0)
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("s")
-}
-
-struct Case {
-    name: String,
-    params: GenerateParams,
-    tensors: WeightFiles,
-}
-
-fn cases() -> Vec<Case> {
-    let meta = meta();
-    meta["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .map(|c| {
-            let name = c["name"].as_str().expect("name").to_string();
-            let params = GenerateParams {
-                prompt: c["prompt"].as_str().expect("prompt").to_string(),
-                width: c["width"].as_u64().expect("width") as usize,
-                height: c["height"].as_u64().expect("height") as usize,
-                steps: c["steps"].as_u64().expect("steps") as usize,
-                guidance: c["guidance"].as_f64().expect("guidance") as f32,
-                seed: c["seed"].as_u64().expect("seed"),
-                max_sequence_length: c["max_sequence_length"].as_u64().expect("msl") as usize,
-            };
-            let tensors = WeightFiles::open(&[fixtures().join(format!("{name}.safetensors"))])
-                .expect("fixture");
-            Case {
-                name,
-                params,
-                tensors,
-            }
-        })
-        .collect()
-}
-
-fn fixture(case: &Case, name: &str) -> Tensor {
-    case.tensors
-        .get(name, DType::F32, &Device::Cpu)
-        .expect(name)
-}
+/// The fixtures of `scripts/reference/pipeline_fixtures.py`.
+const SUITE: Suite = Suite("pipeline");
 
 #[test]
 fn tiny_model_is_byte_identical_to_the_fixtures_model() {
-    let expected = meta()["model_files"]
-        .as_object()
-        .expect("model_files")
-        .clone();
-    for (rel, hash) in &expected {
-        let bytes = std::fs::read(model_dir().join(rel)).expect(rel);
-        let got = format!("{:x}", Sha256::digest(&bytes));
-        assert_eq!(
-            Some(got.as_str()),
-            hash.as_str(),
-            "{rel} differs: regenerate the fixtures"
-        );
-    }
+    SUITE.assert_model_files();
 }
 
 #[test]
 fn initial_latents_are_torch_randn_bit_for_bit() {
-    for case in cases() {
-        let ours = pipeline().initial_latents(&case.params).expect("latents");
-        let theirs = fixture(&case, "initial_latents");
+    for case in SUITE.cases() {
+        let ours = SUITE
+            .pipeline()
+            .initial_latents(&case.params)
+            .expect("latents");
+        let theirs = case.tensor("initial_latents");
         assert_eq!(max_abs_diff(&ours, &theirs), 0.0, "{}", case.name);
     }
 }
 
 #[test]
 fn text_embeddings_match() {
-    for case in cases() {
+    for case in SUITE.cases() {
         let p = &case.params;
-        let text = pipeline()
+        let text = SUITE
+            .pipeline()
             .encode_prompt(&p.prompt, p.max_sequence_length)
             .expect("encode");
-        let t5 = max_abs_diff(&text.t5, &fixture(&case, "prompt_embeds"));
-        let pooled = max_abs_diff(&text.pooled, &fixture(&case, "pooled_prompt_embeds"));
+        let t5 = max_abs_diff(&text.t5, &case.tensor("prompt_embeds"));
+        let pooled = max_abs_diff(&text.pooled, &case.tensor("pooled_prompt_embeds"));
         eprintln!("{}: t5 max|Δ| {t5:e}, pooled max|Δ| {pooled:e}", case.name);
         assert!(
             t5 <= TEXT_TOL && pooled <= TEXT_TOL,
@@ -169,7 +72,7 @@ fn text_embeddings_match() {
 
 #[test]
 fn schedule_matches_the_scheduler_bit_for_bit() {
-    for case in cases() {
+    for case in SUITE.cases() {
         let p = &case.params;
         let seq = (p.height / 16) * (p.width / 16);
         let cfg = fluxd_engine::schedule::SchedulerConfig::flux_dev();
@@ -177,13 +80,13 @@ fn schedule_matches_the_scheduler_bit_for_bit() {
         let sigmas = Tensor::new(s.sigmas.as_slice(), &Device::Cpu).expect("t");
         let timesteps = Tensor::new(s.timesteps.as_slice(), &Device::Cpu).expect("t");
         assert_eq!(
-            max_abs_diff(&sigmas, &fixture(&case, "sigmas")),
+            max_abs_diff(&sigmas, &case.tensor("sigmas")),
             0.0,
             "{}",
             case.name
         );
         assert_eq!(
-            max_abs_diff(&timesteps, &fixture(&case, "timesteps")),
+            max_abs_diff(&timesteps, &case.tensor("timesteps")),
             0.0,
             "{}",
             case.name
@@ -193,17 +96,18 @@ fn schedule_matches_the_scheduler_bit_for_bit() {
 
 #[test]
 fn one_transformer_forward_matches() {
-    for case in cases() {
-        let pipe = pipeline();
+    for case in SUITE.cases() {
+        let pipe = SUITE.pipeline();
         let t = pipe.transformer();
-        let latents = fixture(&case, "initial_latents");
+        let latents = case.tensor("initial_latents");
         let ids =
             fluxd_engine::postprocess::latent_image_ids(case.params.height, case.params.width)
                 .expect("ids");
-        let txt = fixture(&case, "prompt_embeds");
+        let txt = case.tensor("prompt_embeds");
         let txt_ids =
             Tensor::zeros((txt.dim(1).expect("L"), 3), DType::F32, &Device::Cpu).expect("z");
-        let t0 = fixture(&case, "timesteps")
+        let t0 = case
+            .tensor("timesteps")
             .get(0)
             .expect("t0")
             .unsqueeze(0)
@@ -218,10 +122,10 @@ fn one_transformer_forward_matches() {
                 &rope,
                 &timestep,
                 Some(&guidance),
-                &fixture(&case, "pooled_prompt_embeds"),
+                &case.tensor("pooled_prompt_embeds"),
             )
             .expect("forward");
-        let d = max_abs_diff(&v, &fixture(&case, "first_velocity"));
+        let d = max_abs_diff(&v, &case.tensor("first_velocity"));
         eprintln!("{}: first forward max|Δ| {d:e}", case.name);
         assert!(d <= FORWARD_TOL, "{}: forward differs by {d}", case.name);
     }
@@ -229,17 +133,14 @@ fn one_transformer_forward_matches() {
 
 #[test]
 fn whole_generation_matches_diffusers() {
-    for case in cases() {
+    for case in SUITE.cases() {
         let p = &case.params;
-        let pipe = pipeline();
+        let pipe = SUITE.pipeline();
         let text = pipe
             .encode_prompt(&p.prompt, p.max_sequence_length)
             .expect("encode");
-        let mut timings = Timings::default();
-        let latents = pipe
-            .denoise(p, &text, &mut timings, &mut |_| {}, &AtomicBool::new(false))
-            .expect("denoise");
-        let d_lat = max_abs_diff(&latents, &fixture(&case, "final_latents"));
+        let latents = common::denoise(pipe, p, &text);
+        let d_lat = max_abs_diff(&latents, &case.tensor("final_latents"));
         let decoded = pipe
             .decode_tensor(&latents, p.width, p.height)
             .expect("decode");
@@ -253,19 +154,11 @@ fn whole_generation_matches_diffusers() {
             .expect("squeeze")
             .permute((1, 2, 0))
             .expect("permute");
-        let d_img = max_abs_diff(&unit, &fixture(&case, "image_float"));
+        let d_img = max_abs_diff(&unit, &case.tensor("image_float"));
         let image = pipe.decode(&latents, p.width, p.height).expect("decode");
-        let expected = image::open(fixtures().join(format!("{}.png", case.name)))
-            .expect("png")
-            .to_rgb8();
+        let expected = SUITE.png(&format!("{}.png", case.name));
         assert_eq!(image.dimensions(), expected.dimensions(), "{}", case.name);
-        let worst = image
-            .as_raw()
-            .iter()
-            .zip(expected.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap_or(0);
+        let worst = max_level_diff(&image, &expected);
         let differing = image
             .as_raw()
             .iter()
@@ -298,14 +191,15 @@ fn whole_generation_matches_diffusers() {
 #[test]
 fn progress_reports_every_step_and_cancel_stops_between_steps() {
     use std::sync::atomic::Ordering;
-    let case = &cases()[0];
+    let case = &SUITE.cases()[0];
     let p = GenerateParams {
         steps: 3,
         ..case.params.clone()
     };
     let mut seen = Vec::new();
     let cancel = AtomicBool::new(false);
-    let out = pipeline()
+    let out = SUITE
+        .pipeline()
         .generate(&p, &mut |e| seen.push(e), &cancel)
         .expect("generate");
     use fluxd_engine::pipeline::Progress;
@@ -322,7 +216,8 @@ fn progress_reports_every_step_and_cancel_stops_between_steps() {
     assert_eq!(out.timings.step_ms.len(), 3);
 
     let mut steps = 0;
-    let err = pipeline()
+    let err = SUITE
+        .pipeline()
         .generate(
             &p,
             &mut |e| {
@@ -345,16 +240,13 @@ fn progress_reports_every_step_and_cancel_stops_between_steps() {
 fn bf16_matches_diffusers_bf16() {
     // diffusers' own bf16 image differs from its f32 one by 16 levels on average on this random
     // model, so bf16 is compared with diffusers in bf16, not with f32.
-    let case = &cases()[0];
-    let paths = ModelPaths::resolve(model_dir(), None, None).expect("layout");
-    let bf16 = FluxPipeline::load(&paths, &Device::Cpu, DType::BF16, |_| {}).expect("load bf16");
+    let case = &SUITE.cases()[0];
+    let bf16 = common::load_pipeline(SUITE.model(), DType::BF16);
     let ours = bf16
         .generate(&case.params, &mut |_| {}, &AtomicBool::new(false))
         .expect("bf16")
         .image;
-    let theirs = image::open(fixtures().join(format!("{}_bf16.png", case.name)))
-        .expect("png")
-        .to_rgb8();
+    let theirs = SUITE.png(&format!("{}_bf16.png", case.name));
     let diffs: Vec<u8> = ours
         .as_raw()
         .iter()

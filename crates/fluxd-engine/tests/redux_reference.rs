@@ -8,18 +8,17 @@
 //! same model again and checks it is byte-identical first. Tolerances were measured (see each
 //! constant) and leave head-room of a few times the largest difference observed.
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)] // each test file uses only some of the shared helpers
+mod common;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use fluxd_engine::model_dir::ModelPaths;
-use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Timings};
+use common::{max_abs_diff, max_level_diff, Case, Suite};
 use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
-use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset, TINY_REDUX_DIR};
-use fluxd_engine::weights::WeightFiles;
+use fluxd_engine::tiny_model::TINY_REDUX_DIR;
 use image::RgbImage;
-use sha2::{Digest, Sha256};
 
 /// Largest |Δ| allowed on SigLIP's last_hidden_state, the Redux tokens and the concatenated
 /// prompt embeddings (observed: 2.8e-6 SigLIP, 1.2e-7 projection, 2.1e-6 prompt_embeds).
@@ -33,30 +32,14 @@ const PIXEL_TOL: u8 = 1;
 /// two decoders' IDCT and chroma upsampling differ slightly (observed: 3 on the 4:2:0 fixture).
 const JPEG_LEVEL_TOL: u8 = 5;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redux")
-}
-
-fn meta() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json");
-    serde_json::from_str(&text).expect("cases.json parses")
-}
-
-fn model_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fluxd-redux-model-{}", std::process::id()));
-        let seed = meta()["model_seed"].as_u64().expect("model_seed");
-        write_tiny_model(&dir, seed, TinyPreset::Tiny).expect("init-tiny");
-        dir
-    })
-}
+/// The fixtures of `scripts/reference/redux_fixtures.py`.
+const SUITE: Suite = Suite("redux");
 
 fn redux() -> &'static ReduxModel {
     static R: OnceLock<ReduxModel> = OnceLock::new();
     R.get_or_init(|| {
         ReduxModel::load(
-            &model_dir().join(TINY_REDUX_DIR),
+            &SUITE.model().join(TINY_REDUX_DIR),
             None,
             DType::F32,
             &Device::Cpu,
@@ -65,91 +48,14 @@ fn redux() -> &'static ReduxModel {
     })
 }
 
-fn pipeline() -> &'static FluxPipeline {
-    static P: OnceLock<FluxPipeline> = OnceLock::new();
-    P.get_or_init(|| {
-        let paths = ModelPaths::resolve(model_dir(), None, None).expect("layout");
-        FluxPipeline::load(&paths, &Device::Cpu, DType::F32, |_| {}).expect("load")
-    })
+/// The image prompt's file name (`file` of the case).
+fn file(case: &Case) -> &str {
+    case.json["file"].as_str().expect("file")
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).expect("f32");
-    let b = b.to_dtype(DType::F32).expect("f32");
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .flatten_all()
-        .expect("flat")
-        .max(0)
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("s")
-}
-
-fn max_level_diff(a: &RgbImage, b: &RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions(), "sizes differ");
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
-}
-
-fn png(name: &str) -> RgbImage {
-    image::open(fixtures().join(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .to_rgb8()
-}
-
-struct Case {
-    name: String,
-    file: String,
-    params: GenerateParams,
-    tensors: WeightFiles,
-}
-
-impl Case {
-    fn tensor(&self, name: &str) -> Tensor {
-        self.tensors
-            .get(name, DType::F32, &Device::Cpu)
-            .expect(name)
-    }
-
-    /// Pillow's decode of the image prompt, after transformers' convert_to_rgb.
-    fn pil_rgb(&self) -> RgbImage {
-        png(&format!("{}_rgb.png", self.name))
-    }
-}
-
-fn cases() -> Vec<Case> {
-    meta()["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .map(|c| {
-            let name = c["name"].as_str().expect("name").to_string();
-            let tensors = WeightFiles::open(&[fixtures().join(format!("{name}.safetensors"))])
-                .expect("fixture");
-            Case {
-                file: c["file"].as_str().expect("file").to_string(),
-                params: GenerateParams {
-                    prompt: c["prompt"].as_str().expect("prompt").to_string(),
-                    width: c["width"].as_u64().expect("width") as usize,
-                    height: c["height"].as_u64().expect("height") as usize,
-                    steps: c["steps"].as_u64().expect("steps") as usize,
-                    guidance: c["guidance"].as_f64().expect("guidance") as f32,
-                    seed: c["seed"].as_u64().expect("seed"),
-                    max_sequence_length: c["max_sequence_length"].as_u64().expect("msl") as usize,
-                },
-                name,
-                tensors,
-            }
-        })
-        .collect()
+/// Pillow's decode of the image prompt, after transformers' convert_to_rgb.
+fn pil_rgb(case: &Case) -> RgbImage {
+    SUITE.png(&format!("{}_rgb.png", case.name))
 }
 
 /// The synthetic pattern of `redux_fixtures.py`.
@@ -163,30 +69,20 @@ fn pattern(w: u32, h: u32) -> RgbImage {
 
 #[test]
 fn tiny_model_is_byte_identical_to_the_fixtures_model() {
-    let expected = meta()["model_files"]
-        .as_object()
-        .expect("model_files")
-        .clone();
+    let meta = SUITE.meta();
+    let expected = meta["model_files"].as_object().expect("model_files");
     assert!(expected.keys().any(|k| k.starts_with("redux/")));
-    for (rel, hash) in &expected {
-        let bytes = std::fs::read(model_dir().join(rel)).expect(rel);
-        let got = format!("{:x}", Sha256::digest(&bytes));
-        assert_eq!(
-            Some(got.as_str()),
-            hash.as_str(),
-            "{rel} differs: regenerate the fixtures"
-        );
-    }
+    SUITE.assert_model_files();
 }
 
 #[test]
 fn decoding_matches_pillow() {
-    for case in cases() {
-        let bytes = std::fs::read(fixtures().join(&case.file)).expect("input");
+    for case in SUITE.cases() {
+        let bytes = std::fs::read(SUITE.path(file(&case))).expect("input");
         let ours = decode_image_prompt(&bytes, 1 << 20).expect("decode");
-        let d = max_level_diff(&ours, &case.pil_rgb());
+        let d = max_level_diff(&ours, &pil_rgb(&case));
         eprintln!("{}: decode max level difference vs Pillow {d}", case.name);
-        if case.file.ends_with(".png") {
+        if file(&case).ends_with(".png") {
             assert_eq!(d, 0, "{}: PNG decode + alpha compositing differ", case.name);
         } else {
             assert!(
@@ -204,19 +100,19 @@ fn decoding_matches_pillow() {
 fn resize_matches_pillow_bicubic() {
     let cfg = redux().preprocess_config();
     let mut worst = 0;
-    for case in cases() {
-        let ours = cfg.resize(&case.pil_rgb()).expect("resize");
-        let d = max_level_diff(&ours, &png(&format!("{}_resized.png", case.name)));
+    for case in SUITE.cases() {
+        let ours = cfg.resize(&pil_rgb(&case)).expect("resize");
+        let d = max_level_diff(&ours, &SUITE.png(&format!("{}_resized.png", case.name)));
         eprintln!("{}: resize max level difference vs Pillow {d}", case.name);
         worst = worst.max(d);
     }
-    for shape in meta()["resize_shapes"].as_array().expect("shapes") {
+    for shape in SUITE.meta()["resize_shapes"].as_array().expect("shapes") {
         let (w, h) = (
             shape[0].as_u64().expect("w") as u32,
             shape[1].as_u64().expect("h") as u32,
         );
         let ours = cfg.resize(&pattern(w, h)).expect("resize");
-        let d = max_level_diff(&ours, &png(&format!("resize_{w}x{h}.png")));
+        let d = max_level_diff(&ours, &SUITE.png(&format!("resize_{w}x{h}.png")));
         eprintln!("pattern {w}x{h}: resize max level difference vs Pillow {d}");
         worst = worst.max(d);
     }
@@ -225,15 +121,15 @@ fn resize_matches_pillow_bicubic() {
 
 #[test]
 fn siglip_and_projection_match() {
-    for case in cases() {
-        let pixels = redux().pixel_values(&case.pil_rgb()).expect("pixels");
+    for case in SUITE.cases() {
+        let pixels = redux().pixel_values(&pil_rgb(&case)).expect("pixels");
         let hidden = redux().siglip().forward(&pixels).expect("siglip");
         let d_hidden = max_abs_diff(&hidden, &case.tensor("last_hidden_state"));
         let tokens = redux()
             .project(&case.tensor("last_hidden_state"))
             .expect("project");
         let d_proj = max_abs_diff(&tokens, &case.tensor("image_embeds"));
-        let encoded = redux().encode(&case.pil_rgb()).expect("encode");
+        let encoded = redux().encode(&pil_rgb(&case)).expect("encode");
         let d_enc = max_abs_diff(&encoded, &case.tensor("image_embeds"));
         eprintln!(
             "{}: SigLIP max|Δ| {d_hidden:e}, projection {d_proj:e}, encode {d_enc:e}",
@@ -247,10 +143,10 @@ fn siglip_and_projection_match() {
 
 #[test]
 fn redux_generation_matches_diffusers() {
-    for case in cases() {
+    for case in SUITE.cases() {
         let p = &case.params;
-        let pipe = pipeline();
-        let tokens = redux().encode(&case.pil_rgb()).expect("encode");
+        let pipe = SUITE.pipeline();
+        let tokens = redux().encode(&pil_rgb(&case)).expect("encode");
         let text = pipe
             .encode_prompt(&p.prompt, p.max_sequence_length)
             .expect("encode prompt")
@@ -258,16 +154,13 @@ fn redux_generation_matches_diffusers() {
             .expect("append");
         let d_txt = max_abs_diff(&text.t5, &case.tensor("prompt_embeds"));
         let d_pooled = max_abs_diff(&text.pooled, &case.tensor("pooled_prompt_embeds"));
-        let mut timings = Timings::default();
-        let latents = pipe
-            .denoise(p, &text, &mut timings, &mut |_| {}, &AtomicBool::new(false))
-            .expect("denoise");
+        let latents = common::denoise(pipe, p, &text);
         let d_lat = max_abs_diff(&latents, &case.tensor("final_latents"));
         let image = pipe
             .generate_with_image_tokens(p, Some(&tokens), &mut |_| {}, &AtomicBool::new(false))
             .expect("generate")
             .image;
-        let d_px = max_level_diff(&image, &png(&format!("{}_out.png", case.name)));
+        let d_px = max_level_diff(&image, &SUITE.png(&format!("{}_out.png", case.name)));
         eprintln!(
             "{}: prompt_embeds max|Δ| {d_txt:e}, pooled {d_pooled:e}, final latents {d_lat:e}, \
              image worst {d_px} levels",
@@ -291,7 +184,7 @@ fn redux_generation_matches_diffusers() {
 
 #[test]
 fn image_tokens_of_the_wrong_width_are_refused() {
-    let pipe = pipeline();
+    let pipe = SUITE.pipeline();
     let text = pipe.encode_prompt("x", 8).expect("encode");
     let bad = Tensor::zeros((1, 4, 7), DType::F32, &Device::Cpu).expect("zeros");
     let err = text.with_image_tokens(&bad).err().map(|e| e.to_string());

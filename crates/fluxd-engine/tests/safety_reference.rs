@@ -3,22 +3,22 @@
 //! `pipeline("image-classification")` on images built from an integer formula, must give the
 //! same resized pixels, logits and scores (fixtures from `scripts/reference/safety_fixtures.py`).
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)] // each test file uses only some of the shared helpers
+mod common;
+
+use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use fluxd_engine::safety::{
     pil_resize, red_probe, ImageClassifier, PromptPolicy, Resample, SafetyTolerance,
 };
 use fluxd_engine::tiny_model::{write_tiny_safety_checker, SAFETY_CHECKER_DIR};
-use sha2::{Digest, Sha256};
 
 /// Largest |Δ| on a logit or score (observed 4.8e-7 on logits, 1.2e-7 on pipeline scores).
 const LOGIT_TOL: f32 = 2e-5;
 
 fn fixture() -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/safety/safety.json");
-    let text = std::fs::read_to_string(&path).expect("safety.json");
-    serde_json::from_str(&text).expect("json")
+    common::read_json(&common::fixtures("safety").join("safety.json"))
 }
 
 /// `pattern_image` of the fixture script.
@@ -54,12 +54,8 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn classifier_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fluxd-safety-ref-{}", std::process::id()));
+    let dir = common::scratch_dir("safety-ref");
     let seed = fixture()["seed"].as_u64().expect("seed");
     write_tiny_safety_checker(&dir, seed).expect("write classifier");
     dir.join(SAFETY_CHECKER_DIR)
@@ -84,7 +80,7 @@ fn resizing_matches_pillow_bilinear() {
         // Falconsai's 224×224, checked by digest.
         let big = pil_resize(&img, 224, 224, Resample::Bilinear).expect("resize");
         assert_eq!(
-            hex(&Sha256::digest(big.as_raw())),
+            common::sha256_hex(big.as_raw()),
             case["resized224_sha256"].as_str().expect("sha"),
             "224x224 resize of {}x{} differs from Pillow",
             img.width(),

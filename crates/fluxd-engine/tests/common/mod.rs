@@ -1,0 +1,226 @@
+//! What the reference tests (`*_reference.rs`) share: each compares fluxd with a reference
+//! implementation on fixtures that `scripts/reference/` made from the tiny model, so each finds
+//! and reads those fixtures, writes the tiny model again, checks it has not drifted from the one
+//! the fixtures were made from, and measures differences the same way.
+//!
+//! Every test file is its own crate and uses only some of this, hence the `#[allow(dead_code)]`
+//! where it is included.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor};
+use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, TextEmbeddings, Timings};
+use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
+use fluxd_engine::weights::WeightFiles;
+use image::RgbImage;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// `tests/fixtures/<suite>` of this crate, where `make_fixtures.sh` writes that suite's files.
+pub fn fixtures(suite: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(suite)
+}
+
+/// A fixture's JSON file, parsed.
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} parses: {e}", path.display()))
+}
+
+/// A fixture image as 8-bit RGB.
+pub fn png(path: &Path) -> RgbImage {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8()
+}
+
+/// One tensor of a fixture file, as f32 on the CPU where every comparison happens.
+pub fn tensor(files: &WeightFiles, name: &str) -> Tensor {
+    files.get(name, DType::F32, &Device::Cpu).expect(name)
+}
+
+/// The tensors of one fixture file.
+pub fn open_tensors(path: &Path) -> WeightFiles {
+    WeightFiles::open(&[path.to_path_buf()]).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The request of one case of a fixture file. The scripts name the T5 length
+/// `max_sequence_length` (as FluxPipeline does) or, in the LoRA cases, `msl`.
+pub fn generate_params(case: &Value, msl_key: &str) -> GenerateParams {
+    GenerateParams {
+        prompt: case["prompt"].as_str().expect("prompt").to_string(),
+        width: case["width"].as_u64().expect("width") as usize,
+        height: case["height"].as_u64().expect("height") as usize,
+        steps: case["steps"].as_u64().expect("steps") as usize,
+        guidance: case["guidance"].as_f64().expect("guidance") as f32,
+        seed: case["seed"].as_u64().expect("seed"),
+        max_sequence_length: case[msl_key].as_u64().expect(msl_key) as usize,
+    }
+}
+
+/// One case of a suite's `cases.json`: a request and the reference's tensors for it, in
+/// `<name>.safetensors` beside it.
+pub struct Case {
+    /// The case's name, which also names its fixture files.
+    pub name: String,
+    /// The request the reference ran.
+    pub params: GenerateParams,
+    /// The case's own entry, for the fields only one suite has.
+    pub json: Value,
+    tensors: WeightFiles,
+}
+
+impl Case {
+    /// The reference's tensor `name` for this case.
+    pub fn tensor(&self, name: &str) -> Tensor {
+        tensor(&self.tensors, name)
+    }
+}
+
+/// A suite of fixtures made from the tiny model, `tests/fixtures/<name>/`: its `cases.json`
+/// holds the cases, the model's seed and the sha256 of each of the model's files.
+pub struct Suite(pub &'static str);
+
+impl Suite {
+    /// A file of the suite.
+    pub fn path(&self, file: &str) -> PathBuf {
+        fixtures(self.0).join(file)
+    }
+
+    /// The suite's `cases.json`.
+    pub fn meta(&self) -> Value {
+        read_json(&self.path("cases.json"))
+    }
+
+    /// A PNG of the suite as 8-bit RGB.
+    pub fn png(&self, file: &str) -> RgbImage {
+        png(&self.path(file))
+    }
+
+    /// The suite's cases.
+    pub fn cases(&self) -> Vec<Case> {
+        self.meta()["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .map(|c| {
+                let name = c["name"].as_str().expect("name").to_string();
+                Case {
+                    params: generate_params(c, "max_sequence_length"),
+                    tensors: open_tensors(&self.path(&format!("{name}.safetensors"))),
+                    json: c.clone(),
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// The tiny model the fixtures were made from, written again.
+    pub fn model(&self) -> &'static Path {
+        tiny_model(self.meta()["model_seed"].as_u64().expect("model_seed"))
+    }
+
+    /// The f32 pipeline on [`Suite::model`], loaded once per test binary and shared by its tests.
+    pub fn pipeline(&self) -> &'static FluxPipeline {
+        static P: OnceLock<FluxPipeline> = OnceLock::new();
+        let model = self.model();
+        P.get_or_init(|| load_pipeline(model, DType::F32))
+    }
+
+    /// Checks the model written again is byte-identical to the one the fixtures were made from:
+    /// every file of `model_files` (a path under the model folder → its sha256).
+    pub fn assert_model_files(&self) {
+        let model = self.model();
+        for (rel, hash) in self.meta()["model_files"].as_object().expect("model_files") {
+            assert_sha256(&model.join(rel), hash, rel);
+        }
+    }
+}
+
+/// Lower-case hex sha256, as Python's `hashlib.sha256(...).hexdigest()` writes it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Fails unless the file at `path` has the sha256 the fixture scripts recorded (`hash`): a file
+/// that differs from the one the reference saw makes every comparison after it meaningless.
+pub fn assert_sha256(path: &Path, hash: &Value, what: &str) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let got = sha256_hex(&bytes);
+    assert_eq!(
+        Some(got.as_str()),
+        hash.as_str(),
+        "{what} differs: regenerate the fixtures"
+    );
+}
+
+/// A path of this test binary under the temp folder: the test binaries run at the same time,
+/// each in its own process, hence the process id.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("fluxd-{tag}-{}", std::process::id()))
+}
+
+/// The tiny model `fluxd model init-tiny --seed <seed>` writes, written once per test binary.
+/// The seed is kept beside the folder so that a second caller asking for another seed fails
+/// instead of silently getting the first model.
+pub fn tiny_model(seed: u64) -> &'static Path {
+    static DIR: OnceLock<(u64, PathBuf)> = OnceLock::new();
+    let (written, dir) = DIR.get_or_init(|| {
+        let dir = scratch_dir("ref-model");
+        write_tiny_model(&dir, seed, TinyPreset::Tiny).expect("init-tiny");
+        (seed, dir)
+    });
+    assert_eq!(*written, seed, "one tiny model per test binary");
+    dir
+}
+
+/// The pipeline on the model folder `model`, in `dtype`, on the CPU.
+pub fn load_pipeline(model: &Path, dtype: DType) -> FluxPipeline {
+    let paths = ModelPaths::resolve(model, None, None).expect("layout");
+    FluxPipeline::load(&paths, &Device::Cpu, dtype, |_| {}).expect("load")
+}
+
+/// The final latents of `p` from `text`, without progress reports or cancellation.
+pub fn denoise(pipe: &FluxPipeline, p: &GenerateParams, text: &TextEmbeddings) -> Tensor {
+    pipe.denoise(
+        p,
+        text,
+        &mut Timings::default(),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .expect("denoise")
+}
+
+/// Largest |a − b| over all elements, compared in f32; the shapes must be the same.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).expect("f32");
+    let b = b.to_dtype(DType::F32).expect("f32");
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .flatten_all()
+        .expect("flat")
+        .max(0)
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar")
+}
+
+/// Largest difference between two images' 8-bit channel values; the sizes must be the same.
+pub fn max_level_diff(a: &RgbImage, b: &RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions(), "sizes differ");
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
