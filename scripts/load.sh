@@ -145,6 +145,8 @@ start fluxd "$fluxd" serve --data-dir "$work/api" --listen 127.0.0.1:0 --no-work
   --max-active-tasks 1000000000 ${serve_args[@]+"${serve_args[@]}"}
 id=$(submit_one "$base")
 measure "$base" /v1/flux-pro-finetuned POST fluxd_submit
+curl -sf "$base/metrics" | grep '^fluxd_store_\(commits\|writes\)_total ' >"$work/group_commit.txt" \
+  || true
 measure "$base" "/v1/get_result?id=$id" GET fluxd_get
 stop_last
 

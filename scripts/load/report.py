@@ -56,6 +56,17 @@ if "worker_submit.rate" in runs:
 report["goals"] = goals
 for name, ok in goals.items():
     print(f"goal {name:40} {'met' if ok else 'MISSED'}")
+group = os.path.join(work, "group_commit.txt")
+if os.path.exists(group) and os.path.getsize(group):
+    with open(group) as f:
+        counters = dict(line.split() for line in f if line.strip())
+    commits, writes = float(counters["fluxd_store_commits_total"]), float(
+        counters["fluxd_store_writes_total"])
+    report["group_commit"] = {"commits": commits, "writes": writes}
+    if commits:
+        print(f"group commit over the submit rounds (flat out and at the fixed rate): "
+              f"{writes / commits:.1f} writes per commit "
+              f"({writes:.0f} writes, {commits:.0f} commits)")
 finished = os.path.join(work, "worker_finished.txt")
 if os.path.exists(finished) and os.path.getsize(finished):
     with open(finished) as f:
