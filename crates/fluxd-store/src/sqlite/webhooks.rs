@@ -125,6 +125,20 @@ pub(super) async fn failed(
 const RECORD_COLUMNS: &str =
     "id, task_id, url, status, attempts, last_error, next_attempt_at, updated_at";
 
+type Query = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// `SELECT` of a [`WebhookRecord`]'s columns with `rest` (a `WHERE` clause and what follows) after
+/// `FROM webhooks`; `rest` is one of this module's constant texts, so the SQL is safe.
+fn select(rest: &'static str) -> Query {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM webhooks {rest}");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+}
+
+async fn records(pool: &sqlx::SqlitePool, query: Query) -> Result<Vec<WebhookRecord>, StoreError> {
+    let found = query.fetch_all(pool).await.map_err(map_sqlx)?;
+    found.iter().map(record).collect()
+}
+
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WebhookRecord, StoreError> {
     Ok(WebhookRecord {
         id: rows::uuid(row, "id")?,
@@ -142,16 +156,8 @@ pub(super) async fn for_task(
     pool: &sqlx::SqlitePool,
     task_id: Uuid,
 ) -> Result<Vec<WebhookRecord>, StoreError> {
-    let sql =
-        format!("SELECT {RECORD_COLUMNS} FROM webhooks WHERE task_id = $1 ORDER BY created_at, id");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(task_id.to_string())
-        .fetch_all(pool)
-        .await
-        .map_err(map_sqlx)?
-        .iter()
-        .map(record)
-        .collect()
+    let sql = "WHERE task_id = $1 ORDER BY created_at, id";
+    records(pool, select(sql).bind(task_id.to_string())).await
 }
 
 pub(super) async fn list(
@@ -165,19 +171,9 @@ pub(super) async fn list(
             WEBHOOK_STATUSES.join(", ")
         )));
     }
-    let sql = format!(
-        "SELECT {RECORD_COLUMNS} FROM webhooks WHERE $1 IS NULL OR status = $1 \
-         ORDER BY updated_at DESC, id LIMIT $2"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(status)
-        .bind(rows::int(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(map_sqlx)?
-        .iter()
-        .map(record)
-        .collect()
+    let sql = "WHERE $1 IS NULL OR status = $1 ORDER BY updated_at DESC, id LIMIT $2";
+    let query = select(sql).bind(status).bind(rows::int(limit));
+    records(pool, query).await
 }
 
 pub(super) async fn retry_failed(
