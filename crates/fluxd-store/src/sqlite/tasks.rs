@@ -25,12 +25,7 @@ macro_rules! owned_by_worker {
 
 /// A statement on a task as its worker, the text ending in [`owned_by_worker`], with `$1`..`$3`
 /// bound; the caller binds its own values from `$4` on.
-fn owned(
-    sql: &'static str,
-    task_id: Uuid,
-    worker_id: String,
-    now: i64,
-) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+fn owned(sql: &'static str, task_id: Uuid, worker_id: String, now: i64) -> Query<'static> {
     sqlx::query(sql)
         .bind(task_id.to_string())
         .bind(worker_id)
@@ -40,7 +35,7 @@ fn owned(
 /// Runs an [`owned`] statement: [`StoreError::LeaseLost`] unless it changed the task.
 async fn execute_owned(
     conn: &mut SqliteConnection,
-    query: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    query: Query<'static>,
     task_id: Uuid,
 ) -> Result<(), StoreError> {
     let done = query.execute(conn).await.map_err(map_sqlx)?;
@@ -60,12 +55,11 @@ macro_rules! insert_task_sql {
     };
 }
 
-/// Binds `$1`..`$9` of [`insert_task_sql`].
-fn bind_task<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    task: &'q NewTask,
-    max_attempts: u32,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds the task's own columns, in table order: id, tenant, key id, params, fine-tune, webhook
+/// URL, webhook secret.
+fn bind_columns<'q>(query: Query<'q>, task: &'q NewTask) -> Query<'q> {
     query
         .bind(task.id.to_string())
         .bind(task.tenant.as_str())
@@ -74,6 +68,11 @@ fn bind_task<'q>(
         .bind(task.finetune_id.as_deref())
         .bind(task.webhook_url.as_deref())
         .bind(task.webhook_secret.as_deref())
+}
+
+/// Binds `$1`..`$9` of [`insert_task_sql`].
+fn bind_task<'q>(query: Query<'q>, task: &'q NewTask, max_attempts: u32) -> Query<'q> {
+    bind_columns(query, task)
         .bind(rows::int(max_attempts))
         .bind(now_millis())
 }
@@ -178,15 +177,7 @@ pub(crate) async fn insert_many(
             .bind(now_millis());
         for &i in &rows {
             let Submit { task, limit, .. } = &submits[i];
-            query = query
-                .bind(task.id.to_string())
-                .bind(task.tenant.as_str())
-                .bind(task.key_id.to_string())
-                .bind(task.params.to_string())
-                .bind(task.finetune_id.as_deref())
-                .bind(task.webhook_url.as_deref())
-                .bind(task.webhook_secret.as_deref())
-                .bind(rows::int(*limit));
+            query = bind_columns(query, task).bind(rows::int(*limit));
         }
         match query.execute(&mut *conn).await.map_err(map_sqlx) {
             Ok(done) => {
