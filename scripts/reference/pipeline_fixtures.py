@@ -10,7 +10,6 @@ every file of the model folder, so that the Rust tests can tell when fixtures ar
 Run on CPU in float32 with the versions pinned in requirements.txt.
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -20,6 +19,8 @@ import torch
 from diffusers import FluxPipeline
 from PIL import Image
 from safetensors.torch import save_file
+
+from model_hashes import model_hashes
 
 LONG_PROMPT = (
     "an intricately detailed oil painting of a lighthouse on a rocky coast at dusk, waves crashing "
@@ -35,23 +36,6 @@ CASES = [
     ("tall", 96, 160, 8, 5.0, 0, LONG_PROMPT, 32),
     ("wide", 160, 96, 2, 2.5, 123456789012, "", 128),
 ]
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def model_hashes(model_dir):
-    out = {}
-    for root, _, files in os.walk(model_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, model_dir)] = sha256(path)
-    return dict(sorted(out.items()))
 
 
 def main():

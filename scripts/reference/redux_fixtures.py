@@ -16,7 +16,6 @@ Writes to OUT_DIR:
 Run on CPU in float32 with the versions pinned in requirements.txt.
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -27,6 +26,8 @@ from diffusers import FluxPipeline, FluxPriorReduxPipeline
 from PIL import Image
 from safetensors.torch import save_file
 from transformers.image_transforms import convert_to_rgb
+
+from model_hashes import model_hashes
 
 # name, file, prompt, width, height, steps, guidance, seed, max_sequence_length
 CASES = [
@@ -56,23 +57,6 @@ def draw_inputs(out_dir):
         128 + 100 * np.sin(x / 9.0), 128 + 100 * np.cos(y / 7.0), 128 + 90 * np.sin((x + y) / 13.0)
     ], -1).astype(np.uint8)
     Image.fromarray(rgb, "RGB").save(os.path.join(out_dir, "photo.jpg"), quality=90)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def model_hashes(model_dir):
-    out = {}
-    for root, _, files in os.walk(model_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, model_dir)] = sha256(path)
-    return dict(sorted(out.items()))
 
 
 def main():
