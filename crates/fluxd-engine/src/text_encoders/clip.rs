@@ -6,10 +6,23 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Deserialize;
 
-use super::{apply, check_ids, layer_norm, linear, read_config, softmax_f32, Act, Linear};
+use super::encoder_layer::{EncoderLayer, LayerDims, LayerNames, Scale};
+use super::{apply, check_ids, layer_norm, read_config, Act};
 use crate::error::{EngineError, Result};
 use crate::tiny_init::{write_json, write_safetensors, InitRng, TensorMap};
 use crate::weights::WeightFiles;
+
+/// Tensor names of a layer under `text_model.encoder.layers.{i}`, in [`LayerNames`] order.
+const LAYER_SUFFIXES: [&str; 8] = [
+    "layer_norm1",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "layer_norm2",
+    "mlp.fc1",
+    "mlp.fc2",
+];
 
 /// The text part of a CLIP config, as transformers' `CLIPTextConfig` writes it. Defaults are
 /// transformers' own (`models/clip/configuration_clip.py`).
@@ -86,24 +99,13 @@ impl ClipConfig {
     }
 }
 
-struct Layer {
-    ln1: candle_nn::LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    ln2: candle_nn::LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// The CLIP text encoder, loaded once and run on token ids.
 pub struct ClipTextEncoder {
     cfg: ClipConfig,
     act: Act,
     token_embedding: Tensor,
     position_embedding: Tensor,
-    layers: Vec<Layer>,
+    layers: Vec<EncoderLayer>,
     final_ln: candle_nn::LayerNorm,
     dtype: DType,
     device: Device,
@@ -130,22 +132,20 @@ impl ClipTextEncoder {
             device,
         )?;
         let eps = cfg.layer_norm_eps;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = format!("{p}.encoder.layers.{i}");
-            let lin =
-                |name: &str, o, i| linear(&w, &format!("{l}.{name}"), o, i, true, dtype, device);
-            layers.push(Layer {
-                ln1: layer_norm(&w, &format!("{l}.layer_norm1"), h, eps, dtype, device)?,
-                q: lin("self_attn.q_proj", h, h)?,
-                k: lin("self_attn.k_proj", h, h)?,
-                v: lin("self_attn.v_proj", h, h)?,
-                out: lin("self_attn.out_proj", h, h)?,
-                ln2: layer_norm(&w, &format!("{l}.layer_norm2"), h, eps, dtype, device)?,
-                fc1: lin("mlp.fc1", f, h)?,
-                fc2: lin("mlp.fc2", h, f)?,
-            });
-        }
+        let dims = LayerDims {
+            hidden: h,
+            heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+            intermediate: f,
+            eps,
+            qkv_bias: true,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let names = LayerNames::under(&format!("{p}.encoder.layers.{i}"), LAYER_SUFFIXES);
+                EncoderLayer::load(&w, &names, &dims, dtype, device)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let final_ln = layer_norm(&w, &format!("{p}.final_layer_norm"), h, eps, dtype, device)?;
         Ok(Self {
             cfg,
@@ -180,13 +180,8 @@ impl ClipTextEncoder {
         let mut x = tok.broadcast_add(&self.position_embedding.i(..l)?)?;
         let mask = causal_mask(l, self.dtype, &self.device)?;
         for layer in &self.layers {
-            let r = x.clone();
-            let h = self.attention(layer, &apply(&layer.ln1, &x)?, &mask)?;
-            x = (r + h)?;
-            let r = x.clone();
-            let h = layer.fc1.forward(&apply(&layer.ln2, &x)?)?;
-            let h = layer.fc2.forward(&self.act.apply(&h)?)?;
-            x = (r + h)?;
+            // transformers scales the queries by head_dim^-0.5 (`CLIPAttention.scale`).
+            x = layer.forward(&x, self.act, Scale::Queries, Some(&mask))?;
         }
         apply(&self.final_ln, &x)
     }
@@ -211,25 +206,6 @@ impl ClipTextEncoder {
             picked.push(hidden.i((b, pos))?.unsqueeze(0)?);
         }
         Ok(Tensor::cat(&picked, 0)?)
-    }
-
-    fn attention(&self, layer: &Layer, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
-        let heads = self.cfg.num_attention_heads;
-        let hd = h / heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, l, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        // transformers scales the scores by head_dim^-0.5 (`CLIPAttention.scale`).
-        let q = split((layer.q.forward(x)? * (hd as f64).powf(-0.5))?)?;
-        let k = split(layer.k.forward(x)?)?;
-        let v = split(layer.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = softmax_f32(&scores)?;
-        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        layer.out.forward(&o)
     }
 }
 

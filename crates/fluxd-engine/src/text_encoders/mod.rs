@@ -7,6 +7,7 @@
 //! (diffusers `pipelines/flux/pipeline_flux.py`), so pad tokens are attended and no mask is taken.
 
 mod clip;
+pub(crate) mod encoder_layer;
 mod t5;
 
 pub use clip::{write_tiny_clip, ClipConfig, ClipTextEncoder};

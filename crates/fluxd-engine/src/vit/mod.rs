@@ -14,7 +14,9 @@ pub(crate) mod processor;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::text_encoders::{apply, layer_norm, linear, softmax_f32, Act, Linear};
+pub(crate) use crate::text_encoders::encoder_layer::LayerNames;
+use crate::text_encoders::encoder_layer::{EncoderLayer, LayerDims, Scale};
+use crate::text_encoders::{apply, layer_norm, Act};
 use crate::weights::WeightFiles;
 
 /// The sizes and choices of one vision transformer, taken from its model config.
@@ -43,44 +45,6 @@ pub(crate) struct VitSpec {
     pub qkv_bias: bool,
 }
 
-/// Tensor names of one encoder layer (each a prefix of `.weight` / `.bias`).
-pub(crate) struct LayerNames {
-    /// LayerNorm before attention (`layer_norm1`, `layernorm_before`).
-    pub ln1: String,
-    /// Query projection.
-    pub q: String,
-    /// Key projection.
-    pub k: String,
-    /// Value projection.
-    pub v: String,
-    /// Attention output projection.
-    pub out: String,
-    /// LayerNorm before the MLP (`layer_norm2`, `layernorm_after`).
-    pub ln2: String,
-    /// MLP up projection.
-    pub fc1: String,
-    /// MLP down projection.
-    pub fc2: String,
-}
-
-impl LayerNames {
-    /// `{prefix}.{suffix}` for the suffixes in the field order (ln1, q, k, v, out, ln2, fc1,
-    /// fc2).
-    pub fn under(prefix: &str, suffixes: [&str; 8]) -> Self {
-        let [ln1, q, k, v, out, ln2, fc1, fc2] = suffixes.map(|s| format!("{prefix}.{s}"));
-        Self {
-            ln1,
-            q,
-            k,
-            v,
-            out,
-            ln2,
-            fc1,
-            fc2,
-        }
-    }
-}
-
 /// Tensor names of a whole vision transformer, in its checkpoint's layout.
 pub(crate) struct VitNames {
     /// The patch convolution (`.weight` (hidden, C, ph, pw), `.bias`).
@@ -98,17 +62,6 @@ pub(crate) struct VitNames {
     pub final_norm: String,
 }
 
-struct Layer {
-    ln1: candle_nn::LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    ln2: candle_nn::LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// A loaded vision transformer: pixel values in, final-normed hidden states out.
 pub(crate) struct VitEncoder {
     spec: VitSpec,
@@ -118,7 +71,7 @@ pub(crate) struct VitEncoder {
     patch_bias: Tensor,
     cls_token: Option<Tensor>,
     positions: Tensor,
-    layers: Vec<Layer>,
+    layers: Vec<EncoderLayer>,
     final_norm: candle_nn::LayerNorm,
     dtype: DType,
     device: Device,
@@ -133,9 +86,8 @@ impl VitEncoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let (h, f, c) = (spec.hidden_size, spec.intermediate_size, spec.num_channels);
+        let (h, c) = (spec.hidden_size, spec.num_channels);
         let (ph, pw) = spec.patch_size;
-        let inner = spec.num_heads * spec.head_dim;
         let patch = w.get_shaped(
             &format!("{}.weight", names.patch),
             (h, c, ph, pw),
@@ -154,25 +106,20 @@ impl VitEncoder {
         } else {
             w.get_shaped(&names.positions, (tokens, h), dtype, device)?
         };
-        let eps = spec.layer_norm_eps;
-        let lin = |name: &str, o, i, bias| linear(w, name, o, i, bias, dtype, device);
+        let dims = LayerDims {
+            hidden: h,
+            heads: spec.num_heads,
+            head_dim: spec.head_dim,
+            intermediate: spec.intermediate_size,
+            eps: spec.layer_norm_eps,
+            qkv_bias: spec.qkv_bias,
+        };
         let layers = names
             .layers
             .iter()
-            .map(|n| {
-                Ok(Layer {
-                    ln1: layer_norm(w, &n.ln1, h, eps, dtype, device)?,
-                    q: lin(&n.q, inner, h, spec.qkv_bias)?,
-                    k: lin(&n.k, inner, h, spec.qkv_bias)?,
-                    v: lin(&n.v, inner, h, spec.qkv_bias)?,
-                    out: lin(&n.out, h, inner, true)?,
-                    ln2: layer_norm(w, &n.ln2, h, eps, dtype, device)?,
-                    fc1: lin(&n.fc1, f, h, true)?,
-                    fc2: lin(&n.fc2, h, f, true)?,
-                })
-            })
+            .map(|n| EncoderLayer::load(w, n, &dims, dtype, device))
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = layer_norm(w, &names.final_norm, h, eps, dtype, device)?;
+        let final_norm = layer_norm(w, &names.final_norm, h, spec.layer_norm_eps, dtype, device)?;
         Ok(Self {
             spec,
             patch_weight_t,
@@ -201,13 +148,8 @@ impl VitEncoder {
         }
         .broadcast_add(&self.positions)?;
         for layer in &self.layers {
-            // `SiglipEncoderLayer` / `ViTLayer`: pre-LayerNorm attention and MLP, each with a
-            // residual.
-            let r = x.clone();
-            x = (r + self.attention(layer, &apply(&layer.ln1, &x)?)?)?;
-            let r = x.clone();
-            let m = layer.fc1.forward(&apply(&layer.ln2, &x)?)?;
-            x = (r + layer.fc2.forward(&self.spec.act.apply(&m)?)?)?;
+            // Bidirectional, no mask; scores scaled after `q·kᵀ` as both references do.
+            x = layer.forward(&x, self.spec.act, Scale::Scores, None)?;
         }
         apply(&self.final_norm, &x)
     }
@@ -231,28 +173,6 @@ impl VitEncoder {
             .matmul(&self.patch_weight_t)?
             .broadcast_add(&self.patch_bias)?
             .reshape((b, gh * gw, self.spec.hidden_size))?)
-    }
-
-    /// Bidirectional multi-head attention with no mask (`eager_attention_forward` of both
-    /// models): scores scaled by head_dim^-0.5 (not the queries), softmax in f32.
-    fn attention(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        let (heads, hd) = (self.spec.num_heads, self.spec.head_dim);
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, l, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(layer.q.forward(x)?)?;
-        let k = split(layer.k.forward(x)?)?;
-        let v = split(layer.v.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let probs = softmax_f32(&scores)?;
-        let o = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, l, heads * hd))?;
-        layer.out.forward(&o)
     }
 }
 
@@ -401,7 +321,7 @@ mod tests {
         }
         let enc = VitEncoder::load(s, &n, &open(&t, "attn")?, DType::F32, &Device::Cpu)?;
         let x = pixels(1, 5, 8)?.reshape((1, 15, 8))?;
-        let got = enc.attention(&enc.layers[0], &x)?;
+        let got = enc.layers[0].attention(&x, Scale::Scores, None)?;
         let layer = &enc.layers[0];
         let mean_v = layer.v.forward(&x)?.mean_keepdim(1)?;
         let want = layer.out.forward(&mean_v)?.broadcast_as((1, 15, 8))?;
