@@ -12,20 +12,8 @@ use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 use crate::text_encoders::{read_config, Act};
-use crate::vit::{LayerNames, VitEncoder, VitNames, VitSpec};
+use crate::vit::{LayerNames, VitEncoder, VitNames, VitSpec, CLIP_LAYER_SUFFIXES};
 use crate::weights::WeightFiles;
-
-/// Names of one `SiglipEncoderLayer`'s tensors under `encoder.layers.{i}`.
-const LAYER_SUFFIXES: [&str; 8] = [
-    "layer_norm1",
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.out_proj",
-    "layer_norm2",
-    "mlp.fc1",
-    "mlp.fc2",
-];
 
 /// A `SiglipVisionConfig` as transformers writes it (defaults are transformers' own).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -178,7 +166,7 @@ impl SiglipVisionEncoder {
             positions: format!("{p}embeddings.position_embedding.weight"),
             positions_batched: false,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| LayerNames::under(&format!("{p}encoder.layers.{i}"), LAYER_SUFFIXES))
+                .map(|i| LayerNames::under(&format!("{p}encoder.layers.{i}"), CLIP_LAYER_SUFFIXES))
                 .collect(),
             final_norm: format!("{p}post_layernorm"),
         };

@@ -6,23 +6,11 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Deserialize;
 
-use super::encoder_layer::{EncoderLayer, LayerDims, LayerNames, Scale};
+use super::encoder_layer::{EncoderLayer, LayerDims, LayerNames, Scale, CLIP_LAYER_SUFFIXES};
 use super::{apply, check_ids, layer_norm, read_config, Act};
 use crate::error::{EngineError, Result};
 use crate::tiny_init::{write_json, write_safetensors, InitRng, TensorMap};
 use crate::weights::WeightFiles;
-
-/// Tensor names of a layer under `text_model.encoder.layers.{i}`, in [`LayerNames`] order.
-const LAYER_SUFFIXES: [&str; 8] = [
-    "layer_norm1",
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.out_proj",
-    "layer_norm2",
-    "mlp.fc1",
-    "mlp.fc2",
-];
 
 /// The text part of a CLIP config, as transformers' `CLIPTextConfig` writes it. Defaults are
 /// transformers' own (`models/clip/configuration_clip.py`).
@@ -142,7 +130,8 @@ impl ClipTextEncoder {
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let names = LayerNames::under(&format!("{p}.encoder.layers.{i}"), LAYER_SUFFIXES);
+                let names =
+                    LayerNames::under(&format!("{p}.encoder.layers.{i}"), CLIP_LAYER_SUFFIXES);
                 EncoderLayer::load(&w, &names, &dims, dtype, device)
             })
             .collect::<Result<Vec<_>>>()?;

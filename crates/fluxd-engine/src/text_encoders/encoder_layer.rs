@@ -48,6 +48,19 @@ impl LayerNames {
     }
 }
 
+/// A layer's tensor names in [`LayerNames`] order, as CLIP's and SigLIP's checkpoints spell them
+/// under `…encoder.layers.{i}`.
+pub(crate) const CLIP_LAYER_SUFFIXES: [&str; 8] = [
+    "layer_norm1",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "layer_norm2",
+    "mlp.fc1",
+    "mlp.fc2",
+];
+
 /// The sizes of one layer, from its model's config.
 pub(crate) struct LayerDims {
     /// Width of the residual stream.

@@ -14,8 +14,8 @@ pub(crate) mod processor;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-pub(crate) use crate::text_encoders::encoder_layer::LayerNames;
 use crate::text_encoders::encoder_layer::{EncoderLayer, LayerDims, Scale};
+pub(crate) use crate::text_encoders::encoder_layer::{LayerNames, CLIP_LAYER_SUFFIXES};
 use crate::text_encoders::{apply, layer_norm, Act};
 use crate::weights::WeightFiles;
 
