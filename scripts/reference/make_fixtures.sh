@@ -18,4 +18,5 @@ cargo run --quiet -p fluxd-engine --example write_random_loras -- "$loras"
   "$model" "$loras" "$root/crates/fluxd-engine/tests/fixtures/lora"
 FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/safety_fixtures.py" \
   "$model" "$root/crates/fluxd-engine/tests/fixtures/safety"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety}"
+"$root/scripts/reference/make_gguf_fixtures.sh" "$venv"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety,gguf}"

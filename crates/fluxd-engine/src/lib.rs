@@ -1,18 +1,22 @@
 //! The FLUX.1 image-generation engine on candle.
 //!
 //! It loads real on-disk formats (the Hugging Face diffusers layout of FLUX.1-dev, BFL single
-//! files), runs the text encoders, the flow-matching transformer and the VAE, and produces the
-//! image diffusers would produce for the same seed. No HTTP and no SQL live here.
+//! files, GGUF files with quantized weights), runs the text encoders, the flow-matching
+//! transformer and the VAE, and produces the image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
+pub(crate) mod cpu_gemm;
 pub mod error;
+pub mod gguf;
 pub mod lora;
 pub mod model_dir;
 pub mod noise;
 pub mod pipeline;
 pub mod postprocess;
+pub mod quant;
 pub mod redux;
 pub mod safety;
 pub mod schedule;
+pub(crate) mod tensor_source;
 pub mod text_encoders;
 pub mod tiny_init;
 pub mod tiny_model;

@@ -8,6 +8,10 @@
 //!   ComfyUI key names) and the VAE as `ae.safetensors`, as the same repository also ships them at
 //!   its root. They are used when the diffusers folder for that component is absent, or when the
 //!   caller names them explicitly.
+//!
+//! Single files named explicitly (`--transformer`, `--t5`, `--clip`) may be safetensors or GGUF,
+//! told apart by their first bytes, not their extension. The folder still gives the configs
+//! (`transformer/config.json`, `text_encoder_2/config.json`, ...), tokenizers, scheduler and VAE.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +24,20 @@ pub enum TransformerSource {
     Diffusers(PathBuf),
     /// A BFL/ComfyUI single file.
     BflFile(PathBuf),
+    /// A GGUF file in city96's FLUX layout (BFL names, quantized blocks).
+    Gguf(PathBuf),
+}
+
+impl TransformerSource {
+    /// A single transformer file, GGUF or safetensors by its content.
+    pub fn file(path: &Path) -> Result<Self> {
+        let path = source_file(path, "transformer weights")?;
+        Ok(if crate::gguf::is_gguf(&path)? {
+            Self::Gguf(path)
+        } else {
+            Self::BflFile(path)
+        })
+    }
 }
 
 /// Where the VAE weights come from.
@@ -48,6 +66,14 @@ pub struct ModelPaths {
     pub text_encoder_2: PathBuf,
     /// The transformer.
     pub transformer: TransformerSource,
+    /// `transformer/config.json`, if the folder has it (it gives a single file's RoPE axes and
+    /// is checked against its shapes).
+    pub transformer_config: Option<PathBuf>,
+    /// The T5 encoder from a single file (GGUF or safetensors) instead of `text_encoder_2/`'s
+    /// weights; `text_encoder_2/config.json` still gives its config when present.
+    pub t5_file: Option<PathBuf>,
+    /// The CLIP text encoder from a single file instead of `text_encoder/`'s weights.
+    pub clip_file: Option<PathBuf>,
     /// The VAE.
     pub vae: VaeSource,
 }
@@ -81,9 +107,7 @@ impl ModelPaths {
             }
         };
         let transformer = match transformer {
-            Some(file) => {
-                source_file(file, "transformer weights").map(TransformerSource::BflFile)?
-            }
+            Some(file) => TransformerSource::file(file)?,
             None if root.join("transformer").is_dir() => {
                 TransformerSource::Diffusers(root.join("transformer"))
             }
@@ -114,6 +138,7 @@ impl ModelPaths {
             }
         };
         let scheduler = root.join("scheduler").join("scheduler_config.json");
+        let transformer_config = root.join("transformer").join("config.json");
         Ok(Self {
             root: root.to_path_buf(),
             scheduler_config: scheduler.is_file().then_some(scheduler),
@@ -122,17 +147,45 @@ impl ModelPaths {
             text_encoder: sub("text_encoder", "CLIP text encoder folder")?,
             text_encoder_2: sub("text_encoder_2", "T5 text encoder folder")?,
             transformer,
+            transformer_config: transformer_config.is_file().then_some(transformer_config),
+            t5_file: None,
+            clip_file: None,
             vae,
         })
     }
 
+    /// Takes the T5 and/or CLIP encoder from single files (GGUF or safetensors) instead of the
+    /// folder's weights.
+    pub fn with_text_encoder_files(
+        mut self,
+        t5: Option<&Path>,
+        clip: Option<&Path>,
+    ) -> Result<Self> {
+        if let Some(f) = t5 {
+            self.t5_file = Some(source_file(f, "T5 encoder weights")?);
+        }
+        if let Some(f) = clip {
+            self.clip_file = Some(source_file(f, "CLIP text encoder weights")?);
+        }
+        Ok(self)
+    }
+
     /// Total size in bytes of the weight files (for memory reports).
     pub fn weight_bytes(&self) -> u64 {
-        let mut dirs = vec![self.text_encoder.clone(), self.text_encoder_2.clone()];
+        let mut dirs = Vec::new();
         let mut files = Vec::new();
+        for (file, dir) in [
+            (&self.clip_file, &self.text_encoder),
+            (&self.t5_file, &self.text_encoder_2),
+        ] {
+            match file {
+                Some(f) => files.push(f.clone()),
+                None => dirs.push(dir.clone()),
+            }
+        }
         match &self.transformer {
             TransformerSource::Diffusers(d) => dirs.push(d.clone()),
-            TransformerSource::BflFile(f) => files.push(f.clone()),
+            TransformerSource::BflFile(f) | TransformerSource::Gguf(f) => files.push(f.clone()),
         }
         match &self.vae {
             VaeSource::Diffusers(d) => dirs.push(d.clone()),

@@ -151,15 +151,29 @@ impl FluxPipeline {
         let clip_tokenizer = ClipTokenizer::from_dir(&paths.tokenizer)?;
         let t5_tokenizer = T5Tokenizer::from_dir(&paths.tokenizer_2)?;
         on_stage(LOAD_STAGES[1]);
-        let clip = ClipTextEncoder::load(&paths.text_encoder, dtype, device)?;
+        let clip = match &paths.clip_file {
+            Some(file) => ClipTextEncoder::load_file(file, &paths.text_encoder, dtype, device)?,
+            None => ClipTextEncoder::load(&paths.text_encoder, dtype, device)?,
+        };
         on_stage(LOAD_STAGES[2]);
-        let t5 = T5TextEncoder::load(&paths.text_encoder_2, dtype, device)?;
+        let t5 = match &paths.t5_file {
+            Some(file) => {
+                T5TextEncoder::load_file(file, Some(&paths.text_encoder_2), dtype, device)?
+            }
+            None => T5TextEncoder::load(&paths.text_encoder_2, dtype, device)?,
+        };
         on_stage(LOAD_STAGES[3]);
         let transformer = match &paths.transformer {
             TransformerSource::Diffusers(dir) => {
                 FluxTransformer::load_diffusers(dir, dtype, device)?
             }
             TransformerSource::BflFile(file) => FluxTransformer::load_bfl(file, dtype, device)?,
+            TransformerSource::Gguf(file) => FluxTransformer::load_gguf(
+                file,
+                paths.transformer_config.as_deref(),
+                dtype,
+                device,
+            )?,
         };
         on_stage(LOAD_STAGES[4]);
         let vae = match &paths.vae {
@@ -214,6 +228,12 @@ impl FluxPipeline {
     /// before. The base weights are not touched (see [`crate::lora::set_loras`]).
     pub fn set_loras(&mut self, loras: &[(&LoraFile, f32)]) -> Result<()> {
         crate::lora::set_loras(&mut self.transformer, loras)
+    }
+
+    /// Switches the CPU kernels of the transformer's quantized (GGUF) layers; see
+    /// [`crate::quant::CpuKernels`].
+    pub fn set_cpu_kernels(&mut self, kernels: crate::quant::CpuKernels) -> Result<()> {
+        self.transformer.set_cpu_kernels(kernels)
     }
 
     /// The transformer.

@@ -25,6 +25,10 @@ pub enum TinyPreset {
     Tiny,
     /// A transformer with FLUX's real head size (128) and RoPE axes, for benchmarks.
     Medium,
+    /// FLUX's head size and RoPE axes at hidden 256 (2 heads), one block of each kind: every
+    /// quantized layer's rows (256, 1024, 1280 values) fill whole 256-value K-quant blocks, so
+    /// GGUF files of every type can be written from it (quantization tests and fixtures).
+    Quant,
 }
 
 impl TinyPreset {
@@ -37,6 +41,14 @@ impl TinyPreset {
             Self::Medium => FluxConfig {
                 joint_attention_dim: tiny.joint_attention_dim,
                 pooled_projection_dim: tiny.pooled_projection_dim,
+                ..FluxConfig::medium()
+            },
+            Self::Quant => FluxConfig {
+                joint_attention_dim: tiny.joint_attention_dim,
+                pooled_projection_dim: tiny.pooled_projection_dim,
+                num_layers: 1,
+                num_single_layers: 1,
+                num_attention_heads: 2,
                 ..FluxConfig::medium()
             },
         }

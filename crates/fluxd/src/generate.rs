@@ -22,9 +22,20 @@ pub struct GenerateArgs {
     /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
     #[arg(long, env = "FLUXD_MODEL")]
     model: PathBuf,
-    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    /// Transformer from a single file instead of the folder's `transformer/`: a BFL/ComfyUI
+    /// safetensors file or a GGUF file (city96's `flux1-dev-Q8_0.gguf` ...), told apart by
+    /// content.
     #[arg(long)]
     transformer: Option<PathBuf>,
+    /// T5 encoder from a single file instead of the folder's `text_encoder_2/` weights: a GGUF
+    /// file (city96's `t5-v1_1-xxl-encoder-Q8_0.gguf` ...) or safetensors with transformers
+    /// names (ComfyUI's `t5xxl_fp16.safetensors`).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// CLIP text encoder from a single file (safetensors or GGUF with transformers names, e.g.
+    /// ComfyUI's `clip_l.safetensors`) instead of the folder's `text_encoder/` weights.
+    #[arg(long)]
+    clip: Option<PathBuf>,
     /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
     #[arg(long)]
     vae: Option<PathBuf>,
@@ -128,6 +139,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         args.transformer.as_deref(),
         args.vae.as_deref(),
     )
+    .and_then(|p| p.with_text_encoder_files(args.t5.as_deref(), args.clip.as_deref()))
     .context("locating the model")?;
 
     let t0 = Instant::now();

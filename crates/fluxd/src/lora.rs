@@ -35,7 +35,7 @@ pub fn run(cmd: LoraCommand) -> Result<()> {
                     TransformerSource::Diffusers(dir) => {
                         FluxConfig::from_file(&dir.join("config.json"))?
                     }
-                    TransformerSource::BflFile(f) => anyhow::bail!(
+                    TransformerSource::BflFile(f) | TransformerSource::Gguf(f) => anyhow::bail!(
                         "--model with a BFL single file: pass the diffusers folder ({})",
                         f.display()
                     ),

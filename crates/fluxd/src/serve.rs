@@ -45,9 +45,20 @@ pub struct ModelArgs {
     /// Without it, a tiny random model is created in <data-dir>/tiny-model and served.
     #[arg(long, env = "FLUXD_MODEL")]
     pub model: Option<PathBuf>,
-    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    /// Transformer from a single file instead of the folder's `transformer/`: a BFL/ComfyUI
+    /// safetensors file or a GGUF file (city96's `flux1-dev-Q8_0.gguf` ...), told apart by
+    /// content.
     #[arg(long, requires = "model")]
     pub transformer: Option<PathBuf>,
+    /// T5 encoder from a single file instead of the folder's `text_encoder_2/` weights: a GGUF
+    /// file (city96's `t5-v1_1-xxl-encoder-Q8_0.gguf` ...) or safetensors with transformers
+    /// names (ComfyUI's `t5xxl_fp16.safetensors`).
+    #[arg(long, requires = "model")]
+    pub t5: Option<PathBuf>,
+    /// CLIP text encoder from a single file (safetensors or GGUF with transformers names, e.g.
+    /// ComfyUI's `clip_l.safetensors`) instead of the folder's `text_encoder/` weights.
+    #[arg(long, requires = "model")]
+    pub clip: Option<PathBuf>,
     /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
     #[arg(long, requires = "model")]
     pub vae: Option<PathBuf>,
@@ -72,6 +83,7 @@ impl ModelArgs {
             }
         };
         ModelPaths::resolve(&root, self.transformer.as_deref(), self.vae.as_deref())
+            .and_then(|p| p.with_text_encoder_files(self.t5.as_deref(), self.clip.as_deref()))
             .with_context(|| format!("reading the model folder {}", root.display()))
     }
 }
@@ -82,6 +94,11 @@ pub fn transformer_config(paths: &ModelPaths) -> Result<FluxConfig> {
     match &paths.transformer {
         TransformerSource::Diffusers(dir) => Ok(FluxConfig::from_file(&dir.join("config.json"))?),
         // Single files carry no config; their tensor shapes tell it.
+        // A GGUF header holds every shape; its data is not read.
+        TransformerSource::Gguf(file) => Ok(FluxTransformer::gguf_config(
+            file,
+            paths.transformer_config.as_deref(),
+        )?),
         TransformerSource::BflFile(file) => Ok(FluxTransformer::load_bfl(
             file,
             candle_core::DType::BF16,

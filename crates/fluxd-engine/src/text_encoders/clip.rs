@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::encoder_layer::{EncoderLayer, LayerDims, LayerNames, Scale, CLIP_LAYER_SUFFIXES};
 use super::{apply, check_ids, layer_norm, read_config, Act};
 use crate::error::{EngineError, Result};
+use crate::tensor_source::{Renamed, TensorSource};
 use crate::tiny_init::{write_json, write_safetensors, InitRng, TensorMap};
 use crate::weights::WeightFiles;
 
@@ -103,19 +104,65 @@ impl ClipTextEncoder {
     /// Loads `config.json` and `model.safetensors` (or a sharded index) from `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let cfg = ClipConfig::from_dir(dir)?;
-        let act = Act::parse(&cfg.hidden_act, &dir.join("config.json"))?;
         let w = WeightFiles::open_dir(dir, &["model"])?;
+        Self::load_from(cfg, &dir.join("config.json"), &w, dtype, device)
+    }
+
+    /// Loads a single-file CLIP text model (safetensors or GGUF, told apart by content) with
+    /// transformers names under any prefix (ComfyUI's `clip_l.safetensors` has none), configured
+    /// by `config_dir/config.json` (FLUX.1's `text_encoder/`).
+    pub fn load_file(
+        file: &Path,
+        config_dir: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        const PROBE: &str = "text_model.embeddings.token_embedding.weight";
+        let cfg = ClipConfig::from_dir(config_dir)?;
+        let cfg_path = config_dir.join("config.json");
+        let load = |src: &dyn TensorSource, names: Vec<&str>| -> Result<Self> {
+            let prefix = names
+                .iter()
+                .find_map(|n| n.strip_suffix(PROBE))
+                .ok_or_else(|| EngineError::UnknownLayout {
+                    path: file.to_path_buf(),
+                    msg: format!("no `{PROBE}` under any prefix: not a CLIP text model"),
+                })?;
+            let rename = |n: &str| format!("{prefix}{n}");
+            let src = Renamed {
+                inner: src,
+                rename: &rename,
+            };
+            Self::load_from(cfg.clone(), &cfg_path, &src, dtype, device)
+        };
+        if crate::gguf::is_gguf(file)? {
+            let g = crate::gguf::GgufFile::open(file)?;
+            return load(&g, g.names().collect());
+        }
+        let w = WeightFiles::open(&[file.to_path_buf()])?;
+        load(&w, w.names().collect())
+    }
+
+    /// Loads transformers-named tensors from `w` for `cfg` (read from `cfg_path`).
+    fn load_from(
+        cfg: ClipConfig,
+        cfg_path: &Path,
+        w: &dyn TensorSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let act = Act::parse(&cfg.hidden_act, cfg_path)?;
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let p = "text_model";
-        let token_embedding = w.get_shaped(
+        let token_embedding = w.get(
             &format!("{p}.embeddings.token_embedding.weight"),
-            (cfg.vocab_size, h),
+            &[cfg.vocab_size, h],
             dtype,
             device,
         )?;
-        let position_embedding = w.get_shaped(
+        let position_embedding = w.get(
             &format!("{p}.embeddings.position_embedding.weight"),
-            (cfg.max_position_embeddings, h),
+            &[cfg.max_position_embeddings, h],
             dtype,
             device,
         )?;
@@ -132,10 +179,10 @@ impl ClipTextEncoder {
             .map(|i| {
                 let names =
                     LayerNames::under(&format!("{p}.encoder.layers.{i}"), CLIP_LAYER_SUFFIXES);
-                EncoderLayer::load(&w, &names, &dims, dtype, device)
+                EncoderLayer::load(w, &names, &dims, dtype, device)
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_ln = layer_norm(&w, &format!("{p}.final_layer_norm"), h, eps, dtype, device)?;
+        let final_ln = layer_norm(w, &format!("{p}.final_layer_norm"), h, eps, dtype, device)?;
         Ok(Self {
             cfg,
             act,

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{apply, layer_norm, linear, softmax_f32, Act, Linear};
 use crate::error::Result;
-use crate::weights::WeightFiles;
+use crate::tensor_source::TensorSource;
 
 /// Tensor names of one encoder layer (each a prefix of `.weight` / `.bias`).
 pub(crate) struct LayerNames {
@@ -104,7 +104,7 @@ pub(crate) struct EncoderLayer {
 impl EncoderLayer {
     /// Loads the weights `names` lists from `w`, checking every shape against `dims`.
     pub fn load(
-        w: &WeightFiles,
+        w: &dyn TensorSource,
         names: &LayerNames,
         dims: &LayerDims,
         dtype: DType,

@@ -19,7 +19,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::Module;
 
 use crate::error::{EngineError, Result};
-use crate::weights::WeightFiles;
+use crate::quant::LinearWeight;
+use crate::tensor_source::TensorSource;
 
 /// The activations transformers names in `hidden_act` / `dense_act_fn`
 /// (transformers `activations.py`).
@@ -81,9 +82,10 @@ pub(crate) fn read_config(dir: &Path) -> Result<(std::path::PathBuf, serde_json:
     Ok((path, value))
 }
 
-/// A linear layer `out × in` (with bias if `bias`) read from `{prefix}.weight` / `{prefix}.bias`.
+/// A linear layer `out × in` (with bias if `bias`) read from `{prefix}.weight` / `{prefix}.bias`;
+/// the weight stays quantized where the file stores it so.
 pub(crate) fn linear(
-    w: &WeightFiles,
+    w: &dyn TensorSource,
     prefix: &str,
     out: usize,
     inp: usize,
@@ -91,41 +93,30 @@ pub(crate) fn linear(
     dtype: DType,
     dev: &Device,
 ) -> Result<Linear> {
-    let weight = w.get_shaped(&format!("{prefix}.weight"), (out, inp), dtype, dev)?;
+    let weight = w.get_weight(&format!("{prefix}.weight"), &[out, inp], dtype, dev)?;
     let bias = if bias {
-        Some(w.get_shaped(&format!("{prefix}.bias"), out, dtype, dev)?)
+        Some(w.get(&format!("{prefix}.bias"), &[out], dtype, dev)?)
     } else {
         None
     };
-    Ok(Linear {
-        weight_t: weight.t()?,
-        bias,
-    })
+    Ok(Linear { weight, bias })
 }
 
 /// `y = x·Wᵀ + b` on inputs of any rank, flattened to one matmul (candle-nn's `Linear` does a
 /// broadcast batched matmul for rank 3, which is slower on CPU).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    weight_t: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let last = dims.last().copied().unwrap_or(1);
-        let rows = x.elem_count() / last.max(1);
-        let y = x.reshape((rows, last))?.matmul(&self.weight_t)?;
-        let y = match &self.bias {
+        let y = self.weight.forward_t(x)?;
+        Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
-        };
-        let mut out_dims = dims.to_vec();
-        if let Some(l) = out_dims.last_mut() {
-            *l = self.weight_t.dim(1)?;
-        }
-        Ok(y.reshape(out_dims)?)
+        })
     }
 }
 
@@ -139,15 +130,15 @@ pub(crate) fn softmax_f32(x: &Tensor) -> Result<Tensor> {
 
 /// LayerNorm with affine weight and bias, over the last dimension.
 pub(crate) fn layer_norm(
-    w: &WeightFiles,
+    w: &dyn TensorSource,
     prefix: &str,
     dim: usize,
     eps: f64,
     dtype: DType,
     dev: &Device,
 ) -> Result<candle_nn::LayerNorm> {
-    let weight = w.get_shaped(&format!("{prefix}.weight"), dim, dtype, dev)?;
-    let bias = w.get_shaped(&format!("{prefix}.bias"), dim, dtype, dev)?;
+    let weight = w.get(&format!("{prefix}.weight"), &[dim], dtype, dev)?;
+    let bias = w.get(&format!("{prefix}.bias"), &[dim], dtype, dev)?;
     Ok(candle_nn::LayerNorm::new(weight, bias, eps))
 }
 

@@ -11,6 +11,9 @@ use serde::Deserialize;
 use super::clip::ids_u32;
 use super::{check_ids, linear, read_config, softmax_f32, Act, Linear};
 use crate::error::{EngineError, Result};
+use crate::gguf::{self, GgufFile};
+use crate::quant::LinearWeight;
+use crate::tensor_source::{Renamed, TensorSource};
 use crate::tiny_init::{write_json, write_sharded, InitRng, TensorMap};
 use crate::weights::WeightFiles;
 
@@ -74,6 +77,71 @@ impl T5Config {
         Ok(cfg)
     }
 
+    /// The config a llama.cpp `t5encoder` GGUF file states in its metadata (gguf-py's
+    /// `T5EncoderModel` conversion writes it from the same config.json), the vocabulary and the
+    /// feed-forward kind read from the tensors.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        use gguf::t5::keys;
+        let need = |key: &str| {
+            g.metadata_usize(key).ok_or_else(|| {
+                EngineError::config(g.path(), format!("no `{key}` in the GGUF metadata"))
+            })
+        };
+        let vocab_size = g
+            .shape("token_embd.weight")
+            .and_then(|s| s.first().copied())
+            .ok_or_else(|| g.missing("token_embd.weight"))?;
+        let eps = g
+            .metadata(keys::RMS_EPS)
+            .and_then(|v| v.to_f32().ok())
+            .map_or(1e-6, f64::from);
+        let gated = g.contains("enc.blk.0.ffn_gate.weight");
+        let cfg = Self {
+            vocab_size,
+            d_model: need(keys::EMBEDDING_LENGTH)?,
+            d_kv: need(keys::KEY_LENGTH)?,
+            d_ff: need(keys::FEED_FORWARD_LENGTH)?,
+            num_layers: need(keys::BLOCK_COUNT)?,
+            num_heads: need(keys::HEAD_COUNT)?,
+            relative_attention_num_buckets: g.metadata_usize(keys::REL_BUCKETS).unwrap_or(32),
+            // Not in the metadata; every T5 (v1.0, v1.1, XXL) uses 128.
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: eps,
+            feed_forward_proj: if gated { "gated-gelu" } else { "relu" }.into(),
+        };
+        if cfg.num_heads == 0 || cfg.d_kv == 0 || cfg.relative_attention_num_buckets < 4 {
+            return Err(EngineError::config(
+                g.path(),
+                "num_heads, d_kv and buckets must be positive",
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// The metadata a llama.cpp `t5encoder` GGUF file states (see [`Self::from_gguf`]).
+    pub fn gguf_metadata(&self) -> Vec<(String, gguf::write::MetaValue)> {
+        use gguf::t5::keys;
+        use gguf::write::MetaValue::U32;
+        let u = |v: usize| U32(u32::try_from(v).unwrap_or(u32::MAX));
+        vec![
+            (keys::CONTEXT_LENGTH.into(), u(512)),
+            (keys::EMBEDDING_LENGTH.into(), u(self.d_model)),
+            (keys::FEED_FORWARD_LENGTH.into(), u(self.d_ff)),
+            (keys::BLOCK_COUNT.into(), u(self.num_layers)),
+            (keys::HEAD_COUNT.into(), u(self.num_heads)),
+            (keys::KEY_LENGTH.into(), u(self.d_kv)),
+            (keys::VALUE_LENGTH.into(), u(self.d_kv)),
+            (
+                keys::RMS_EPS.into(),
+                gguf::write::MetaValue::F32(self.layer_norm_epsilon as f32),
+            ),
+            (
+                keys::REL_BUCKETS.into(),
+                u(self.relative_attention_num_buckets),
+            ),
+        ]
+    }
+
     /// (gated, activation), following `T5Config.__init__`: `gated-gelu` means `gelu_new`.
     fn ff_kind(&self, path: &Path) -> Result<(bool, Act)> {
         let s = self.feed_forward_proj.as_str();
@@ -106,11 +174,13 @@ struct Block {
 pub struct T5TextEncoder {
     cfg: T5Config,
     act: Act,
-    embed: Tensor,
+    /// The token embedding table (quantized in GGUF files: rows are dequantized as looked up).
+    embed: LinearWeight,
     /// (buckets, heads), from block 0.
     rel_bias: Tensor,
     blocks: Vec<Block>,
     final_ln: Tensor,
+    dtype: DType,
     device: Device,
 }
 
@@ -119,19 +189,119 @@ impl T5TextEncoder {
     /// `model.safetensors.index.json`) from `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let cfg = T5Config::from_dir(dir)?;
-        let (gated, act) = cfg.ff_kind(&dir.join("config.json"))?;
         let w = WeightFiles::open_dir(dir, &["model"])?;
+        Self::load_from(cfg, &dir.join("config.json"), &w, dtype, device)
+    }
+
+    /// Loads a single-file encoder, told apart by content: a GGUF file with llama.cpp's
+    /// `t5encoder` names (city96's `t5-v1_1-xxl-encoder-gguf`) or transformers names, or a
+    /// safetensors file with transformers names (ComfyUI's `t5xxl_fp16.safetensors`), any name
+    /// prefix allowed. The config is `config_dir/config.json` when given (FLUX.1's
+    /// `text_encoder_2/`), else a GGUF file's own metadata.
+    pub fn load_file(
+        file: &Path,
+        config_dir: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let folder = match config_dir.filter(|d| d.join("config.json").is_file()) {
+            Some(d) => Some((T5Config::from_dir(d)?, d.join("config.json"))),
+            None => None,
+        };
+        let no_config = || EngineError::MissingFile {
+            path: file.with_file_name("config.json"),
+            what: "T5 config (the model folder's text_encoder_2/config.json)".into(),
+        };
+        if crate::gguf::is_gguf(file)? {
+            let g = GgufFile::open(file)?;
+            tracing::info!(
+                file = %file.display(),
+                types = %g.type_summary(),
+                "loading a GGUF T5 encoder"
+            );
+            if g.contains("enc.blk.0.attn_q.weight") {
+                let (cfg, cfg_path) = match folder {
+                    Some(f) => f,
+                    None => (T5Config::from_gguf(&g)?, file.to_path_buf()),
+                };
+                let rename = |n: &str| gguf::t5::llama_name(n).unwrap_or_else(|| n.to_string());
+                let src = Renamed {
+                    inner: &g,
+                    rename: &rename,
+                };
+                return Self::load_from(cfg, &cfg_path, &src, dtype, device);
+            }
+            let (cfg, cfg_path) = folder.ok_or_else(no_config)?;
+            let names: Vec<&str> = g.names().collect();
+            return Self::load_prefixed(cfg, &cfg_path, &g, &names, dtype, device);
+        }
+        let (cfg, cfg_path) = folder.ok_or_else(no_config)?;
+        let w = WeightFiles::open(&[file.to_path_buf()])?;
+        let names: Vec<&str> = w.names().collect();
+        Self::load_prefixed(cfg, &cfg_path, &w, &names, dtype, device)
+    }
+
+    /// Loads transformers names behind whatever prefix the file puts before `encoder.block.0`.
+    fn load_prefixed(
+        cfg: T5Config,
+        cfg_path: &Path,
+        src: &dyn TensorSource,
+        names: &[&str],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        const PROBE: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
+        let prefix = names
+            .iter()
+            .find_map(|n| n.strip_suffix(PROBE))
+            .ok_or_else(|| EngineError::UnknownLayout {
+                path: cfg_path.to_path_buf(),
+                msg: format!("the T5 weights have no `{PROBE}` under any prefix"),
+            })?
+            .to_string();
+        let rename = |n: &str| format!("{prefix}{n}");
+        Self::load_from(
+            cfg,
+            cfg_path,
+            &Renamed {
+                inner: src,
+                rename: &rename,
+            },
+            dtype,
+            device,
+        )
+    }
+
+    /// Loads transformers-named tensors from `w` for the encoder `cfg` (read from `cfg_path`).
+    fn load_from(
+        cfg: T5Config,
+        cfg_path: &Path,
+        w: &dyn TensorSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (gated, act) = cfg.ff_kind(cfg_path)?;
         let (d, inner, ff) = (cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff);
+        let extra = format!("encoder.block.{}.layer.0.layer_norm.weight", cfg.num_layers);
+        if w.contains(&extra) {
+            return Err(EngineError::UnknownLayout {
+                path: cfg_path.to_path_buf(),
+                msg: format!(
+                    "the weights hold more than the config's {} blocks",
+                    cfg.num_layers
+                ),
+            });
+        }
         // The encoder's embedding is tied to `shared`; files hold both or only `shared`.
         let embed_name = if w.contains("encoder.embed_tokens.weight") {
             "encoder.embed_tokens.weight"
         } else {
             "shared.weight"
         };
-        let embed = w.get_shaped(embed_name, (cfg.vocab_size, d), dtype, device)?;
-        let rel_bias = w.get_shaped(
+        let embed = w.get_weight(embed_name, &[cfg.vocab_size, d], dtype, device)?;
+        let rel_bias = w.get(
             "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-            (cfg.relative_attention_num_buckets, cfg.num_heads),
+            &[cfg.relative_attention_num_buckets, cfg.num_heads],
             dtype,
             device,
         )?;
@@ -139,7 +309,7 @@ impl T5TextEncoder {
         for i in 0..cfg.num_layers {
             let b = format!("encoder.block.{i}.layer");
             let lin =
-                |name: &str, o, i| linear(&w, &format!("{b}.{name}"), o, i, false, dtype, device);
+                |name: &str, o, i| linear(w, &format!("{b}.{name}"), o, i, false, dtype, device);
             let (wi_0, wi_1) = if gated {
                 (
                     lin("1.DenseReluDense.wi_0", ff, d)?,
@@ -149,18 +319,18 @@ impl T5TextEncoder {
                 (lin("1.DenseReluDense.wi", ff, d)?, None)
             };
             blocks.push(Block {
-                ln_attn: w.get_shaped(&format!("{b}.0.layer_norm.weight"), d, dtype, device)?,
+                ln_attn: w.get(&format!("{b}.0.layer_norm.weight"), &[d], dtype, device)?,
                 q: lin("0.SelfAttention.q", inner, d)?,
                 k: lin("0.SelfAttention.k", inner, d)?,
                 v: lin("0.SelfAttention.v", inner, d)?,
                 o: lin("0.SelfAttention.o", d, inner)?,
-                ln_ff: w.get_shaped(&format!("{b}.1.layer_norm.weight"), d, dtype, device)?,
+                ln_ff: w.get(&format!("{b}.1.layer_norm.weight"), &[d], dtype, device)?,
                 wi_0,
                 wi_1,
                 wo: lin("1.DenseReluDense.wo", d, ff)?,
             });
         }
-        let final_ln = w.get_shaped("encoder.final_layer_norm.weight", d, dtype, device)?;
+        let final_ln = w.get("encoder.final_layer_norm.weight", &[d], dtype, device)?;
         Ok(Self {
             cfg,
             act,
@@ -168,6 +338,7 @@ impl T5TextEncoder {
             rel_bias,
             blocks,
             final_ln,
+            dtype,
             device: device.clone(),
         })
     }
@@ -186,10 +357,11 @@ impl T5TextEncoder {
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, l) = check_ids(input_ids, None)?;
         let ids = ids_u32(input_ids, self.cfg.vocab_size)?.to_device(&self.device)?;
-        let mut x =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, l, self.cfg.d_model))?;
+        let mut x = self
+            .embed
+            .rows(&ids.flatten_all()?)?
+            .to_dtype(self.dtype)?
+            .reshape((b, l, self.cfg.d_model))?;
         let bias = self.position_bias(l)?;
         for blk in &self.blocks {
             let h = self.rms_norm(&x, &blk.ln_attn)?;

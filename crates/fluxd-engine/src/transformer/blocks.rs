@@ -37,7 +37,7 @@ impl QkNorm {
     }
 }
 
-/// Loads `{name}.weight` `(out, in)` and `{name}.bias` `(out,)`.
+/// Loads `{name}.weight` `(out, in)` (dense or quantized, as stored) and `{name}.bias` `(out,)`.
 pub(crate) fn load_linear(
     src: &dyn TensorSource,
     name: &str,
@@ -46,9 +46,9 @@ pub(crate) fn load_linear(
     dt: DType,
     dev: &Device,
 ) -> Result<FluxLinear> {
-    let w = src.get(&format!("{name}.weight"), &[out, inp], dt, dev)?;
+    let w = src.get_weight(&format!("{name}.weight"), &[out, inp], dt, dev)?;
     let b = src.get(&format!("{name}.bias"), &[out], dt, dev)?;
-    FluxLinear::new(w, Some(b))
+    FluxLinear::with_weight(w, Some(b))
 }
 
 /// One double-stream block (BFL `DoubleStreamBlock`, diffusers `FluxTransformerBlock`).

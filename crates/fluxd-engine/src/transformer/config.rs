@@ -5,6 +5,7 @@
 //! `models/transformers/transformer_flux.py`), so the short config shipped with FLUX.1-dev (no
 //! `axes_dims_rope`, no `out_channels`) reads the way diffusers reads it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -216,12 +217,28 @@ impl FluxConfig {
         file: &Path,
         name: &dyn Fn(&str) -> String,
     ) -> Result<Self> {
+        let shapes = weights
+            .names()
+            .filter_map(|n| Some((n.to_string(), weights.shape(n)?.to_vec())))
+            .collect();
+        Self::infer_bfl_shapes(&shapes, file, name)
+    }
+
+    /// [`Self::infer_bfl`] from the file's tensor shapes (torch order), by name.
+    pub fn infer_bfl_shapes(
+        shapes: &BTreeMap<String, Vec<usize>>,
+        file: &Path,
+        name: &dyn Fn(&str) -> String,
+    ) -> Result<Self> {
         let shape = |key: &str| -> Result<Vec<usize>> {
             let full = name(key);
-            weights
-                .shape(&full)
-                .map(<[usize]>::to_vec)
-                .ok_or_else(|| weights.missing(&full))
+            shapes
+                .get(&full)
+                .cloned()
+                .ok_or_else(|| EngineError::MissingTensor {
+                    name: full,
+                    files: file.display().to_string(),
+                })
         };
         let img_in = shape("img_in.weight")?;
         let txt_in = shape("txt_in.weight")?;
@@ -236,7 +253,7 @@ impl FluxConfig {
         let count = |prefix: &str| -> usize {
             let full = name(prefix);
             let mut max = None;
-            for n in weights.names() {
+            for n in shapes.keys() {
                 if let Some(rest) = n.strip_prefix(&full) {
                     if let Some(idx) = rest.split('.').next().and_then(|s| s.parse::<usize>().ok())
                     {
@@ -286,7 +303,7 @@ impl FluxConfig {
             num_attention_heads: hidden / head_dim,
             joint_attention_dim: txt_in[1],
             pooled_projection_dim: vector_in[1],
-            guidance_embeds: weights.contains(&name("guidance_in.in_layer.weight")),
+            guidance_embeds: shapes.contains_key(&name("guidance_in.in_layer.weight")),
             axes_dims_rope,
         };
         cfg.validate().map_err(|msg| EngineError::UnknownLayout {
@@ -294,6 +311,74 @@ impl FluxConfig {
             msg,
         })?;
         Ok(cfg)
+    }
+
+    /// Checks that a config read from a weight file's shapes (`self`) describes the same model
+    /// as the model folder's `config.json` (`folder`, read from `folder_path`): block counts and
+    /// widths must agree; the folder's config is the one to use (it alone holds the RoPE axes).
+    pub fn check_agrees(&self, folder: &Self, file: &Path, folder_path: &Path) -> Result<()> {
+        let mut diffs = Vec::new();
+        let mut cmp = |what: &str, file_v: String, folder_v: String| {
+            if file_v != folder_v {
+                diffs.push(format!("{what}: file {file_v}, config {folder_v}"));
+            }
+        };
+        cmp(
+            "num_layers",
+            self.num_layers.to_string(),
+            folder.num_layers.to_string(),
+        );
+        cmp(
+            "num_single_layers",
+            self.num_single_layers.to_string(),
+            folder.num_single_layers.to_string(),
+        );
+        cmp(
+            "hidden size",
+            self.hidden().to_string(),
+            folder.hidden().to_string(),
+        );
+        cmp(
+            "attention_head_dim",
+            self.attention_head_dim.to_string(),
+            folder.attention_head_dim.to_string(),
+        );
+        cmp(
+            "in_channels",
+            self.in_channels.to_string(),
+            folder.in_channels.to_string(),
+        );
+        cmp(
+            "out channels",
+            self.out_features().to_string(),
+            folder.out_features().to_string(),
+        );
+        cmp(
+            "joint_attention_dim",
+            self.joint_attention_dim.to_string(),
+            folder.joint_attention_dim.to_string(),
+        );
+        cmp(
+            "pooled_projection_dim",
+            self.pooled_projection_dim.to_string(),
+            folder.pooled_projection_dim.to_string(),
+        );
+        cmp(
+            "guidance_embeds",
+            self.guidance_embeds.to_string(),
+            folder.guidance_embeds.to_string(),
+        );
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::UnknownLayout {
+            path: file.to_path_buf(),
+            msg: format!(
+                "the weights do not fit the model folder's {}: {}",
+                folder_path.display(),
+                diffs.join("; ")
+            ),
+        })
     }
 }
 

@@ -9,12 +9,12 @@
 //!   `P·V`, then division by the row sum (never the full `S×S` matrix of all heads);
 //! - buffers allocated once per forward and reused by every block.
 
-use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use super::blocks::{DoubleBlock, SingleBlock, EPS};
 use super::kernels;
 use super::linear::FluxLinear;
+use crate::cpu_gemm::{gemm, with_f32_data, View};
 use crate::error::{EngineError, Result};
 
 /// Score-matrix floats one attention task may hold (1 MiB: stays in a core's L2).
@@ -33,142 +33,30 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A strided read-only matrix over a slice, bounds-checked at construction.
-#[derive(Clone, Copy)]
-pub(crate) struct View<'a> {
-    data: &'a [f32],
+/// `dst = x · Wᵀ + Σ scale·(x·downᵀ)·upᵀ` for the `rows` rows of `x` (row-major, `in` wide;
+/// no bias: callers fold it into the next kernel).
+fn matmul_wt(
+    lin: &FluxLinear,
+    x: &[f32],
     rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    pub fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
-        let last = if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) * rs + (cols - 1) * cs + 1
-        };
-        if last > data.len() {
-            return Err(EngineError::InvalidInput(format!(
-                "matrix view {rows}x{cols} (strides {rs},{cs}) exceeds a buffer of {}",
-                data.len()
-            )));
-        }
-        Ok(Self {
-            data,
-            rows,
-            cols,
-            rs,
-            cs,
-        })
-    }
-
-    /// Row-major `rows × cols`.
-    pub fn rm(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
-        Self::new(data, rows, cols, cols, 1)
-    }
-
-    pub fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-}
-
-/// `dst (m×n, row stride dst_rs) = [dst +] beta · lhs · rhs`.
-pub(crate) fn gemm(
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    accumulate: bool,
-    beta: f32,
-    parallel: bool,
 ) -> Result<()> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    if rhs.rows != k {
-        return Err(EngineError::InvalidInput(format!(
-            "matmul {m}x{k} by {}x{n}",
-            rhs.rows
-        )));
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if (m - 1) * dst_rs + n > dst.len() || dst_rs < n {
-        return Err(EngineError::InvalidInput(format!(
-            "matmul output {m}x{n} (row stride {dst_rs}) exceeds a buffer of {}",
-            dst.len()
-        )));
-    }
-    let par = if parallel && m * n * k > 1 << 18 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: all three matrices were bounds-checked against their slices above / in
-    // `View::new`; `dst` is borrowed mutably, so it cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-    Ok(())
-}
-
-/// The f32 data of a contiguous CPU tensor.
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(EngineError::InvalidInput(
-            "CPU fast path on a non-CPU tensor".into(),
-        ));
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| EngineError::InvalidInput("CPU fast path on a strided tensor".into()))?;
-    f(&data[start..end])
-}
-
-/// `dst = x · Wᵀ + Σ scale·(x·downᵀ)·upᵀ` (no bias: callers fold it into the next kernel).
-fn matmul_wt(lin: &FluxLinear, x: View<'_>, dst: &mut [f32], dst_rs: usize) -> Result<()> {
     let (out, inp) = (lin.out_features(), lin.in_features());
-    with_data(lin.weight(), |w| {
-        gemm(dst, dst_rs, x, View::rm(w, out, inp)?.t(), false, 1.0, true)
+    let len = x.len();
+    let x = x.get(..rows * inp).ok_or_else(|| {
+        EngineError::InvalidInput(format!("{rows}x{inp} input in a buffer of {len}"))
     })?;
+    lin.weight().matmul_f32_into(x, rows, dst, dst_rs)?;
+    let x = View::rm(x, rows, inp)?;
     for a in lin.adapters() {
         let r = a.down.dims()[0];
-        let mut low = vec![0f32; x.rows * r];
-        with_data(&a.down, |d| {
+        let mut low = vec![0f32; rows * r];
+        with_f32_data(&a.down, |d| {
             gemm(&mut low, r, x, View::rm(d, r, inp)?.t(), false, 1.0, true)
         })?;
-        let low_v = View::rm(&low, x.rows, r)?;
-        with_data(&a.up, |u| {
+        let low_v = View::rm(&low, rows, r)?;
+        with_f32_data(&a.up, |u| {
             gemm(
                 dst,
                 dst_rs,
@@ -190,7 +78,7 @@ fn bias_of(lin: &FluxLinear) -> Result<Vec<f32>> {
 /// `x · Wᵀ + b` for a single row (modulation vectors).
 fn linear_row(lin: &FluxLinear, x: &[f32]) -> Result<Vec<f32>> {
     let mut out = vec![0f32; lin.out_features()];
-    matmul_wt(lin, View::rm(x, 1, x.len())?, &mut out, lin.out_features())?;
+    matmul_wt(lin, x, 1, &mut out, lin.out_features())?;
     kernels::add_bias(&mut out, &bias_of(lin)?);
     Ok(out)
 }
@@ -202,7 +90,7 @@ pub(crate) fn linear_into(lin: &FluxLinear, x: &[f32], rows: usize, dst: &mut [f
     let dst = dst.get_mut(..rows * out).ok_or_else(|| {
         EngineError::InvalidInput(format!("{rows}x{out} output in a buffer of {len}"))
     })?;
-    matmul_wt(lin, View::rm(x, rows, lin.in_features())?, dst, out)?;
+    matmul_wt(lin, x, rows, dst, out)?;
     let b = bias_of(lin)?;
     dst.par_chunks_mut(out)
         .for_each(|r| kernels::add_bias(r, &b));
@@ -392,7 +280,7 @@ fn attention_block(
     v: View<'_>,
     acc: &mut [f32],
 ) -> Result<()> {
-    let (rows, d, s) = (q.rows, q.cols, k.rows);
+    let (rows, d, s) = (q.rows(), q.cols(), k.rows());
     if scores.len() < rows * s {
         scores.resize(rows * s, 0.0);
     }
@@ -459,8 +347,8 @@ pub(crate) fn double_block(
     let qkv = &mut w.qkv[..s * rs];
     {
         let (q_txt, q_img) = qkv.split_at_mut(l * rs);
-        matmul_wt(&b.txt_qkv, View::rm(xm_txt, l, h)?, q_txt, rs)?;
-        matmul_wt(&b.img_qkv, View::rm(xm_img, g.img, h)?, q_img, rs)?;
+        matmul_wt(&b.txt_qkv, xm_txt, l, q_txt, rs)?;
+        matmul_wt(&b.img_qkv, xm_img, g.img, q_img, rs)?;
         with_norms(&b.txt_norm, |qn, kn| {
             prep_qkv(q_txt, rs, &bias_of(&b.txt_qkv)?, qn, kn, rope, 0, g);
             Ok(())
@@ -474,8 +362,8 @@ pub(crate) fn double_block(
     attention(qkv, rs, &mut w.heads, attn, h, g)?;
     let (a_txt, a_img) = attn.split_at(l * h);
     let (o_txt, o_img) = w.out[..s * h].split_at_mut(l * h);
-    matmul_wt(&b.txt_proj, View::rm(a_txt, l, h)?, o_txt, h)?;
-    matmul_wt(&b.img_proj, View::rm(a_img, g.img, h)?, o_img, h)?;
+    matmul_wt(&b.txt_proj, a_txt, l, o_txt, h)?;
+    matmul_wt(&b.img_proj, a_img, g.img, o_img, h)?;
     residual_rows(x_txt, o_txt, &bias_of(&b.txt_proj)?, &tm[0].gate, h);
     residual_rows(x_img, o_img, &bias_of(&b.img_proj)?, &im[0].gate, h);
 
@@ -503,12 +391,12 @@ pub(crate) fn double_block(
         }
         ln_mod_rows(xs, m, xm, h);
         let hid = &mut w.qkv[..rows * g.mlp];
-        matmul_wt(mlp0, View::rm(xm, rows, h)?, hid, g.mlp)?;
+        matmul_wt(mlp0, xm, rows, hid, g.mlp)?;
         let b0 = bias_of(mlp0)?;
         hid.par_chunks_mut(g.mlp)
             .for_each(|r| kernels::bias_gelu_inplace(r, &b0));
         let o = &mut w.out[..rows * h];
-        matmul_wt(mlp2, View::rm(hid, rows, g.mlp)?, o, h)?;
+        matmul_wt(mlp2, hid, rows, o, h)?;
         residual_rows(xs, o, &bias_of(mlp2)?, &m.gate, h);
     }
     Ok(())
@@ -529,7 +417,7 @@ pub(crate) fn single_block(
     ln_mod_rows(x, &m[0], xm, h);
     let rs = 3 * h + mlp;
     let lin1 = &mut w.qkv[..s * rs];
-    matmul_wt(&b.linear1, View::rm(xm, s, h)?, lin1, rs)?;
+    matmul_wt(&b.linear1, xm, s, lin1, rs)?;
     let b1 = bias_of(&b.linear1)?;
     with_norms(&b.norm, |qn, kn| {
         prep_qkv(lin1, rs, &b1, qn, kn, rope, 0, g);
@@ -541,7 +429,7 @@ pub(crate) fn single_block(
     attention(lin1, rs, &mut w.heads, cat, cat_rs, g)?;
     gelu_rows(lin1, rs, 3 * h, &b1[3 * h..], cat, cat_rs, h);
     let o = &mut w.out[..s * h];
-    matmul_wt(&b.linear2, View::rm(cat, s, cat_rs)?, o, h)?;
+    matmul_wt(&b.linear2, cat, s, o, h)?;
     residual_rows(x, o, &bias_of(&b.linear2)?, &m[0].gate, h);
     Ok(())
 }
@@ -550,7 +438,7 @@ fn with_norms<R>(
     n: &super::blocks::QkNorm,
     f: impl FnOnce(&[f32], &[f32]) -> Result<R>,
 ) -> Result<R> {
-    with_data(&n.query, |q| with_data(&n.key, |k| f(q, k)))
+    with_f32_data(&n.query, |q| with_f32_data(&n.key, |k| f(q, k)))
 }
 
 /// Final layer on image rows: `linear(LN(x)·(1+scale)+shift)`, BFL (shift, scale) order.
@@ -590,22 +478,5 @@ mod tests {
             assert!(s - (blocks - 1) * qb + blocks > qb, "{s}: {qb}");
         }
         assert_eq!(q_block(1152), 192);
-    }
-
-    #[test]
-    fn gemm_rejects_views_outside_their_buffers() {
-        let a = [1f32; 6];
-        assert!(View::new(&a, 2, 3, 3, 1).is_ok());
-        assert!(View::new(&a, 3, 3, 3, 1).is_err());
-        let lhs = View::rm(&a, 2, 3).ok();
-        let rhs = View::rm(&a, 3, 2).ok();
-        let (Some(lhs), Some(rhs)) = (lhs, rhs) else {
-            panic!("views")
-        };
-        let mut small = [0f32; 3];
-        assert!(gemm(&mut small, 2, lhs, rhs, false, 1.0, false).is_err());
-        let mut dst = [0f32; 4];
-        assert!(gemm(&mut dst, 2, lhs, rhs, false, 1.0, false).is_ok());
-        assert_eq!(dst, [3.0; 4]);
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! Adapters are applied on the fly, `y = x·Wᵀ + b + Σ scale·(x·downᵀ)·upᵀ` (the LoRA forward of
 //! BFL `modules/lora.py` and kohya `networks/lora_flux.py`), so a fine-tune can be set and
-//! cleared per request without touching, copying or re-rounding the base weights.
+//! cleared per request without touching, copying or re-rounding the base weights. The base
+//! weight may be dense or quantized ([`LinearWeight`]); adapters run beside it either way, so a
+//! LoRA on a GGUF model never dequantizes, merges or requantizes anything.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::quant::{CpuKernels, LinearWeight};
 
 /// A low-rank update `scale · up · down` of a linear layer's weight.
 #[derive(Debug, Clone)]
@@ -25,21 +28,25 @@ pub struct LowRank {
 /// A linear layer `y = x·Wᵀ + b` with optional low-rank adapters.
 #[derive(Debug, Clone)]
 pub struct FluxLinear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
     adapters: Vec<LowRank>,
 }
 
 impl FluxLinear {
-    /// A layer from a `(out, in)` weight and an optional `(out,)` bias.
+    /// A layer from a dense `(out, in)` weight and an optional `(out,)` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out, _) = weight.dims2()?;
+        Self::with_weight(LinearWeight::Dense(weight), bias)
+    }
+
+    /// A layer from a dense or quantized `(out, in)` weight and an optional `(out,)` bias.
+    pub fn with_weight(weight: LinearWeight, bias: Option<Tensor>) -> Result<Self> {
+        let (out, inp) = weight.dims()?;
         if let Some(b) = &bias {
             if b.dims() != [out] {
                 return Err(EngineError::InvalidInput(format!(
-                    "bias of shape {:?} for a weight of shape {:?}",
+                    "bias of shape {:?} for a weight of shape [{out}, {inp}]",
                     b.dims(),
-                    weight.dims()
                 )));
             }
         }
@@ -51,8 +58,23 @@ impl FluxLinear {
     }
 
     /// The `(out, in)` weight.
-    pub fn weight(&self) -> &Tensor {
+    pub fn weight(&self) -> &LinearWeight {
         &self.weight
+    }
+
+    /// Switches the CPU kernels of a quantized weight ([`CpuKernels`]).
+    pub fn set_cpu_kernels(&mut self, kernels: CpuKernels) -> Result<()> {
+        self.weight.set_cpu_kernels(kernels)
+    }
+
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> DType {
+        self.weight.dtype()
+    }
+
+    /// The device the layer lives on.
+    pub fn device(&self) -> Device {
+        self.weight.device()
     }
 
     /// The bias, if any.
@@ -62,12 +84,12 @@ impl FluxLinear {
 
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight.dims().map_or(0, |d| d.1)
     }
 
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.dims().map_or(0, |d| d.0)
     }
 
     /// The adapters currently applied.
@@ -82,14 +104,15 @@ impl FluxLinear {
         let bias_ok = adapter.bias.as_ref().is_none_or(|b| b.dims() == [out]);
         if inp != self.in_features() || out != self.out_features() || r != r2 || !bias_ok {
             return Err(EngineError::InvalidInput(format!(
-                "adapter down {:?} / up {:?} does not fit a linear layer {:?}",
+                "adapter down {:?} / up {:?} does not fit a linear layer [{}, {}]",
                 adapter.down.dims(),
                 adapter.up.dims(),
-                self.weight.dims()
+                self.out_features(),
+                self.in_features()
             )));
         }
         let dtype = self.weight.dtype();
-        let device = self.weight.device();
+        let device = &self.weight.device();
         self.adapters.push(LowRank {
             down: adapter
                 .down
@@ -117,7 +140,7 @@ impl FluxLinear {
 
     /// `x·Wᵀ + b (+ adapters)` on the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.broadcast_matmul(&self.weight.t()?)?;
+        let mut y = self.weight.forward_t(x)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

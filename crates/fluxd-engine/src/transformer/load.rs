@@ -12,25 +12,37 @@ use candle_core::{DType, Device, Tensor};
 use super::config::FluxConfig;
 use super::names::{diffusers_source, DiffusersSource};
 use crate::error::{EngineError, Result};
+use crate::quant::LinearWeight;
+pub(crate) use crate::tensor_source::TensorSource;
 use crate::tiny_init::TensorMap;
 use crate::weights::WeightFiles;
 
-/// Something that hands out canonical tensors (`img_in.weight`, `single_blocks.0.linear1.bias`,
-/// `double_blocks.0.img_attn.norm.query_norm.scale`, ...), shape-checked.
-pub(crate) trait TensorSource {
-    fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
-}
-
-/// A BFL single file; `prefix` is `model.diffusion_model.` for ComfyUI files, else empty.
+/// A BFL single file (safetensors or GGUF); `prefix` is `model.diffusion_model.` for ComfyUI
+/// files, else empty.
 pub(crate) struct BflSource<'a> {
-    pub weights: &'a WeightFiles,
+    pub inner: &'a dyn TensorSource,
     pub prefix: String,
 }
 
 impl TensorSource for BflSource<'_> {
     fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        self.weights
-            .get_shaped(&format!("{}{name}", self.prefix), shape, dtype, device)
+        self.inner
+            .get(&format!("{}{name}", self.prefix), shape, dtype, device)
+    }
+
+    fn get_weight(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<LinearWeight> {
+        self.inner
+            .get_weight(&format!("{}{name}", self.prefix), shape, dtype, device)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(&format!("{}{name}", self.prefix))
     }
 }
 
@@ -38,7 +50,7 @@ impl TensorSource for BflSource<'_> {
 pub(crate) const COMFY_PREFIX: &str = "model.diffusion_model.";
 
 /// Finds which BFL naming a file uses: plain or with the ComfyUI prefix.
-pub(crate) fn detect_bfl_prefix(weights: &WeightFiles, file: &Path) -> Result<String> {
+pub(crate) fn detect_bfl_prefix(weights: &dyn TensorSource, file: &Path) -> Result<String> {
     for prefix in ["", COMFY_PREFIX] {
         if weights.contains(&format!("{prefix}img_in.weight")) {
             return Ok(prefix.to_string());
@@ -112,6 +124,22 @@ impl TensorSource for DiffusersDirSource<'_> {
             }
         }
     }
+
+    fn contains(&self, name: &str) -> bool {
+        let (module, suffix) = match name.rsplit_once('.') {
+            Some((m, s @ ("weight" | "bias"))) => (m, format!(".{s}")),
+            _ => (name, String::new()),
+        };
+        match diffusers_source(self.cfg, module) {
+            Some(DiffusersSource::Renamed(m) | DiffusersSource::Swapped(m)) => {
+                self.weights.contains(&format!("{m}{suffix}"))
+            }
+            Some(DiffusersSource::Fused(parts)) => parts
+                .iter()
+                .all(|(m, _)| self.weights.contains(&format!("{m}{suffix}"))),
+            None => false,
+        }
+    }
 }
 
 /// Swaps the two halves of a tensor along dim 0 (shift/scale order, BFL ↔ diffusers).
@@ -142,5 +170,9 @@ impl TensorSource for MapSource<'_> {
             });
         }
         Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
     }
 }

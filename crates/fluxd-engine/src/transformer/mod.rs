@@ -11,7 +11,7 @@ pub mod config;
 mod cpu;
 mod kernels;
 pub mod linear;
-mod load;
+pub(crate) mod load;
 pub mod names;
 pub mod rope;
 pub mod write;
@@ -27,6 +27,8 @@ pub use rope::Rope;
 pub use write::{random_canonical_weights, write_bfl_single_file, write_tiny_diffusers};
 
 use crate::error::{EngineError, Result};
+use crate::gguf::GgufFile;
+use crate::quant::CpuKernels;
 use crate::tiny_init::TensorMap;
 use crate::weights::WeightFiles;
 use blocks::{load_linear, Dims, DoubleBlock, SingleBlock};
@@ -107,10 +109,69 @@ impl FluxTransformer {
         let name = |k: &str| format!("{prefix}{k}");
         let cfg = FluxConfig::infer_bfl(&weights, file, &name)?;
         let src = BflSource {
-            weights: &weights,
+            inner: &weights,
             prefix: prefix.clone(),
         };
         Self::build(cfg, &src, dtype, device)
+    }
+
+    /// Loads a GGUF transformer in the layout of city96's FLUX.1 GGUF files (BFL names, plain or
+    /// with the ComfyUI prefix, quantized blocks kept as they are). `folder_config` is the model
+    /// folder's `transformer/config.json`, if it has one: the file's block counts and widths
+    /// must agree with it, and its RoPE axes are used.
+    pub fn load_gguf(
+        file: &Path,
+        folder_config: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let gguf = GgufFile::open(file)?;
+        let (cfg, prefix) = Self::gguf_layout(&gguf, folder_config)?;
+        tracing::info!(
+            file = %file.display(),
+            types = %gguf.type_summary(),
+            "loading a GGUF transformer"
+        );
+        let src = BflSource {
+            inner: &gguf,
+            prefix,
+        };
+        Self::build(cfg, &src, dtype, device)
+    }
+
+    /// The config of a GGUF transformer (from its header only), checked against the folder's
+    /// `config.json` as [`Self::load_gguf`] does.
+    pub fn gguf_config(file: &Path, folder_config: Option<&Path>) -> Result<FluxConfig> {
+        Ok(Self::gguf_layout(&GgufFile::open(file)?, folder_config)?.0)
+    }
+
+    fn gguf_layout(gguf: &GgufFile, folder_config: Option<&Path>) -> Result<(FluxConfig, String)> {
+        let file = gguf.path();
+        match gguf.architecture() {
+            // sd.cpp's own conversions say nothing; the tensor names then decide.
+            Some("flux") | None => {}
+            Some(other) => {
+                return Err(EngineError::UnknownLayout {
+                    path: file.to_path_buf(),
+                    msg: format!("a GGUF file of architecture `{other}`, not a FLUX transformer"),
+                })
+            }
+        }
+        let prefix = load::detect_bfl_prefix(gguf, file)?;
+        let name = |k: &str| format!("{prefix}{k}");
+        let shapes = gguf.shapes();
+        let cfg = match folder_config {
+            Some(path) => {
+                let folder = FluxConfig::from_file(path)?;
+                // Inferring needs RoPE axes only for head sizes other than 128; the folder has them.
+                let mut inferred = FluxConfig::infer_bfl_shapes(&shapes, path, &name)?;
+                inferred.axes_dims_rope = folder.axes_dims_rope.clone();
+                inferred.check_agrees(&folder, file, path)?;
+                folder
+            }
+            None => FluxConfig::infer_bfl_shapes(&shapes, file, &name)?,
+        };
+        Ok((cfg, prefix))
     }
 
     /// Builds a model from canonical (BFL-named) tensors held in memory.
@@ -232,6 +293,16 @@ impl FluxTransformer {
             }
             _ => None,
         }
+    }
+
+    /// Switches the CPU kernels of every quantized layer (GGUF weights; see [`CpuKernels`]).
+    pub fn set_cpu_kernels(&mut self, kernels: CpuKernels) -> Result<()> {
+        for name in self.linear_names() {
+            if let Some(l) = self.linear_mut(&name) {
+                l.set_cpu_kernels(kernels)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes every adapter from every layer.
