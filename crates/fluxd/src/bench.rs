@@ -1,6 +1,8 @@
 //! `fluxd bench`: per-step time of the whole pipeline on a model folder, with and without an
 //! active LoRA, and the cost of switching fine-tunes. `scripts/bench.sh` runs it beside diffusers
-//! (`scripts/reference/pipeline_bench.py`) on the same folder and settings.
+//! (`scripts/reference/pipeline_bench.py`) on the same folder and settings. With `--transformer`
+//! and no `--model`, one transformer forward on random inputs (`scripts/bench-gguf.sh` runs it
+//! beside stable-diffusion.cpp and diffusers on the same GGUF file).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -8,16 +10,25 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use fluxd_engine::lora::{write_random_lora, LoraFormat};
-use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
 use fluxd_engine::pipeline::{FluxPipeline, GenerateParams};
+use fluxd_engine::transformer::{bench_model_forward, FluxTransformer};
 
-use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
+use crate::device::{parse_cpu_kernels, parse_device, parse_dtype, peak_rss_bytes};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Model folder (e.g. one written by `fluxd model init-tiny --preset medium`).
+    #[arg(long, required_unless_present = "transformer")]
+    model: Option<PathBuf>,
+    /// A transformer single file (safetensors or GGUF). With `--model`, it replaces the
+    /// folder's; alone, only transformer forwards are timed (text tokens: `--max-sequence-length`).
     #[arg(long)]
-    model: PathBuf,
+    transformer: Option<PathBuf>,
+    /// CPU kernels of quantized layers: `exact` (weights expanded to f32 tile by tile) or `int8`
+    /// (candle's integer kernels where it has them; activations rounded to 8 bits).
+    #[arg(long, default_value = "exact")]
+    cpu_kernels: String,
     /// Width in pixels.
     #[arg(long, default_value_t = 512)]
     width: usize,
@@ -63,12 +74,56 @@ fn step_times(pipe: &FluxPipeline, p: &GenerateParams, runs: usize) -> Result<Ve
     Ok(all)
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+/// Times transformer forwards alone: load, then `runs` forwards after a warm-up.
+fn run_transformer(args: &BenchArgs, file: &std::path::Path) -> Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
-    let paths = ModelPaths::resolve(&args.model, None, None)?;
+    let t0 = Instant::now();
+    let mut model = match TransformerSource::file(file)? {
+        TransformerSource::Gguf(f) => FluxTransformer::load_gguf(&f, None, dtype, &device)?,
+        _ => FluxTransformer::load_bfl(file, dtype, &device)?,
+    };
+    model.set_cpu_kernels(parse_cpu_kernels(&args.cpu_kernels)?)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let img = (args.width / 16) * (args.height / 16);
+    let txt = args.max_sequence_length;
+    let times: Vec<f64> = bench_model_forward(&model, img, txt, args.runs)?
+        .into_iter()
+        .map(|s| s * 1e3)
+        .collect();
+    let weight_bytes = std::fs::metadata(file)
+        .with_context(|| file.display().to_string())?
+        .len();
+    let report = serde_json::json!({
+        "transformer": file,
+        "image_tokens": img,
+        "text_tokens": txt,
+        "cpus": available_cpus(),
+        "cpu_kernels": args.cpu_kernels,
+        "load_ms": load_ms,
+        "step_ms_median": median(times.clone()),
+        "step_ms": times,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "weight_bytes": weight_bytes,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let Some(model) = &args.model else {
+        let file = args
+            .transformer
+            .as_deref()
+            .context("--model or --transformer")?;
+        return run_transformer(&args, file);
+    };
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let paths = ModelPaths::resolve(model, args.transformer.as_deref(), None)?;
     let t0 = Instant::now();
     let mut pipe = FluxPipeline::load(&paths, &device, dtype, |_| {})?;
+    pipe.set_cpu_kernels(parse_cpu_kernels(&args.cpu_kernels)?)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let p = GenerateParams {
         prompt: "a benchmark prompt about a red fox in the snow".into(),
@@ -81,7 +136,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let base = step_times(&pipe, &p, args.runs)?;
     let mut report = serde_json::json!({
-        "model": args.model,
+        "model": model,
         "width": args.width, "height": args.height, "steps": args.steps,
         "max_sequence_length": args.max_sequence_length,
         "image_tokens": (args.width / 16) * (args.height / 16),

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
+use fluxd_engine::quant::CpuKernels;
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -30,6 +31,15 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
         other => bail!("unknown dtype `{other}` (expected f32, bf16 or f16)"),
+    }
+}
+
+/// Parses `exact` or `int8`: the CPU kernels of quantized (GGUF) layers.
+pub fn parse_cpu_kernels(s: &str) -> Result<CpuKernels> {
+    match s {
+        "exact" => Ok(CpuKernels::Exact),
+        "int8" => Ok(CpuKernels::Int8),
+        other => bail!("unknown CPU kernels `{other}` (expected exact or int8)"),
     }
 }
 

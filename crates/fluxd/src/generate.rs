@@ -14,7 +14,7 @@ use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY
 use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
 use fluxd_engine::safety::{moderate_nsfw_score, ImageClassifier, PromptPolicy, SafetyTolerance};
 
-use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
+use crate::device::{parse_cpu_kernels, parse_device, parse_dtype, peak_rss_bytes};
 use crate::progress::bar;
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +36,11 @@ pub struct GenerateArgs {
     /// ComfyUI's `clip_l.safetensors`) instead of the folder's `text_encoder/` weights.
     #[arg(long)]
     clip: Option<PathBuf>,
+    /// CPU kernels of quantized (GGUF) layers: `exact` (weights expanded to f32 tile by tile;
+    /// the dequantized model's result) or `int8` (candle's integer kernels where it has them,
+    /// Q4_K and Q8_0; faster, activations rounded to 8 bits as in ggml).
+    #[arg(long, default_value = "exact")]
+    cpu_kernels: String,
     /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
     #[arg(long)]
     vae: Option<PathBuf>,
@@ -150,6 +155,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     })
     .context("loading the model")?;
     load_bar.finish_and_clear();
+    pipeline.set_cpu_kernels(parse_cpu_kernels(&args.cpu_kernels)?)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
     let mut loras = Vec::new();

@@ -417,3 +417,126 @@ fn generate_upsamples_the_prompt_through_the_configured_model() {
         "the rewritten prompt made no difference"
     );
 }
+
+/// `model quantize` on the tiny model's transformer and T5 encoder, as GGUF files of `ty`.
+fn quantized(dir: &Path, ty: &str) -> (PathBuf, PathBuf) {
+    let (t, t5) = (
+        dir.join(format!("flux-{ty}.gguf")),
+        dir.join(format!("t5-{ty}.gguf")),
+    );
+    let out = ok(&[
+        "model",
+        "quantize",
+        s(&tiny().join("transformer")),
+        s(&t),
+        "--type",
+        ty,
+    ]);
+    assert_eq!(out.trim(), s(&t));
+    ok(&[
+        "model",
+        "quantize",
+        s(&tiny().join("text_encoder_2")),
+        s(&t5),
+        "--type",
+        ty,
+    ]);
+    (t, t5)
+}
+
+#[test]
+fn gguf_files_generate_and_take_loras() {
+    use fluxd_engine::lora::{write_random_lora, LoraFormat};
+    let dir = scratch("gguf");
+    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8().into_raw();
+    let run = |name: &str, extra: &[&str]| -> Vec<u8> {
+        let png = dir.join(name);
+        let out = generate(tiny(), &png, extra);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pixels(&png)
+    };
+    let base = run("base.png", &[]);
+    // F32 GGUF files hold the very same numbers: the very same image.
+    let (t, t5) = quantized(&dir, "F32");
+    assert_eq!(
+        run("f32.png", &["--transformer", s(&t), "--t5", s(&t5)]),
+        base
+    );
+    // Q8_0: the quantized model's image, close to the float one.
+    let (t, t5) = quantized(&dir, "Q8_0");
+    let q8 = run("q8.png", &["--transformer", s(&t), "--t5", s(&t5)]);
+    let max_diff = q8.iter().zip(&base).map(|(a, b)| a.abs_diff(*b)).max();
+    assert!(max_diff.is_some_and(|d| d > 0 && d < 64), "{max_diff:?}");
+    // Content decides, not the extension.
+    let renamed = dir.join("transformer.safetensors");
+    std::fs::copy(&t, &renamed).expect("copy");
+    assert_eq!(
+        run(
+            "renamed.png",
+            &["--transformer", s(&renamed), "--t5", s(&t5)]
+        ),
+        q8
+    );
+
+    // A LoRA runs beside the quantized weights: strength 0 is the GGUF image exactly.
+    let lora = dir.join("style.safetensors");
+    write_random_lora(&lora, LoraFormat::Kohya, &FluxConfig::tiny(), 4, 3, &|_| {
+        true
+    })
+    .expect("lora");
+    let spec0 = format!("{}:0", s(&lora));
+    let spec1 = format!("{}:1", s(&lora));
+    let gguf = ["--transformer", s(&t), "--t5", s(&t5)];
+    assert_eq!(
+        run("lora0.png", &[&gguf[..], &["--lora", &spec0]].concat()),
+        q8
+    );
+    assert_ne!(
+        run("lora1.png", &[&gguf[..], &["--lora", &spec1]].concat()),
+        q8
+    );
+}
+
+#[test]
+fn bad_gguf_inputs_are_clear_errors() {
+    let dir = scratch("gguf-bad");
+    let (t, t5) = quantized(&dir, "Q4_0");
+    let fail = |extra: &[&str]| -> String {
+        let out = generate(tiny(), &dir.join("x.png"), extra);
+        assert!(!out.status.success(), "{extra:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    // The T5 file given as the transformer, and the other way round.
+    let err = fail(&["--transformer", s(&t5)]);
+    assert!(err.contains("t5encoder") && err.contains(s(&t5)), "{err}");
+    let err = fail(&["--t5", s(&t)]);
+    assert!(
+        err.contains("encoder.block.0") || err.contains("token_embd"),
+        "{err}"
+    );
+    // A truncated file.
+    let bytes = std::fs::read(&t).expect("read");
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).expect("write");
+    let err = fail(&["--transformer", s(&cut)]);
+    assert!(
+        err.contains("cut.gguf") && err.contains("past the end"),
+        "{err}"
+    );
+    // An unknown type name.
+    let out = fluxd(&[
+        "model",
+        "quantize",
+        s(&tiny().join("transformer")),
+        "--type",
+        "Q7_K",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Q4_K"));
+}

@@ -14,7 +14,8 @@ use super::{is_gguf, type_name, GgufFile};
 use crate::error::{EngineError, Result};
 use crate::tensor_source::{Renamed, TensorSource};
 use crate::text_encoders::T5Config;
-use crate::transformer::load::{detect_bfl_prefix, BflSource, DiffusersDirSource};
+use crate::tiny_init::InitRng;
+use crate::transformer::load::{detect_bfl_prefix, DiffusersDirSource};
 use crate::transformer::names::{linear_specs, norm_names};
 use crate::transformer::FluxConfig;
 use crate::weights::WeightFiles;
@@ -80,16 +81,21 @@ pub fn quantize_model(
             return write_t5(&t5, &src, output, target, on_tensor);
         }
         let prefix = detect_bfl_prefix(&g, input)?;
-        let cfg = FluxConfig::infer_bfl_shapes(&g.shapes(), input, &|k| format!("{prefix}{k}"))?;
-        let src = BflSource { inner: &g, prefix };
+        let name = |k: &str| format!("{prefix}{k}");
+        let cfg = FluxConfig::infer_bfl_shapes(&g.shapes(), input, &name)?;
+        let src = Renamed {
+            inner: &g,
+            rename: &name,
+        };
         return write_flux(&cfg, &src, output, target, on_tensor);
     }
     let weights = WeightFiles::open(&[input.to_path_buf()])?;
     let prefix = detect_bfl_prefix(&weights, input)?;
-    let cfg = FluxConfig::infer_bfl(&weights, input, &|k| format!("{prefix}{k}"))?;
-    let src = BflSource {
+    let name = |k: &str| format!("{prefix}{k}");
+    let cfg = FluxConfig::infer_bfl(&weights, input, &name)?;
+    let src = Renamed {
         inner: &weights,
-        prefix,
+        rename: &name,
     };
     write_flux(&cfg, &src, output, target, on_tensor)
 }
@@ -138,6 +144,17 @@ fn convert(
     })
 }
 
+/// The `general.*` keys every file gets.
+fn general_meta(arch: &str) -> Vec<(String, MetaValue)> {
+    vec![
+        ("general.architecture".into(), MetaValue::Str(arch.into())),
+        (
+            "general.quantization_version".into(),
+            MetaValue::U32(QUANTIZATION_VERSION),
+        ),
+    ]
+}
+
 fn write_flux(
     cfg: &FluxConfig,
     src: &dyn TensorSource,
@@ -161,14 +178,14 @@ fn write_flux(
     for name in norm_names(cfg) {
         add(name, vec![cfg.attention_head_dim]);
     }
-    let meta = vec![
-        ("general.architecture".into(), MetaValue::Str("flux".into())),
-        (
-            "general.quantization_version".into(),
-            MetaValue::U32(QUANTIZATION_VERSION),
-        ),
-    ];
-    convert("FLUX transformer", meta, entries, src, output, on_tensor)
+    convert(
+        "FLUX transformer",
+        general_meta("flux"),
+        entries,
+        src,
+        output,
+        on_tensor,
+    )
 }
 
 fn write_t5(
@@ -229,16 +246,7 @@ fn write_t5(
             tensor: GgufTensor { name, shape, ty },
         });
     }
-    let mut meta = vec![
-        (
-            "general.architecture".into(),
-            MetaValue::Str(super::t5::ARCH.into()),
-        ),
-        (
-            "general.quantization_version".into(),
-            MetaValue::U32(QUANTIZATION_VERSION),
-        ),
-    ];
+    let mut meta = general_meta(super::t5::ARCH);
     meta.extend(cfg.gguf_metadata());
     // Files hold `shared.weight`, `encoder.embed_tokens.weight` or both (the same table).
     let embed = if src.contains("shared.weight") {
@@ -258,6 +266,48 @@ fn write_t5(
         rename: &renamed,
     };
     convert("T5 encoder", meta, entries, &src, output, on_tensor)
+}
+
+/// Random weights of a FLUX transformer of any size, drawn one tensor at a time (each from its
+/// own stream of `InitRng::new(seed, "transformer/<name>")`, the same distributions as
+/// `transformer::random_canonical_weights`), so that full-size files for benchmarks are written
+/// without holding the model in memory.
+struct RandomFlux {
+    seed: u64,
+}
+
+impl TensorSource for RandomFlux {
+    fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        _: DType,
+        _: &Device,
+    ) -> Result<candle_core::Tensor> {
+        let mut rng = InitRng::new(self.seed, &format!("transformer/{name}"));
+        match shape {
+            [out, inp] => rng.linear_weight(*out, *inp),
+            _ if name.ends_with(".scale") => rng.normal_tensor(shape, 1.0, 0.1),
+            _ => rng.normal_tensor(shape, 0.0, 0.02),
+        }
+    }
+
+    fn contains(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Writes a random FLUX transformer of config `cfg` as a GGUF file in city96's layout, matrices
+/// in `target`, without ever holding more than one tensor (benchmarks, full-size checks).
+pub fn write_random_flux(
+    output: &Path,
+    cfg: &FluxConfig,
+    seed: u64,
+    target: GgmlDType,
+    on_tensor: &mut dyn FnMut(usize, usize),
+) -> Result<QuantizeReport> {
+    cfg.validate().map_err(EngineError::InvalidInput)?;
+    write_flux(cfg, &RandomFlux { seed }, output, target, on_tensor)
 }
 
 /// The default output name next to `input`: `<stem>-<TYPE>.gguf`.

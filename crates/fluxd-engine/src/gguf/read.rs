@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
@@ -151,13 +151,16 @@ impl GgufFile {
         Ok(())
     }
 
-    /// Where a tensor's data lies in the file, bounds-checked.
-    fn range(&self, name: &str) -> Result<MappedRange> {
-        let info = self
-            .content
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.content
             .tensor_infos
             .get(name)
-            .ok_or_else(|| self.missing(name))?;
+            .ok_or_else(|| self.missing(name))
+    }
+
+    /// Where a tensor's data lies in the file, bounds-checked.
+    fn range(&self, name: &str) -> Result<MappedRange> {
+        let info = self.info(name)?;
         let bad = |msg: String| EngineError::UnknownLayout {
             path: self.path.clone(),
             msg: format!("tensor `{name}`: {msg}"),
@@ -196,11 +199,7 @@ impl GgufFile {
     /// A tensor as a dense tensor of `dtype` on `device`. Quantized tensors are dequantized:
     /// meant for the small ones (norms, biases, embedders); linear weights use [`Self::weight`].
     pub fn tensor(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| self.missing(name))?;
+        let info = self.info(name)?;
         let range = self.range(name)?;
         let src = match info.ggml_dtype {
             GgmlDType::F32 => Some(DType::F32),
@@ -264,11 +263,7 @@ impl GgufFile {
 
     /// A tensor as candle's `QTensor` on `device` (a copy of its blocks).
     pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| self.missing(name))?;
+        let info = self.info(name)?;
         let range = self.range(name)?;
         let storage = QStorage::from_data(
             std::borrow::Cow::Borrowed(range.bytes()),

@@ -233,18 +233,19 @@ impl T5TextEncoder {
             }
             let (cfg, cfg_path) = folder.ok_or_else(no_config)?;
             let names: Vec<&str> = g.names().collect();
-            return Self::load_prefixed(cfg, &cfg_path, &g, &names, dtype, device);
+            return Self::load_prefixed(cfg, &cfg_path, file, &g, &names, dtype, device);
         }
         let (cfg, cfg_path) = folder.ok_or_else(no_config)?;
         let w = WeightFiles::open(&[file.to_path_buf()])?;
         let names: Vec<&str> = w.names().collect();
-        Self::load_prefixed(cfg, &cfg_path, &w, &names, dtype, device)
+        Self::load_prefixed(cfg, &cfg_path, file, &w, &names, dtype, device)
     }
 
     /// Loads transformers names behind whatever prefix the file puts before `encoder.block.0`.
     fn load_prefixed(
         cfg: T5Config,
         cfg_path: &Path,
+        file: &Path,
         src: &dyn TensorSource,
         names: &[&str],
         dtype: DType,
@@ -255,8 +256,8 @@ impl T5TextEncoder {
             .iter()
             .find_map(|n| n.strip_suffix(PROBE))
             .ok_or_else(|| EngineError::UnknownLayout {
-                path: cfg_path.to_path_buf(),
-                msg: format!("the T5 weights have no `{PROBE}` under any prefix"),
+                path: file.to_path_buf(),
+                msg: format!("no `{PROBE}` under any prefix: not a T5 encoder"),
             })?
             .to_string();
         let rename = |n: &str| format!("{prefix}{n}");

@@ -12,39 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use super::config::FluxConfig;
 use super::names::{diffusers_source, DiffusersSource};
 use crate::error::{EngineError, Result};
-use crate::quant::LinearWeight;
 pub(crate) use crate::tensor_source::TensorSource;
 use crate::tiny_init::TensorMap;
 use crate::weights::WeightFiles;
-
-/// A BFL single file (safetensors or GGUF); `prefix` is `model.diffusion_model.` for ComfyUI
-/// files, else empty.
-pub(crate) struct BflSource<'a> {
-    pub inner: &'a dyn TensorSource,
-    pub prefix: String,
-}
-
-impl TensorSource for BflSource<'_> {
-    fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        self.inner
-            .get(&format!("{}{name}", self.prefix), shape, dtype, device)
-    }
-
-    fn get_weight(
-        &self,
-        name: &str,
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<LinearWeight> {
-        self.inner
-            .get_weight(&format!("{}{name}", self.prefix), shape, dtype, device)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.inner.contains(&format!("{}{name}", self.prefix))
-    }
-}
 
 /// The ComfyUI prefix of BFL names in checkpoint files that bundle the whole model.
 pub(crate) const COMFY_PREFIX: &str = "model.diffusion_model.";

@@ -29,11 +29,12 @@ pub use write::{random_canonical_weights, write_bfl_single_file, write_tiny_diff
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::quant::CpuKernels;
+use crate::tensor_source::Renamed;
 use crate::tiny_init::TensorMap;
 use crate::weights::WeightFiles;
 use blocks::{load_linear, Dims, DoubleBlock, SingleBlock};
 use config::TIME_EMBED_DIM;
-use load::{BflSource, DiffusersDirSource, MapSource, TensorSource};
+use load::{DiffusersDirSource, MapSource, TensorSource};
 
 /// `MLPEmbedder` (BFL) / `TimestepEmbedding`, `PixArtAlphaTextProjection` (diffusers):
 /// `out_layer(silu(in_layer(x)))`.
@@ -108,9 +109,9 @@ impl FluxTransformer {
         let prefix = load::detect_bfl_prefix(&weights, file)?;
         let name = |k: &str| format!("{prefix}{k}");
         let cfg = FluxConfig::infer_bfl(&weights, file, &name)?;
-        let src = BflSource {
+        let src = Renamed {
             inner: &weights,
-            prefix: prefix.clone(),
+            rename: &name,
         };
         Self::build(cfg, &src, dtype, device)
     }
@@ -132,9 +133,10 @@ impl FluxTransformer {
             types = %gguf.type_summary(),
             "loading a GGUF transformer"
         );
-        let src = BflSource {
+        let name = |k: &str| format!("{prefix}{k}");
+        let src = Renamed {
             inner: &gguf,
-            prefix,
+            rename: &name,
         };
         Self::build(cfg, &src, dtype, device)
     }
@@ -546,13 +548,24 @@ pub fn bench_forward(
     txt_tokens: usize,
     iters: usize,
 ) -> Result<Vec<f64>> {
-    let dev = Device::Cpu;
     let model = FluxTransformer::from_canonical(
         cfg.clone(),
         &random_canonical_weights(cfg, 0)?,
         DType::F32,
-        &dev,
+        &Device::Cpu,
     )?;
+    bench_model_forward(&model, img_tokens, txt_tokens, iters)
+}
+
+/// [`bench_forward`] on a loaded model (e.g. a GGUF file), random inputs of its widths.
+pub fn bench_model_forward(
+    model: &FluxTransformer,
+    img_tokens: usize,
+    txt_tokens: usize,
+    iters: usize,
+) -> Result<Vec<f64>> {
+    let cfg = model.config();
+    let dev = model.device().clone();
     let mut rng = crate::tiny_init::InitRng::new(0, "bench-inputs");
     let cols = (img_tokens as f64).sqrt().ceil().max(1.0) as usize;
     let ids: Vec<f32> = (0..img_tokens)
@@ -560,9 +573,15 @@ pub fn bench_forward(
         .collect();
     let img_ids = Tensor::from_vec(ids, (img_tokens, 3), &dev)?;
     let txt_ids = Tensor::zeros((txt_tokens, 3), DType::F32, &dev)?;
-    let img = rng.normal_tensor(&[1, img_tokens, cfg.in_channels], 0.0, 1.0)?;
-    let txt = rng.normal_tensor(&[1, txt_tokens, cfg.joint_attention_dim], 0.0, 1.0)?;
-    let pooled = rng.normal_tensor(&[1, cfg.pooled_projection_dim], 0.0, 1.0)?;
+    let img = rng
+        .normal_tensor(&[1, img_tokens, cfg.in_channels], 0.0, 1.0)?
+        .to_device(&dev)?;
+    let txt = rng
+        .normal_tensor(&[1, txt_tokens, cfg.joint_attention_dim], 0.0, 1.0)?
+        .to_device(&dev)?;
+    let pooled = rng
+        .normal_tensor(&[1, cfg.pooled_projection_dim], 0.0, 1.0)?
+        .to_device(&dev)?;
     let t = Tensor::new(&[0.7f32], &dev)?;
     let g = Tensor::new(&[3.5f32], &dev)?;
     let guidance = cfg.guidance_embeds.then_some(&g);
@@ -571,8 +590,11 @@ pub fn bench_forward(
     for i in 0..=iters {
         let start = std::time::Instant::now();
         let out = model.forward_with_rope(&img, &txt, &rope, &t, guidance, &pooled)?;
-        // Force the result (candle is eager; this only guards against future laziness).
-        let _ = out.dims();
+        // Wait for the result (candle runs CUDA work asynchronously).
+        out.flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
