@@ -6,8 +6,8 @@
 # 128, T5 width 4096, CLIP width 768: what stable-diffusion.cpp hard-codes) and a few blocks,
 # written in city96's layout by fluxd; stable-diffusion.cpp runs without T5 and so feeds 256
 # zero text tokens, and fluxd and diffusers get 256 text tokens too. stable-diffusion.cpp also
-# needs a CLIP-L and a VAE: random full-size ones are written, not timed (its log gives the
-# sampling time alone).
+# needs a CLIP-L and a decoder: a random full-size CLIP-L and a random tiny autoencoder are
+# written, not timed (its log gives the sampling time alone).
 #
 # Usage: scripts/bench-gguf.sh [REF_VENV]
 # Env: TYPES ("Q8_0 Q4_K"), WIDTH/HEIGHT (512), DOUBLE (1), SINGLE (2) blocks, RUNS (2),
@@ -40,7 +40,7 @@ for ty in $TYPES; do
       > "$d/fluxd-$k.json"
   done
   "$sdvenv/bin/python" "$bench" sdcpp "$d/flux.gguf" "$work/enc/clip_l.safetensors" \
-    "$work/enc/vae.safetensors" "$W" "$H" "$RUNS" "$THREADS" > /dev/null 2> "$d/sdcpp.log"
+    "$work/enc/taef1.safetensors" "$W" "$H" "$RUNS" "$THREADS" > /dev/null 2> "$d/sdcpp.log"
   "$ref/bin/python" "$bench" diffusers "$d/flux.gguf" "$d" "$W" "$H" "$TXT" "$RUNS" "$THREADS" \
     2>/dev/null > "$d/diffusers.json"
 done

@@ -1,14 +1,15 @@
 """The peers' side of scripts/bench-gguf.sh: one FLUX denoising step on the same GGUF file.
 
   encoders OUT_DIR
-      (reference venv) random full-size CLIP-L (transformers layout, as ComfyUI's clip_l) and
-      FLUX VAE (diffusers layout) for stable-diffusion.cpp, which hard-codes CLIP-L's size and
-      needs a VAE to load; neither is timed.
+      (reference venv) random full-size CLIP-L (ComfyUI's clip_l layout) and a random tiny
+      autoencoder of FLUX's latent width (diffusers AutoencoderTiny, taef1's layout) for
+      stable-diffusion.cpp, which hard-codes CLIP-L's size and needs a decoder to run; neither
+      is timed (the full VAE would take minutes per image on a CPU).
   diffusers GGUF CONFIG_DIR WIDTH HEIGHT TXT RUNS THREADS
       (reference venv) diffusers' own GGUF path (`from_single_file` + `GGUFQuantizationConfig`,
       compute in float32 on the CPU): one transformer forward on random inputs of the same sizes
       fluxd uses, RUNS times after a warm-up. Prints JSON.
-  sdcpp GGUF CLIP VAE WIDTH HEIGHT RUNS THREADS
+  sdcpp GGUF CLIP TAE WIDTH HEIGHT RUNS THREADS
       (stable-diffusion-cpp-python venv) generate_image with 1 Euler step, RUNS + 1 times; no T5,
       so stable-diffusion.cpp feeds 256 zero text tokens (conditioner.hpp). Its log (stderr)
       says "sampling completed, taking X s" per image, which the shell script reads.
@@ -23,7 +24,7 @@ import time
 
 def encoders(out_dir):
     import torch
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderTiny
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -33,16 +34,13 @@ def encoders(out_dir):
         vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
         projection_dim=768))
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()},
-              os.path.join(out_dir, "clip_l.safetensors"))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
-        use_quant_conv=False, use_post_quant_conv=False,
-        scaling_factor=0.3611, shift_factor=0.1159)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
-              os.path.join(out_dir, "vae.safetensors"))
+    # ComfyUI's clip_l.safetensors names (transformers 5 drops the `text_model.` level).
+    state = {k if k.startswith("text_model.") else f"text_model.{k}": v.contiguous()
+             for k, v in clip.state_dict().items()}
+    save_file(state, os.path.join(out_dir, "clip_l.safetensors"))
+    tae = AutoencoderTiny(latent_channels=16)
+    save_file({k: v.contiguous() for k, v in tae.state_dict().items()},
+              os.path.join(out_dir, "taef1.safetensors"))
 
 
 def diffusers_step(gguf, config_dir, width, height, txt, runs, threads):
@@ -79,10 +77,10 @@ def diffusers_step(gguf, config_dir, width, height, txt, runs, threads):
                       "step_ms_median": statistics.median(times)}))
 
 
-def sdcpp_step(gguf, clip, vae, width, height, runs, threads):
+def sdcpp_step(gguf, clip, tae, width, height, runs, threads):
     from stable_diffusion_cpp import StableDiffusion
 
-    sd = StableDiffusion(diffusion_model_path=gguf, clip_l_path=clip, vae_path=vae,
+    sd = StableDiffusion(diffusion_model_path=gguf, clip_l_path=clip, taesd_path=tae,
                          n_threads=threads, verbose=True)
     for i in range(runs + 1):
         sd.generate_image(prompt="a red fox", width=width, height=height, sample_steps=1,
@@ -97,8 +95,8 @@ def main():
         gguf, cfg = args[:2]
         diffusers_step(gguf, cfg, *map(int, args[2:7]))
     elif cmd == "sdcpp":
-        gguf, clip, vae = args[:3]
-        sdcpp_step(gguf, clip, vae, *map(int, args[3:7]))
+        gguf, clip, tae = args[:3]
+        sdcpp_step(gguf, clip, tae, *map(int, args[3:7]))
     else:
         sys.exit(f"unknown command {cmd}")
 
