@@ -118,6 +118,22 @@ fn api_nodes_and_a_worker_share_one_store_and_an_s3_bucket() {
         String::from_utf8_lossy(&uploaded.body)
     );
 
+    // The CLI takes the same --blobs: an import streams the file into the bucket, a delete
+    // removes it again.
+    import_lora(&data, "acme", "cli-finetune", &["--blobs", &blobs]);
+    fluxd(&[
+        "finetunes",
+        "delete",
+        "--tenant",
+        "acme",
+        "--id",
+        "cli-finetune",
+        "--data-dir",
+        s(&data),
+        "--blobs",
+        &blobs,
+    ]);
+
     // A worker on the same store and bucket, with health and metrics on a port of its own.
     let receiver = FakeLlm::start("unused");
     let mut worker = Server::run_fluxd(
