@@ -4,6 +4,7 @@
 //! files), runs the text encoders, the flow-matching transformer and the VAE, and produces the
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
+pub mod control;
 pub mod error;
 pub mod lora;
 pub mod model_dir;
