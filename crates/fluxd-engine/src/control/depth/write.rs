@@ -220,8 +220,16 @@ fn neck_and_head(rng: &mut InitRng, t: &mut TensorMap, cfg: &DepthAnythingConfig
     }
     conv(rng, t, "head.conv1", (FUSION / 2, FUSION, 3), true)?;
     conv(rng, t, "head.conv2", (HEAD_HIDDEN, FUSION / 2, 3), true)?;
-    conv(rng, t, "head.conv3", (1, HEAD_HIDDEN, 1), true)?;
-    // A positive output bias: relative depth comes out of a ReLU, and a map that is mostly
-    // zero would test little.
-    vector(rng, t, "head.conv3.bias".into(), 1, 4.0, 0.0)
+    // The last layer scaled up, with a positive bias: the tiny map then spans tens of levels
+    // (a real model's relative depth reads as 0..255-ish levels in BFL's encoder) with some
+    // values cut by the final ReLU, instead of a near-constant map that would test little.
+    t.insert(
+        "head.conv3.weight".into(),
+        rng.normal_tensor(
+            &[1, HEAD_HIDDEN, 1, 1],
+            0.0,
+            40.0 / (HEAD_HIDDEN as f32).sqrt(),
+        )?,
+    );
+    vector(rng, t, "head.conv3.bias".into(), 1, 30.0, 0.0)
 }
