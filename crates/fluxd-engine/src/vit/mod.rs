@@ -19,6 +19,26 @@ pub(crate) use crate::text_encoders::encoder_layer::{LayerNames, CLIP_LAYER_SUFF
 use crate::text_encoders::{apply, layer_norm, Act};
 use crate::weights::WeightFiles;
 
+/// An int or an `[h, w]` pair, as vision configs write `image_size` and `patch_size`.
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub(crate) enum SizePair {
+    /// One number for both sides.
+    One(usize),
+    /// `[height, width]`.
+    Two([usize; 2]),
+}
+
+impl SizePair {
+    /// (height, width).
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Self::One(n) => (n, n),
+            Self::Two([h, w]) => (h, w),
+        }
+    }
+}
+
 /// The sizes and choices of one vision transformer, taken from its model config.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct VitSpec {

@@ -10,27 +10,20 @@ use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 use crate::safety::Resample;
-use crate::text_encoders::{read_config, Act};
+use crate::text_encoders::{check_model_type, parse_config, read_config, read_json_text, Act};
 use crate::vit::processor::ProcessorJson;
+use crate::vit::SizePair;
 
-/// An int or an `[h, w]` pair, as configs write `image_size` and `patch_size`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-enum Pair {
-    One(usize),
-    Two([usize; 2]),
-}
-
-impl Pair {
-    fn square(self, path: &Path, key: &str) -> Result<usize> {
-        match self {
-            Self::One(n) => Ok(n),
-            Self::Two([h, w]) if h == w => Ok(h),
-            Self::Two([h, w]) => Err(EngineError::config(
-                path,
-                format!("`{key}` [{h}, {w}] is not square (Depth Anything's DPT head needs one patch size)"),
-            )),
-        }
+/// A square side from `image_size` / `patch_size` (the DPT head needs one patch size).
+fn square(p: SizePair, path: &Path, key: &str) -> Result<usize> {
+    match p.hw() {
+        (h, w) if h == w => Ok(h),
+        (h, w) => Err(EngineError::config(
+            path,
+            format!(
+                "`{key}` [{h}, {w}] is not square (Depth Anything's DPT head needs one patch size)"
+            ),
+        )),
     }
 }
 
@@ -43,8 +36,8 @@ struct RawBackbone {
     mlp_ratio: Option<f64>,
     hidden_act: Option<String>,
     layer_norm_eps: Option<f64>,
-    image_size: Option<Pair>,
-    patch_size: Option<Pair>,
+    image_size: Option<SizePair>,
+    patch_size: Option<SizePair>,
     num_channels: Option<usize>,
     qkv_bias: Option<bool>,
     use_swiglu_ffn: Option<bool>,
@@ -57,7 +50,7 @@ struct RawBackbone {
 struct RawConfig {
     model_type: Option<String>,
     backbone_config: Option<RawBackbone>,
-    patch_size: Option<Pair>,
+    patch_size: Option<SizePair>,
     reassemble_hidden_size: Option<usize>,
     reassemble_factors: Option<Vec<f64>>,
     neck_hidden_sizes: Option<Vec<usize>>,
@@ -132,6 +125,15 @@ pub struct DepthAnythingConfig {
 }
 
 impl DepthAnythingConfig {
+    /// Each neck level: (index, channels, reassemble factor).
+    pub fn levels(&self) -> impl Iterator<Item = (usize, usize, f64)> + '_ {
+        self.neck_hidden_sizes
+            .iter()
+            .zip(&self.reassemble_factors)
+            .enumerate()
+            .map(|(i, (&c, &f))| (i, c, f))
+    }
+
     /// Reads `config.json` from a Depth Anything folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let (path, value) = read_config(dir)?;
@@ -140,29 +142,23 @@ impl DepthAnythingConfig {
 
     /// Parses a config already read from `path`.
     pub fn from_value(value: serde_json::Value, path: &Path) -> Result<Self> {
-        let raw: RawConfig =
-            serde_json::from_value(value).map_err(|e| EngineError::config(path, e.to_string()))?;
+        let raw: RawConfig = parse_config(value, path)?;
         let bad = |msg: String| EngineError::config(path, msg);
-        if let Some(t) = raw.model_type.as_deref() {
-            if t != "depth_anything" {
-                return Err(bad(format!(
-                    "model_type `{t}` is not `depth_anything` (DepthAnythingForDepthEstimation)"
-                )));
-            }
-        }
+        check_model_type(
+            raw.model_type.as_deref(),
+            "depth_anything",
+            path,
+            "DepthAnythingForDepthEstimation",
+        )?;
         // `backbone_config: null` means transformers' default small backbone.
         let b = raw.backbone_config.unwrap_or_else(|| RawBackbone {
-            image_size: Some(Pair::One(518)),
+            image_size: Some(SizePair::One(518)),
             hidden_size: Some(384),
             num_attention_heads: Some(6),
             out_indices: Some(vec![9, 10, 11, 12]),
             ..Default::default()
         });
-        if let Some(t) = b.model_type.as_deref() {
-            if t != "dinov2" {
-                return Err(bad(format!("backbone model_type `{t}` is not `dinov2`")));
-            }
-        }
+        check_model_type(b.model_type.as_deref(), "dinov2", path, "a DINOv2 backbone")?;
         if b.use_swiglu_ffn == Some(true) {
             return Err(bad(
                 "backbone use_swiglu_ffn is not supported (Depth Anything uses the GELU MLP)"
@@ -186,14 +182,16 @@ impl DepthAnythingConfig {
             intermediate_size: (hidden as f64 * b.mlp_ratio.unwrap_or(4.0)) as usize,
             act: Act::parse(&act_name, path)?,
             layer_norm_eps: b.layer_norm_eps.unwrap_or(1e-6),
-            image_size: b
-                .image_size
-                .unwrap_or(Pair::One(224))
-                .square(path, "image_size")?,
-            patch_size: b
-                .patch_size
-                .unwrap_or(Pair::One(14))
-                .square(path, "patch_size")?,
+            image_size: square(
+                b.image_size.unwrap_or(SizePair::One(224)),
+                path,
+                "image_size",
+            )?,
+            patch_size: square(
+                b.patch_size.unwrap_or(SizePair::One(14)),
+                path,
+                "patch_size",
+            )?,
             num_channels: b.num_channels.unwrap_or(3),
             qkv_bias: b.qkv_bias.unwrap_or(true),
             apply_layernorm: b.apply_layernorm.unwrap_or(true),
@@ -246,10 +244,11 @@ impl DepthAnythingConfig {
             )));
         }
         Ok(Self {
-            patch_size: raw
-                .patch_size
-                .unwrap_or(Pair::One(14))
-                .square(path, "patch_size")?,
+            patch_size: square(
+                raw.patch_size.unwrap_or(SizePair::One(14)),
+                path,
+                "patch_size",
+            )?,
             reassemble_hidden_size: raw.reassemble_hidden_size.unwrap_or(384),
             reassemble_factors,
             neck_hidden_sizes,
@@ -338,13 +337,7 @@ impl DepthProcessorConfig {
     /// Reads `preprocessor_config.json` from a Depth Anything folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
-        if !path.is_file() {
-            return Err(EngineError::MissingFile {
-                path,
-                what: "Depth Anything image processor config".into(),
-            });
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+        let text = read_json_text(&path, "Depth Anything image processor config")?;
         Self::parse(&text, &path)
     }
 

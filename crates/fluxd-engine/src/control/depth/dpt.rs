@@ -133,12 +133,7 @@ impl DptHead {
     pub fn load(cfg: &DepthAnythingConfig, w: &WeightFiles, dev: &Device) -> Result<Self> {
         let (rh, f) = (cfg.reassemble_hidden_size, cfg.fusion_hidden_size);
         let mut reassemble = Vec::new();
-        for (i, (&c, &factor)) in cfg
-            .neck_hidden_sizes
-            .iter()
-            .zip(&cfg.reassemble_factors)
-            .enumerate()
-        {
+        for (i, c, factor) in cfg.levels() {
             let n = format!("neck.reassemble_stage.layers.{i}");
             let projection =
                 Conv::load(w, &format!("{n}.projection"), (c, rh, 1), 1, 0, true, dev)?;

@@ -175,12 +175,7 @@ fn backbone(rng: &mut InitRng, t: &mut TensorMap) -> Result<()> {
 }
 
 fn neck_and_head(rng: &mut InitRng, t: &mut TensorMap, cfg: &DepthAnythingConfig) -> Result<()> {
-    for (i, (&c, &factor)) in cfg
-        .neck_hidden_sizes
-        .iter()
-        .zip(&cfg.reassemble_factors)
-        .enumerate()
-    {
+    for (i, c, factor) in cfg.levels() {
         let n = format!("neck.reassemble_stage.layers.{i}");
         conv(
             rng,
