@@ -7,7 +7,9 @@
 # It shares the CPU build's target folder and dev profile: only the crates whose features change
 # (candle-core, candle-nn, cudarc, candle-kernels and ours above them) are built again; the
 # CPU build's artifacts stay valid beside them. Most of the time is nvcc compiling candle's
-# kernels (the PTX ones and the quantized-matmul library), once per clean target folder.
+# kernels (the PTX ones and the quantized-matmul library): once per clean target folder, and
+# again whenever Cargo.lock moves one of candle-kernels' build dependencies (its build script
+# then gets a new output folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/cuda-env.sh
