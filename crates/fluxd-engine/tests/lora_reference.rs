@@ -26,10 +26,10 @@ const LATENT_TOL: Tol<f32> = Tol {
     f32: 1e-4,
     bf16: 8.0,
 };
-/// Largest difference on an 8-bit channel value (f32: rounding at .5 boundaries). On the bf16
-/// path against f32 images (observed up to 165 levels) the pixels say nothing the latents do
-/// not: any value passes there.
-const PIXEL_TOL: Tol<u8> = Tol { f32: 1, bf16: 255 };
+/// Largest difference on an 8-bit channel value on the f32 path (rounding at .5 boundaries).
+/// The bf16 path is not compared pixel by pixel against these f32 images (observed up to 165
+/// levels: the pixels say nothing the latents do not), so it has no pixel bound at all.
+const PIXEL_TOL: u8 = 1;
 /// Largest |Δ| between two ways of applying the same adapter (two halves vs one whole, kohya vs
 /// BFL layout): the same sums in another order (observed in f32: below 1e-5; bf16: 3.7e-2 for
 /// the halves, 0 for the layouts).
@@ -134,10 +134,12 @@ fn every_layout_matches_diffusers_at_every_strength() {
                 d <= LATENT_TOL.get(),
                 "{file} at {strength}: latents differ by {d}"
             );
-            assert!(
-                w <= PIXEL_TOL.get(),
-                "{file} at {strength}: a pixel differs by {w}"
-            );
+            if common::engine_path() == common::EnginePath::Cpu {
+                assert!(
+                    w <= PIXEL_TOL,
+                    "{file} at {strength}: a pixel differs by {w}"
+                );
+            }
         }
     }
 }
