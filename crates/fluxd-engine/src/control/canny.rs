@@ -248,7 +248,7 @@ pub fn bfl_level_round_trip() -> [u8; 256] {
 
 /// BFL's `CannyImageEncoder` on an RGB control image: the reference's level round trip
 /// ([`bfl_level_round_trip`]), then `cv2.Canny` on the 3 channels. The FLUX.1-Canny pipeline
-/// then uses the map on all 3 channels, scaled to [−1, 1] (`map / 127.5 − 1`).
+/// then uses the map on all 3 channels, scaled to [−1, 1] (`super::gray_control_tensor`).
 pub fn bfl_canny(img: &RgbImage, t: CannyThresholds) -> GrayImage {
     let lut = bfl_level_round_trip();
     let mut levels = img.clone();

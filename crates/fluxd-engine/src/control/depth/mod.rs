@@ -198,9 +198,7 @@ impl DepthMap {
     /// The 3-channel control tensor (1, 3, H, W) of BFL's `DepthImageEncoder`: `value / 127.5
     /// − 1` on every channel (the map should already be resized to the image).
     pub fn control_tensor(&self, device: &Device) -> Result<Tensor> {
-        let plane: Vec<f32> = self.values.iter().map(|v| v / 127.5 - 1.0).collect();
-        let t = Tensor::from_vec(plane, (1, 1, self.height, self.width), device)?;
-        Ok(t.repeat((1, 3, 1, 1))?)
+        crate::control::control_tensor(&self.values, self.height, self.width, device)
     }
 
     /// The map as an 8-bit image.
