@@ -7,7 +7,7 @@ use clap::Subcommand;
 use fluxd_server::import::{import_lora, ImportOptions, StagedFile};
 use fluxd_store::Store;
 
-use crate::serve::{block_on, shown, transformer_config, DataDirArgs, ModelArgs};
+use crate::serve::{block_on, shown, transformer_config, DataDirArgs, ModelArgs, ModelUse};
 
 #[derive(Debug, Subcommand)]
 pub enum FinetunesCommand {
@@ -71,7 +71,7 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 model,
             } => {
                 let data = data.open()?;
-                let paths = model.resolve(&data)?;
+                let paths = model.resolve(&data, ModelUse::Check)?;
                 let cfg = transformer_config(&paths).context("reading the transformer config")?;
                 let staged = StagedFile::hash(&file)?;
                 let store = data.store().await?;

@@ -53,21 +53,33 @@ pub struct ModelArgs {
     pub vae: Option<PathBuf>,
 }
 
+/// Who asks for the model: the server warns loudly when it would serve the tiny one; commands
+/// that only check files against it (importing a LoRA) say nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelUse {
+    /// `fluxd serve`.
+    Serve,
+    /// Anything else.
+    Check,
+}
+
 impl ModelArgs {
     /// The model's files: the given folder, or the data directory's tiny model (made once).
-    pub fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
+    pub fn resolve(&self, data: &DataDir, usage: ModelUse) -> Result<ModelPaths> {
         let root = match &self.model {
             Some(root) => root.clone(),
             None => {
                 let (dir, created) = data
                     .ensure_tiny_model()
                     .context("creating the tiny model")?;
-                tracing::warn!(
-                    model = %dir.display(),
-                    created,
-                    "NO --model GIVEN: serving a TINY RANDOM model that makes noise images, \
-                     for trying the API only; pass --model DIR for real images"
-                );
+                if usage == ModelUse::Serve {
+                    tracing::warn!(
+                        model = %dir.display(),
+                        created,
+                        "NO --model GIVEN: serving a TINY RANDOM model that makes noise images, \
+                         for trying the API only; pass --model DIR for real images"
+                    );
+                }
                 dir
             }
         };
@@ -125,6 +137,16 @@ pub struct ServeArgs {
     /// (refused by default: callers choose webhook URLs, so this is an SSRF switch).
     #[arg(long, env = "FLUXD_WEBHOOK_ALLOW_PRIVATE")]
     webhook_allow_private: bool,
+    /// Do not send `X-Webhook-Secret: <webhook_secret>` with webhooks (sent by default, as the
+    /// reference does and the official SDK's verifier expects); the two HMAC signatures are sent
+    /// either way. For receivers reached over plain HTTP, where the secret would travel readable.
+    #[arg(long, env = "FLUXD_WEBHOOK_NO_SECRET_HEADER")]
+    webhook_no_secret_header: bool,
+    /// Size of `flux-pro-1.1-ultra` images in megapixels of 1024² pixels, at most 4 (the
+    /// reference's: 2752×1536 for 16:9); lower it to make ultra cheaper.
+    #[arg(long, env = "FLUXD_ULTRA_MEGAPIXELS", default_value_t = fluxd_api::ULTRA_MEGAPIXELS_DEFAULT,
+          value_parser = parse_megapixels)]
+    ultra_megapixels: f64,
     /// Time for one webhook attempt (e.g. 15s).
     #[arg(long, env = "FLUXD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     webhook_timeout: Duration,
@@ -222,6 +244,18 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Parses `--ultra-megapixels`: more than 0, at most 4.
+fn parse_megapixels(s: &str) -> Result<f64> {
+    let mp: f64 = s
+        .trim()
+        .parse()
+        .with_context(|| format!("`{s}` is not a number of megapixels like 4 or 1.5"))?;
+    if !(mp > 0.0 && mp <= fluxd_api::ULTRA_MEGAPIXELS_DEFAULT) {
+        bail!("megapixels must be more than 0 and at most 4, got {s}");
+    }
+    Ok(mp)
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -238,7 +272,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         bail!("--webhook-timeout must be more than 0s");
     }
     let data = args.data.open()?;
-    let paths = args.model.resolve(&data)?;
+    let paths = args.model.resolve(&data, ModelUse::Serve)?;
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
     let options = SqliteOptions {
@@ -293,6 +327,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             timeout: args.webhook_timeout,
             retry_for: args.webhook_retry_for,
             retry_base: args.webhook_retry_base.max(Duration::from_millis(100)),
+            secret_header: !args.webhook_no_secret_header,
             ..WebhookConfig::default()
         },
         task_lease: args.task_lease,
@@ -300,6 +335,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         auth_cache_ttl: args.auth_cache_ttl,
         task_cache_ttl: args.task_cache_ttl,
         finetune_cache_ttl: args.finetune_cache_ttl,
+        ultra_megapixels: args.ultra_megapixels,
         upsampler: args.upsampler.build()?,
         image_prompt_max_pixels,
         prompt_policy: Arc::new(prompt_policy),
@@ -435,5 +471,14 @@ mod tests {
         );
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn megapixels() {
+        assert_eq!(parse_megapixels("4").expect("mp"), 4.0);
+        assert_eq!(parse_megapixels("0.25").expect("mp"), 0.25);
+        for bad in ["0", "-1", "4.5", "nan", "inf", "x"] {
+            assert!(parse_megapixels(bad).is_err(), "{bad}");
+        }
     }
 }
