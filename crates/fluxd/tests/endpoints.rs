@@ -19,14 +19,18 @@ fn dims(bytes: &[u8]) -> (u32, u32) {
     (img.width(), img.height())
 }
 
-/// A data directory with a key for tenant acme and the tiny model's own demo LoRA imported as
-/// `demo` (the README's walkthrough), plus the test LoRA as `my-finetune`.
+/// A data directory with a key for tenant acme and the test LoRA imported as `my-finetune`.
 fn prepared(name: &str) -> (std::path::PathBuf, String) {
     let data = scratch(name);
     let key = create_key(&data, "acme");
     import_lora(&data, "acme", "my-finetune", &[]);
-    // `fluxd finetunes import` made the tiny model; it comes with a demo LoRA. An import says
-    // nothing about serving a tiny random model: it serves nothing.
+    (data, key)
+}
+
+/// Imports the served tiny model's own demo LoRA as `demo`, as the README's walkthrough does
+/// once `fluxd serve` has made the tiny model. An import says nothing about serving a tiny
+/// random model: it serves nothing.
+fn import_demo(data: &Path) {
     let demo = data.join("tiny-model/lora/demo.safetensors");
     assert!(demo.is_file(), "the tiny model has no demo LoRA");
     let out = Command::new(env!("CARGO_BIN_EXE_fluxd"))
@@ -39,7 +43,7 @@ fn prepared(name: &str) -> (std::path::PathBuf, String) {
             "demo",
             s(&demo),
         ])
-        .args(["--data-dir", s(&data)])
+        .args(["--data-dir", s(data)])
         .env("RUST_LOG", "info")
         .output()
         .expect("run fluxd");
@@ -49,7 +53,6 @@ fn prepared(name: &str) -> (std::path::PathBuf, String) {
         !stderr.contains("TINY RANDOM"),
         "import printed the serve warning: {stderr}"
     );
-    (data, key)
 }
 
 #[test]
@@ -61,6 +64,7 @@ fn every_endpoint_generates_with_the_tables_settings() {
         &data,
         &["--ultra-megapixels", &mp, "--redux-model", s(&redux)],
     );
+    import_demo(&data);
     let run = |endpoint: &str, body: Value| {
         let (submitted, done) =
             submit_to_and_wait(&server, &key, &format!("/v1/{endpoint}"), &body);

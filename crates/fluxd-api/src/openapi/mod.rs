@@ -174,7 +174,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                 "403",
                 json_response("Invalid or expired signature", "ErrorDetail"),
             ),
-            vec![NotFound("No such image (or it expired)")],
+            vec![NotFound("No such image (or it expired)"), Unavailable],
         ),
         (
             "/v1/my_finetunes".to_owned(),

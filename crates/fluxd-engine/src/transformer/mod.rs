@@ -102,15 +102,27 @@ impl FluxTransformer {
     /// Loads a BFL single file (`flux1-dev.safetensors`), with or without the ComfyUI
     /// `model.diffusion_model.` prefix. The config is inferred from tensor shapes.
     pub fn load_bfl(file: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (weights, prefix, cfg) = Self::open_bfl(file)?;
+        let src = BflSource {
+            weights: &weights,
+            prefix,
+        };
+        Self::build(cfg, &src, dtype, device)
+    }
+
+    /// The config of a BFL single file, inferred from the tensor shapes in its header: no weight
+    /// is read (an API node checks LoRA files against it without loading the model).
+    pub fn bfl_config(file: &Path) -> Result<FluxConfig> {
+        Ok(Self::open_bfl(file)?.2)
+    }
+
+    /// A BFL single file's weights (mapped, not read), its key prefix and its inferred config.
+    fn open_bfl(file: &Path) -> Result<(WeightFiles, String, FluxConfig)> {
         let weights = WeightFiles::open(&[file.to_path_buf()])?;
         let prefix = load::detect_bfl_prefix(&weights, file)?;
         let name = |k: &str| format!("{prefix}{k}");
         let cfg = FluxConfig::infer_bfl(&weights, file, &name)?;
-        let src = BflSource {
-            weights: &weights,
-            prefix: prefix.clone(),
-        };
-        Self::build(cfg, &src, dtype, device)
+        Ok((weights, prefix, cfg))
     }
 
     /// Builds a model from canonical (BFL-named) tensors held in memory.

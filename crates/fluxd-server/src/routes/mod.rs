@@ -29,10 +29,8 @@ use crate::state::AppState;
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    // Install the recorder before the first request is counted.
-    let _ = crate::metrics::handle();
     let json_limit = DefaultBodyLimit::max(state.config().max_request_bytes);
-    let mut router = Router::new();
+    let mut routes = Router::new();
     for endpoint in fluxd_api::Endpoint::all() {
         let handler = move |state: State<AppState>,
                             caller: Caller,
@@ -41,9 +39,9 @@ pub fn app(state: AppState) -> Router {
                             body: Result<Bytes, BytesRejection>| {
             submit::submit(endpoint, state, caller, request_id, headers, body)
         };
-        router = router.route(&endpoint.path(), post(handler).layer(json_limit));
+        routes = routes.route(&endpoint.path(), post(handler).layer(json_limit));
     }
-    router
+    let routes = routes
         .route("/v1/get_result", get(tasks::get_result))
         .route("/v1/images/{file}", get(tasks::image))
         .route("/v1/my_finetunes", get(finetunes::my_finetunes))
@@ -57,15 +55,34 @@ pub fn app(state: AppState) -> Router {
             "/v1/finetunes",
             post(finetunes::upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics_text))
+        .merge(ops_routes());
+    finish(routes, state)
+}
+
+/// What a worker serves on `--listen`: health and metrics only (it takes no API requests).
+pub fn ops_app(state: AppState) -> Router {
+    finish(ops_routes(), state)
+}
+
+/// `routes` counted in the metrics, with the contract's 404 for anything else.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    // Install the recorder before the first request is counted.
+    let _ = crate::metrics::handle();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(axum::middleware::from_fn(crate::request_id::tag))
         .with_state(state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, served by every node.
+fn ops_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
 }
 
 /// Prometheus metrics (`fluxd_` prefix).
@@ -89,7 +106,7 @@ async fn healthz() -> Json<HealthStatus> {
     health("ok", None)
 }
 
-/// Ready: the model is loaded and tasks will run.
+/// Ready: the model is loaded and tasks will run (on an API-only node: at once, it has no model).
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.engine_state() {
         EngineState::Ready(_) => health("ready", None).into_response(),
