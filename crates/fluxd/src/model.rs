@@ -10,8 +10,9 @@ use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// Write a small random FLUX.1 model in the real FLUX.1-dev (diffusers) layout, with a
-    /// matching FLUX.1-Redux model (image prompts) in `DIR/redux` and a tiny NSFW classifier
-    /// (Falconsai/nsfw_image_detection's format) in `DIR/safety_checker`.
+    /// matching FLUX.1-Redux model (image prompts) in `DIR/redux`, a tiny NSFW classifier
+    /// (Falconsai/nsfw_image_detection's format) in `DIR/safety_checker` and a demo LoRA
+    /// fine-tune in `DIR/lora/demo.safetensors`.
     InitTiny(InitTinyArgs),
     /// Write a small random Depth Anything (`DepthAnythingForDepthEstimation`) in the exact
     /// transformers layout of depth-anything-large-hf, for `--depth-estimator`.
