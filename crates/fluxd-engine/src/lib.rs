@@ -2,9 +2,13 @@
 //!
 //! It loads real on-disk formats (the Hugging Face diffusers layout of FLUX.1-dev, BFL single
 //! files, GGUF files with quantized weights), runs the text encoders, the flow-matching
-//! transformer and the VAE, and produces the image diffusers would produce for the same seed. No HTTP and no SQL live here.
+//! transformer and the VAE, and produces the image diffusers would produce for the same seed.
+//! No HTTP and no SQL live here.
 
+mod attention;
+pub mod control;
 pub(crate) mod cpu_gemm;
+pub mod cpu_kernels;
 pub mod error;
 pub mod gguf;
 pub mod lora;
@@ -26,4 +30,5 @@ pub mod vae;
 mod vit;
 pub mod weights;
 
+pub use cpu_kernels::{fused_cpu_kernels, set_fused_cpu_kernels};
 pub use error::{EngineError, Result};

@@ -15,7 +15,10 @@
 //! - [`FinetuneCache`]: fine-tunes found by submit are kept `--finetune-cache-ttl` (default 5 s);
 //!   this process's import and delete clear it; another process's are seen up to the TTL late.
 //!
-//! Every cache is bounded; a TTL of zero turns it off.
+//! Every cache is bounded; a TTL of zero turns it off. Nothing invalidates across processes: with
+//! API nodes and workers apart, each bound above holds per node (the README states them). No
+//! entry answers another tenant: keys by their own hash, tasks by id with their owner checked on
+//! every hit, fine-tunes by the requesting tenant.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -392,7 +395,9 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let cache: TtlCache<u32, u32> = TtlCache::new(10);
+        // Room for two entries per shard, so the two keys never evict each other whichever
+        // shards they hash to.
+        let cache: TtlCache<u32, u32> = TtlCache::new(2 * SHARDS);
         let now = Instant::now();
         cache.insert(1, 10, Some(now + Duration::from_secs(1)));
         cache.insert(2, 20, None);

@@ -12,6 +12,7 @@ use crate::cache::{
     AuthCache, FinetuneCache, TaskCache, DEFAULT_AUTH_CACHE_TTL, DEFAULT_FINETUNE_CACHE_TTL,
     DEFAULT_TASK_CACHE_TTL,
 };
+use crate::delivery::Delivery;
 use crate::engine::EngineState;
 use crate::signing::UrlSigner;
 use fluxd_engine::safety::PromptPolicy;
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub max_active_tasks: u32,
     /// How long a delivery URL stays valid.
     pub result_url_ttl: Duration,
+    /// Whether image URLs are fluxd's signed ones or the object store's presigned ones.
+    pub delivery: Delivery,
     /// How long finished tasks (and their images) are kept; then they read `Task not found`.
     pub result_retention: Duration,
     /// Largest JSON request body.
@@ -69,6 +72,9 @@ pub struct ServerConfig {
     /// How long submit remembers a fine-tune it found (zero: off); imports and deletes through
     /// this process clear it.
     pub finetune_cache_ttl: Duration,
+    /// Output size of the ultra endpoints, in units of 2²⁰ pixels (see
+    /// [`fluxd_api::ultra_size`]); 4 is the reference's.
+    pub ultra_megapixels: f64,
 }
 
 /// Default largest image prompt: 16 megapixels (a 4096×4096 PNG) is far beyond the 384² SigLIP
@@ -87,6 +93,7 @@ impl ServerConfig {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             max_active_tasks: DEFAULT_MAX_ACTIVE_TASKS,
             result_url_ttl: DEFAULT_RESULT_URL_TTL,
+            delivery: Delivery::Signed,
             result_retention: DEFAULT_RESULT_RETENTION,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
@@ -96,6 +103,7 @@ impl ServerConfig {
             auth_cache_ttl: DEFAULT_AUTH_CACHE_TTL,
             task_cache_ttl: DEFAULT_TASK_CACHE_TTL,
             finetune_cache_ttl: DEFAULT_FINETUNE_CACHE_TTL,
+            ultra_megapixels: fluxd_api::ULTRA_MEGAPIXELS_DEFAULT,
             upsampler: None,
             image_prompt_max_pixels: None,
             prompt_policy: Arc::new(PromptPolicy::builtin()),

@@ -1,6 +1,8 @@
 //! The worker loop: claims tasks from the store (atomically, under a lease kept alive by
-//! heartbeats), resolves the fine-tune, hands the job to the engine thread, records progress, and
-//! finishes the task `Ready` with the stored image, or `Error` with words a user can act on.
+//! heartbeats), reads the generation the task was accepted with ([`fluxd_api::StoredTask`]),
+//! resolves its fine-tune if it has one, hands the job to the engine thread, records progress,
+//! and finishes the task `Ready` with the stored image, or `Error` with words a user can act on.
+//! Each task runs in a `task` span with its id and the `x-request-id` of its submit.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fluxd_api::{FinetunedRequest, WebhookPayload};
+use fluxd_api::{StoredTask, WebhookPayload};
 use fluxd_engine::lora::LoraFile;
 use fluxd_engine::safety::{moderate_nsfw_score, SafetyTolerance};
 use fluxd_engine::transformer::FluxConfig;
@@ -21,8 +23,9 @@ use fluxd_store::{
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::delivery;
 use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
-use crate::routes::tasks::result_body;
+use crate::routes::tasks::body_with_sample;
 use crate::state::AppState;
 
 /// Heartbeats per lease: three can be missed (a busy database) before the lease runs out.
@@ -146,7 +149,8 @@ pub async fn run_worker(
         let task_id = claim.task().id;
         // Claiming set its progress to 0: get_result must not answer from before.
         state.task_cache().invalidate(task_id);
-        let span = tracing::info_span!("task", %task_id);
+        let request_id = StoredTask::request_id_of(&claim.task().params).unwrap_or("");
+        let span = tracing::info_span!("task", %task_id, request_id = %request_id);
         let cancel = Arc::new(AtomicBool::new(false));
         let run = handle_claim(
             &state, &engine, &cfg, &mut cache, &worker_id, claim, &cancel,
@@ -248,7 +252,7 @@ async fn handle_claim(
         }
         Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
-            let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
+            let webhook = webhook(state, &task, TaskState::Ready(ready.clone())).await;
             let recorded = state
                 .store()
                 .complete_ready(task.id, worker_id, ready, webhook)
@@ -281,7 +285,7 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
         details: f.details.clone(),
     };
     // The store only queues it when the failure is final (not re-queued).
-    let webhook = webhook(state, task, final_state);
+    let webhook = webhook(state, task, final_state).await;
     let recorded = state
         .store()
         .complete_error(task.id, worker_id, f.details.clone(), f.retryable, webhook)
@@ -311,7 +315,7 @@ async fn finish_moderated(
         kind,
         reasons: reasons.clone(),
     };
-    let webhook = webhook(state, task, final_state);
+    let webhook = webhook(state, task, final_state).await;
     let status = match kind {
         ModerationKind::Request => "Request Moderated",
         ModerationKind::Content => "Content Moderated",
@@ -333,9 +337,29 @@ async fn finish_moderated(
 
 /// The webhook for a task's final state, when the caller asked for one: the `get_result` body
 /// plus `task_id`, queued in the outbox in the same transaction as the result.
-fn webhook(state: &AppState, task: &ClaimedTask, final_state: TaskState) -> Option<NewWebhook> {
+async fn webhook(
+    state: &AppState,
+    task: &ClaimedTask,
+    final_state: TaskState,
+) -> Option<NewWebhook> {
     let url = task.webhook_url.clone()?;
-    let body = result_body(state, task.id.to_string(), final_state, SystemTime::now());
+    let now = SystemTime::now();
+    let sample = match &final_state {
+        TaskState::Ready(ready) => {
+            let delivery = state.config().delivery;
+            match delivery::sample_url(state, delivery, &ready.sample_key, now).await {
+                Ok(sample) => Some(sample),
+                Err(err) => {
+                    // The sender signs the link afresh at every attempt (and retries while it
+                    // cannot): any working link will do in the stored payload.
+                    tracing::warn!(%err, "could not presign the image URL for the webhook");
+                    Some(delivery::signed_url(state, &ready.sample_key, now))
+                }
+            }
+        }
+        _ => None,
+    };
+    let body = body_with_sample(task.id.to_string(), final_state, sample);
     match serde_json::to_value(WebhookPayload::from(body)) {
         Ok(payload) => Some(NewWebhook {
             url,
@@ -360,30 +384,22 @@ async fn run_task(
     task: &ClaimedTask,
     cancel: &Arc<AtomicBool>,
 ) -> Result<Outcome, TaskFailure> {
-    let request: FinetunedRequest = serde_json::from_value(task.params.clone()).map_err(|e| {
+    let stored = StoredTask::from_params(&task.params).map_err(|e| {
         tracing::error!(%e, "stored parameters do not parse");
         TaskFailure::user("The stored request could not be read; submit it again")
     })?;
-    let finetune_id = task
-        .finetune_id
-        .clone()
-        .unwrap_or_else(|| request.finetune_id.clone());
-    let record = state
-        .store()
-        .get_finetune(&task.tenant, &finetune_id)
-        .await
-        .map_err(TaskFailure::store)?
-        .ok_or_else(|| {
-            TaskFailure::user(format!(
-                "Finetune {finetune_id:?} no longer exists (deleted after the task was submitted)"
-            ))
-        })?;
-    let lora = match cache.get(&record.sha256) {
-        Some(lora) => lora,
-        None => {
-            let lora = Arc::new(load_lora(state, cfg, &record.blob_key, &record.sha256).await?);
-            cache.insert(record.sha256.clone(), lora.clone());
-            lora
+    tracing::debug!(endpoint = stored.endpoint.name(), "generation read");
+    let request = stored.generation;
+    let lora = match &request.finetune {
+        None => None,
+        Some(finetune) => {
+            let id = task
+                .finetune_id
+                .clone()
+                .unwrap_or_else(|| finetune.id.clone());
+            let lora = finetune_lora(state, cfg, cache, &task.tenant, &id).await?;
+            // The contract bounds the strength to 0..=2, well inside f32.
+            Some((lora, finetune.strength as f32))
         }
     };
     let seed = match request.seed {
@@ -440,12 +456,13 @@ async fn run_task(
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let job = GenerateJob {
         params,
-        // The contract bounds the strength to 0..=2, well inside f32.
-        lora: Some((lora, request.finetune_strength as f32)),
+        lora,
         format,
         progress: progress_tx,
         cancel: cancel.clone(),
         image_prompt,
+        // 0..=1 on ultra, 1 elsewhere.
+        image_prompt_strength: request.image_prompt_strength as f32,
     };
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);
@@ -483,10 +500,15 @@ async fn run_task(
             });
         }
     }
-    let sample_key = format!("samples/{}.{}", task.id, request.output_format.as_str());
+    let ext = request.output_format.as_str();
+    let sample_key = delivery::sample_key(&format!("{}.{ext}", task.id));
     state
         .blobs()
-        .put(&sample_key, Bytes::from(generated.bytes))
+        .put(
+            &sample_key,
+            Bytes::from(generated.bytes),
+            delivery::content_type(ext),
+        )
         .await
         .map_err(TaskFailure::store)?;
     Ok(Outcome::Ready(ReadyRecord {
@@ -496,6 +518,32 @@ async fn run_task(
         start_time,
         end_time,
     }))
+}
+
+/// The parsed LoRA of the tenant's fine-tune `id` (read once, then from the cache by digest).
+async fn finetune_lora(
+    state: &AppState,
+    cfg: &FluxConfig,
+    cache: &mut LoraCache,
+    tenant: &str,
+    id: &str,
+) -> Result<Arc<LoraFile>, TaskFailure> {
+    let record = state
+        .store()
+        .get_finetune(tenant, id)
+        .await
+        .map_err(TaskFailure::store)?
+        .ok_or_else(|| {
+            TaskFailure::user(format!(
+                "Finetune {id:?} no longer exists (deleted after the task was submitted)"
+            ))
+        })?;
+    if let Some(lora) = cache.get(&record.sha256) {
+        return Ok(lora);
+    }
+    let lora = Arc::new(load_lora(state, cfg, &record.blob_key, &record.sha256).await?);
+    cache.insert(record.sha256.clone(), lora.clone());
+    Ok(lora)
 }
 
 /// The prompt rewritten by the configured language model.

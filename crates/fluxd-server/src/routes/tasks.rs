@@ -1,8 +1,10 @@
-//! Generation tasks: `POST /v1/flux-pro-finetuned`, `GET /v1/get_result`, and the signed image
-//! delivery URL `GET /v1/images/{id}.{ext}`.
+//! Generation tasks: `GET /v1/get_result`, the signed image delivery URL
+//! `GET /v1/images/{id}.{ext}`, and the body and query helpers every route shares (submits are
+//! in [`super::submit`]).
 
 use std::time::SystemTime;
 
+use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -10,16 +12,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use fluxd_api::{
-    megapixels, parse_finetuned_request, GetResultResponse, ReadyResult, RequestError,
-    SubmitResponse, TaskResult, TaskStatus, ValidationError, ValidationErrors,
+    GetResultResponse, ReadyResult, RequestError, TaskResult, TaskStatus, ValidationError,
+    ValidationErrors,
 };
-use fluxd_store::{InsertOutcome, ModerationKind, NewTask, StoreError, TaskState};
+use fluxd_store::{ModerationKind, StoreError, TaskState};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::cache::CachedTask;
+use crate::delivery;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -73,128 +76,6 @@ pub(crate) fn query_param(
         .ok_or_else(|| ValidationErrors::from(ValidationError::missing_query(name)).into())
 }
 
-/// `POST /v1/flux-pro-finetuned`.
-pub async fn submit(
-    State(state): State<AppState>,
-    Caller(key): Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<SubmitResponse>, ApiError> {
-    let body = json_body(&headers, body, state.config().max_request_bytes)?;
-    let request = parse_finetuned_request(&body)?;
-    // What the URL alone shows is refused now; names resolving to private addresses are refused
-    // at delivery (recorded on the delivery), since DNS answers can change in between.
-    if let Some(url) = &request.webhook_url {
-        let allow_private = state.config().webhooks.allow_private;
-        if let Err(refused) = crate::webhook::guard::check_url(url, allow_private) {
-            return Err(ApiError::body_field(
-                "webhook_url",
-                Value::String(url.clone()),
-                &refused.to_string(),
-            ));
-        }
-    }
-    // Never silently ignore what the caller asked for (contract): these need models this server
-    // does not have yet.
-    if let Some(image) = &request.image_prompt {
-        let Some(max_pixels) = state.config().image_prompt_max_pixels else {
-            return Err(ApiError::body_field(
-                "image_prompt",
-                Value::String(truncate(image, 64)),
-                "this server has no Redux model configured, so image_prompt is not supported",
-            ));
-        };
-        // Decoding is bounded by the pixel limit but still real work: off the async threads.
-        let text = image.clone();
-        let checked =
-            tokio::task::spawn_blocking(move || crate::image_prompt::decode(&text, max_pixels))
-                .await
-                .map_err(|e| ApiError::Internal(format!("checking image_prompt: {e}")))?;
-        if let Err(why) = checked {
-            return Err(ApiError::body_field(
-                "image_prompt",
-                Value::String(truncate(image, 64)),
-                &why,
-            ));
-        }
-    }
-    if request.prompt_upsampling && state.config().upsampler.is_none() {
-        return Err(ApiError::body_field(
-            "prompt_upsampling",
-            Value::Bool(true),
-            "this server has no prompt upsampler configured; send prompt_upsampling false",
-        ));
-    }
-    let finetune = match state
-        .finetune_cache()
-        .get(&key.tenant, &request.finetune_id)
-    {
-        Some(found) => found,
-        None => {
-            let generation = state.finetune_cache().generation();
-            let found = state
-                .store()
-                .get_finetune(&key.tenant, &request.finetune_id)
-                .await?
-                .ok_or(ApiError::FinetuneNotFound)?;
-            state.finetune_cache().insert(
-                generation,
-                &key.tenant,
-                &request.finetune_id,
-                found.clone(),
-            );
-            found
-        }
-    };
-    tracing::debug!(
-        owner = finetune.tenant,
-        finetune = finetune.id,
-        "fine-tune resolved"
-    );
-    // Time-ordered (UUIDv7: 48 bits of milliseconds, 74 random bits): new ids land at the end of
-    // the store's primary-key index, so a batch of submits dirties one page of it instead of one
-    // page each, which is what the commit has to write. Clients see an ordinary UUID.
-    let id = Uuid::now_v7();
-    let params = serde_json::to_value(&request)
-        .map_err(|e| ApiError::Internal(format!("serialising the request: {e}")))?;
-    let task = NewTask {
-        id,
-        tenant: key.tenant.clone(),
-        key_id: key.key_id,
-        params,
-        finetune_id: Some(request.finetune_id.clone()),
-        webhook_url: request.webhook_url.clone(),
-        webhook_secret: request.webhook_secret.clone(),
-    };
-    let limit = key.max_active_tasks.min(state.config().max_active_tasks);
-    match state
-        .store()
-        .insert_task_if_under_limit(task, limit)
-        .await?
-    {
-        InsertOutcome::Inserted => {}
-        InsertOutcome::LimitReached { active } => {
-            return Err(ApiError::TooManyActiveTasks { active, limit });
-        }
-    }
-    state.wake().notify_one();
-    tracing::info!(task_id = %id, tenant = key.tenant, "task queued");
-    Ok(Json(SubmitResponse {
-        id: id.to_string(),
-        polling_url: format!("{}/v1/get_result?id={id}", state.config().public_url),
-        cost: None,
-        input_mp: 0.0,
-        output_mp: megapixels(request.width, request.height),
-    }))
-}
-
-fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
 /// `GET /v1/get_result?id=`: always 200 once authenticated. Answers from the task cache when it
 /// can (see [`crate::cache`] for how stale that may be).
 pub async fn get_result(
@@ -209,7 +90,7 @@ pub async fn get_result(
     let now = SystemTime::now();
     let cache = state.task_cache();
     if let Some(task_state) = cache.get(&key.tenant, uuid, now) {
-        return Ok(Json(result_body(&state, id, task_state, now)));
+        return Ok(Json(result_body(&state, id, task_state, now).await?));
     }
     let generation = cache.generation();
     let Some(task) = state.store().get_task(&key.tenant, uuid).await? else {
@@ -224,15 +105,32 @@ pub async fn get_result(
             finished_at: task.finished_at,
         },
     );
-    Ok(Json(result_body(&state, id, task.state, now)))
+    Ok(Json(result_body(&state, id, task.state, now).await?))
 }
 
-/// The `get_result` body of a task, with a freshly signed sample URL when it is ready.
-pub fn result_body(
+/// The `get_result` body of a task, with a freshly signed sample URL when it is ready (made as
+/// the server's [`Delivery`](crate::delivery::Delivery) says).
+pub async fn result_body(
     state: &AppState,
     id: String,
     task_state: TaskState,
     now: SystemTime,
+) -> Result<GetResultResponse, StoreError> {
+    let sample = match &task_state {
+        TaskState::Ready(ready) => {
+            let delivery = state.config().delivery;
+            Some(delivery::sample_url(state, delivery, &ready.sample_key, now).await?)
+        }
+        _ => None,
+    };
+    Ok(body_with_sample(id, task_state, sample))
+}
+
+/// The `get_result` body of a task whose image (if it is ready) downloads from `sample`.
+pub fn body_with_sample(
+    id: String,
+    task_state: TaskState,
+    sample: Option<String>,
 ) -> GetResultResponse {
     let mut body = GetResultResponse::not_found(id);
     match task_state {
@@ -242,15 +140,8 @@ pub fn result_body(
         }
         TaskState::Ready(ready) => {
             body.status = TaskStatus::Ready;
-            let file = ready
-                .sample_key
-                .strip_prefix("samples/")
-                .unwrap_or(&ready.sample_key);
-            let query = state
-                .signer()
-                .sign(file, now, state.config().result_url_ttl);
             body.result = Some(TaskResult::Sample(ReadyResult {
-                sample: format!("{}/v1/images/{file}?{query}", state.config().public_url),
+                sample: sample.unwrap_or_default(),
                 prompt: ready.prompt_used,
                 seed: ready.seed_used,
                 start_time: ready.start_time,
@@ -287,11 +178,7 @@ pub async fn image(
     query: Result<Query<Signature>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (stem, ext) = file.rsplit_once('.').ok_or(ApiError::NotFound)?;
-    let content_type = match ext {
-        "jpeg" => "image/jpeg",
-        "png" => "image/png",
-        _ => return Err(ApiError::NotFound),
-    };
+    let content_type = delivery::content_type(ext).ok_or(ApiError::NotFound)?;
     // Only names the worker writes: a UUID and a known extension, nothing that could walk the
     // blob store.
     Uuid::parse_str(stem).map_err(|_| ApiError::NotFound)?;
@@ -305,8 +192,9 @@ pub async fn image(
     if !state.signer().verify(&file, exp, &sig, SystemTime::now()) {
         return Err(ApiError::BadSignature);
     }
-    let bytes = match state.blobs().get(&format!("samples/{file}")).await {
-        Ok(bytes) => bytes,
+    // Streamed as it arrives from the blob store (S3 or local), never held whole.
+    let blob = match state.blobs().get_stream(&delivery::sample_key(&file)).await {
+        Ok(blob) => blob,
         // Signed but gone: the result expired after the URL was issued.
         Err(StoreError::NotFound(_)) => return Err(ApiError::NotFound),
         Err(err) => return Err(err.into()),
@@ -314,12 +202,13 @@ pub async fn image(
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_LENGTH, HeaderValue::from(blob.size)),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, max-age=600"),
             ),
         ],
-        bytes,
+        Body::from_stream(blob.chunks),
     )
         .into_response())
 }
