@@ -10,6 +10,7 @@ use fluxd_engine::lora::LoraFile;
 use fluxd_engine::model_dir::ModelPaths;
 use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH};
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
+use fluxd_engine::quant::CpuKernels;
 use fluxd_engine::redux::{ReduxModel, ReduxPaths};
 use fluxd_engine::safety::ImageClassifier;
 use fluxd_engine::transformer::FluxConfig;
@@ -70,6 +71,8 @@ pub struct EngineModels {
     pub redux: Option<ReduxPaths>,
     /// The NSFW image classifier folder (transformers ViTForImageClassification), if any.
     pub safety_checker: Option<std::path::PathBuf>,
+    /// The CPU kernels of quantized (GGUF) layers.
+    pub cpu_kernels: CpuKernels,
 }
 
 type Job = (GenerateJob, oneshot::Sender<Result<Generated, EngineError>>);
@@ -139,9 +142,14 @@ fn engine_main(
 ) {
     let started = std::time::Instant::now();
     let paths = &models.flux;
-    let mut pipeline = match FluxPipeline::load(paths, &device, dtype, |stage| {
+    let loaded = FluxPipeline::load(paths, &device, dtype, |stage| {
         tracing::info!(stage, "loading model");
-    }) {
+    })
+    .and_then(|mut pipeline| {
+        pipeline.set_cpu_kernels(models.cpu_kernels)?;
+        Ok(pipeline)
+    });
+    let mut pipeline = match loaded {
         Ok(pipeline) => pipeline,
         Err(err) => {
             tracing::error!(%err, model = %paths.root.display(), "loading the model failed");

@@ -22,7 +22,7 @@ use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ATTEMPTS};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::device::{parse_device, parse_dtype};
+use crate::device::{parse_cpu_kernels, parse_device, parse_dtype};
 use crate::location::StoreLocation;
 use crate::serve::{parse_duration, UpsamplerArgs};
 
@@ -109,6 +109,11 @@ pub struct EngineArgs {
     /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
     #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
     pub dtype: String,
+    /// CPU kernels of quantized (GGUF) layers: `exact` (weights expanded to f32 tile by tile;
+    /// the dequantized model's result) or `int8` (candle's integer kernels where it has them,
+    /// Q4_K and Q8_0; faster, activations rounded to 8 bits as in ggml).
+    #[arg(long, default_value = "exact", env = "FLUXD_CPU_KERNELS")]
+    pub cpu_kernels: String,
     /// NSFW image classifier (a transformers ViTForImageClassification folder, e.g.
     /// Falconsai/nsfw_image_detection) that checks every image against the request's
     /// `safety_tolerance`. Default: `safety_checker/` inside the `--model` folder, if there is
@@ -140,6 +145,7 @@ impl EngineArgs {
             flux: paths,
             redux,
             safety_checker,
+            cpu_kernels: parse_cpu_kernels(&self.cpu_kernels)?,
         };
         let (engine, _engine_thread) = spawn_engine(models, device, dtype)?;
         Ok(engine)

@@ -622,10 +622,16 @@ fn gguf_files_generate_and_take_loras() {
         pixels(&png)
     };
     let base = run("base.png", &[]);
-    // F32 GGUF files hold the very same numbers: the very same image.
+    // F32 GGUF files hold the very same numbers: the very same image. CLIP-L from a single file
+    // (ComfyUI's clip_l.safetensors holds the folder's weights under the same names) too.
     let (t, t5) = quantized(&dir, "F32");
+    let clip = dir.join("clip_l.safetensors");
+    std::fs::copy(tiny().join("text_encoder/model.safetensors"), &clip).expect("copy");
     assert_eq!(
-        run("f32.png", &["--transformer", s(&t), "--t5", s(&t5)]),
+        run(
+            "f32.png",
+            &["--transformer", s(&t), "--t5", s(&t5), "--clip", s(&clip)]
+        ),
         base
     );
     // Q8_0: the quantized model's image, close to the float one.

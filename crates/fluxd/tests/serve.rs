@@ -570,6 +570,39 @@ fn a_given_up_webhook_is_listed_and_sent_again_on_request() {
     assert!(list("failed").is_empty());
 }
 
+/// GGUF weights served as users give them (`--transformer X.gguf --t5 Y.gguf`, told apart by
+/// content): `finetunes import` checks the LoRA against the shapes in the GGUF header, and a
+/// fine-tuned task runs on the quantized transformer and T5 encoder (`--cpu-kernels int8`).
+#[test]
+fn gguf_files_serve_finetunes() {
+    let data = scratch("gguf");
+    let model = data.join("model");
+    fluxd(&["model", "init-tiny", s(&model), "--seed", "7"]);
+    let (t, t5) = (data.join("flux-Q8_0.gguf"), data.join("t5-Q4_0.gguf"));
+    for (input, out, ty) in [("transformer", &t, "Q8_0"), ("text_encoder_2", &t5, "Q4_0")] {
+        fluxd(&[
+            "model",
+            "quantize",
+            s(&model.join(input)),
+            s(out),
+            "--type",
+            ty,
+        ]);
+    }
+    let flags = ["--model", s(&model), "--transformer", s(&t), "--t5", s(&t5)];
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &flags);
+    // candle's integer kernels where it has them (Q8_0 with VNNI), exact elsewhere.
+    let server = Server::start(&data, &[&flags[..], &["--cpu-kernels", "int8"]].concat());
+    let done = submit_and_wait(
+        &server,
+        &key,
+        &small_request(json!({"output_format": "png"})),
+    );
+    let png = image::load_from_memory(&sample_bytes(&server, &done)).expect("PNG");
+    assert_eq!((png.width(), png.height()), (256, 256));
+}
+
 /// Polls `check` every 100 ms for up to 30 s.
 fn wait_for<T>(check: impl Fn() -> Option<T>) -> T {
     for _ in 0..300 {
