@@ -9,6 +9,7 @@ mod apikey;
 mod blob;
 pub mod conformance;
 mod error;
+mod sql;
 mod sqlite;
 mod store;
 mod time;

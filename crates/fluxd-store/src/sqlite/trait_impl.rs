@@ -8,11 +8,10 @@ use uuid::Uuid;
 
 use crate::sqlite::{finetunes, keys, tasks, webhooks, SqliteStore};
 use crate::store::Result;
-use crate::types::check_tenant;
+use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
     apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, Store, StoreError, TaskRecord, WebhookDelivery,
-    WebhookRecord,
+    NewKey, NewTask, NewWebhook, ReadyRecord, Store, TaskRecord, WebhookDelivery, WebhookRecord,
 };
 
 #[async_trait]
@@ -91,11 +90,7 @@ impl Store for SqliteStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id, progress))]
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()> {
-        if !(0.0..=1.0).contains(&progress) {
-            return Err(StoreError::Invalid(format!(
-                "progress {progress} is not between 0 and 1"
-            )));
-        }
+        check_progress(progress)?;
         let worker_id = worker_id.to_owned();
         self.writer
             .write_one(move |c| Box::pin(tasks::set_progress(c, task_id, worker_id, progress)))
@@ -166,10 +161,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()> {
-        check_tenant(&record.tenant)?;
-        if record.id.is_empty() {
-            return Err(StoreError::Invalid("empty fine-tune id".into()));
-        }
+        check_finetune(&record)?;
         self.writer
             .write(move |c| Box::pin(finetunes::insert(c, record)))
             .await
