@@ -8,6 +8,7 @@
 mod finetunes;
 mod keys;
 mod migrate;
+mod secrets;
 mod tasks;
 mod trait_impl;
 mod webhooks;

@@ -6,12 +6,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::sqlite::{finetunes, keys, tasks, webhooks, SqliteStore};
+use crate::secret;
+use crate::sqlite::{finetunes, keys, secrets, tasks, webhooks, SqliteStore};
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
     apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, Store, TaskRecord, WebhookDelivery, WebhookRecord,
+    NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord, WebhookDelivery,
+    WebhookRecord,
 };
 
 #[async_trait]
@@ -233,6 +235,15 @@ impl Store for SqliteStore {
     async fn retry_failed_webhooks(&self, id: Option<Uuid>) -> Result<u64> {
         self.writer
             .write_one(move |c| Box::pin(webhooks::retry_failed(c, id)))
+            .await
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<SharedSecret> {
+        secret::check_name(name)?;
+        let name = name.to_owned();
+        let fresh = secret::generate()?;
+        self.writer
+            .write_one(move |c| Box::pin(secrets::get_or_create(c, name, fresh)))
             .await
     }
 

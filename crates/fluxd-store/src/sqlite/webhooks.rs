@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
 use crate::sql::records::{self, delivery_columns, webhook_record_columns};
-use crate::sql::rows;
+use crate::sql::{delivery_found, rows};
 use crate::sqlite::map_sqlx;
 use crate::time::{duration_millis, now_millis, to_millis};
 use crate::types::check_webhook_status;
@@ -73,7 +73,7 @@ pub(super) async fn delivered(conn: &mut SqliteConnection, id: Uuid) -> Result<(
     .execute(conn)
     .await
     .map_err(map_sqlx)?;
-    found(done.rows_affected(), id)
+    delivery_found(done.rows_affected(), id)
 }
 
 pub(super) async fn failed(
@@ -103,7 +103,7 @@ pub(super) async fn failed(
     .execute(conn)
     .await
     .map_err(map_sqlx)?;
-    found(done.rows_affected(), id)
+    delivery_found(done.rows_affected(), id)
 }
 
 type Query = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
@@ -167,12 +167,4 @@ pub(super) async fn expire_settled(
         .await
         .map_err(map_sqlx)?;
     Ok(())
-}
-
-fn found(rows_affected: u64, id: Uuid) -> Result<(), StoreError> {
-    if rows_affected == 0 {
-        Err(StoreError::NotFound(format!("webhook delivery {id}")))
-    } else {
-        Ok(())
-    }
 }

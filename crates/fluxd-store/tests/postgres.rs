@@ -1,0 +1,288 @@
+//! The conformance suite against a real PostgreSQL server, plus what only this backend has:
+//! several stores (nodes) on one database, wake-ups through `LISTEN/NOTIFY`, connection loss,
+//! concurrent migrations and schema versioning.
+//!
+//! The server is the one `scripts/services/postgres.sh` starts (`scripts/test.sh` does, and
+//! exports its URL as `FLUXD_TEST_POSTGRES_URL`). Each test works in a schema of its own, so the
+//! tests run in parallel on one database.
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use fluxd_store::conformance::{self, FlakyLink};
+use fluxd_store::{
+    Claim, InsertOutcome, NewTask, PostgresOptions, PostgresStore, Store, StoreError, Wakeup,
+    Wakeups,
+};
+use sqlx::Connection;
+use uuid::Uuid;
+
+type Result<T = ()> = std::result::Result<T, StoreError>;
+
+fn db(err: sqlx::Error) -> StoreError {
+    StoreError::Database(std::sync::Arc::new(err))
+}
+
+/// The test server's URL. Missing is a failure, not a skip: CI must run these.
+fn server_url() -> String {
+    std::env::var("FLUXD_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "FLUXD_TEST_POSTGRES_URL is not set. Run the tests with scripts/test.sh, or start \
+             the test server with `scripts/services/postgres.sh start` and export the URL it \
+             prints as FLUXD_TEST_POSTGRES_URL"
+        )
+    })
+}
+
+/// Schemas of test runs older than this are dropped by the next run.
+const STALE_AFTER_SECS: u64 = 3600;
+
+/// A schema of its own on the test server, named `t_<creation time>_<random>`. Schemas are not
+/// dropped at the end of their test (async work has no place in `Drop`, and a failed test's
+/// is worth a look); the first schema a test process makes drops those of runs long past.
+struct Schema {
+    name: String,
+}
+
+async fn admin() -> Result<sqlx::PgConnection> {
+    sqlx::PgConnection::connect(&server_url()).await.map_err(db)
+}
+
+async fn execute(conn: &mut sqlx::PgConnection, sql: String) -> Result {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+impl Schema {
+    async fn new() -> Result<Self> {
+        static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut conn = admin().await?;
+        SWEPT
+            .get_or_try_init(|| async {
+                let cutoff = now.saturating_sub(STALE_AFTER_SECS);
+                let sweep = format!(
+                    "DO $$ DECLARE s TEXT; BEGIN \
+                       FOR s IN SELECT nspname FROM pg_namespace \
+                                WHERE nspname ~ '^t_[0-9]+_' \
+                                  AND split_part(nspname, '_', 2)::BIGINT < {cutoff} LOOP \
+                         EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', s); \
+                       END LOOP; END $$"
+                );
+                execute(&mut admin().await?, sweep).await
+            })
+            .await?;
+        let name = format!("t_{now}_{}", Uuid::new_v4().simple());
+        execute(&mut conn, format!("CREATE SCHEMA {name}")).await?;
+        Ok(Self { name })
+    }
+
+    /// The server's URL with this schema first on the `search_path`, through `via` (a
+    /// `host:port` standing in for the server's) if given.
+    fn url_via(&self, via: Option<std::net::SocketAddr>) -> String {
+        let mut url = url::Url::parse(&server_url()).expect("the test server's URL");
+        if let Some(addr) = via {
+            url.set_ip_host(addr.ip()).expect("an IP host");
+            url.set_port(Some(addr.port())).expect("a port");
+        }
+        url.query_pairs_mut()
+            .append_pair("options", &format!("-c search_path={}", self.name));
+        url.to_string()
+    }
+
+    fn url(&self) -> String {
+        self.url_via(None)
+    }
+
+    async fn open(&self) -> Result<Box<dyn Store>> {
+        Ok(Box::new(PostgresStore::connect(&self.url()).await?))
+    }
+}
+
+async fn fresh() -> Result<(Schema, Box<dyn Store>)> {
+    let schema = Schema::new().await?;
+    let store = schema.open().await?;
+    Ok((schema, store))
+}
+
+/// Four stores (four nodes) on one new schema.
+async fn fresh_many() -> Result<(Schema, Vec<Box<dyn Store>>)> {
+    let schema = Schema::new().await?;
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(schema.open().await?);
+    }
+    Ok((schema, stores))
+}
+
+fluxd_store::conformance_tests!(fresh: fresh(), fresh_many: fresh_many());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_across_reconnect() -> Result {
+    let schema = Schema::new().await?;
+    conformance::durability(|| schema.open()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_on_fresh_schemas() -> Result {
+    conformance::run_all(|| async { Ok(fresh().await?.1) }).await
+}
+
+/// Nodes starting together on a new database: one applies the schema, the others wait for it
+/// and find it done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_migrate_a_new_database_together() -> Result {
+    let schema = Schema::new().await?;
+    let opened = futures_util::future::join_all((0..4).map(|_| schema.open())).await;
+    let stores: Vec<Box<dyn Store>> = opened.into_iter().collect::<Result<_>>()?;
+    let key = stores[0].create_key("alice", None).await?;
+    assert!(stores[3].authenticate(&key.key).await?.is_some());
+    for store in stores {
+        store.close().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() -> Result {
+    let schema = Schema::new().await?;
+    schema.open().await?.close().await;
+    let mut conn = sqlx::PgConnection::connect(&schema.url())
+        .await
+        .map_err(db)?;
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)")
+        .execute(&mut conn)
+        .await
+        .map_err(db)?;
+    let reopened = PostgresStore::connect(&schema.url()).await;
+    assert!(
+        matches!(
+            reopened,
+            Err(StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1
+            })
+        ),
+        "{:?}",
+        reopened.err()
+    );
+    Ok(())
+}
+
+/// The next wake-up other than [`Wakeup::Missed`] (the listener's hello on connecting), within
+/// a generous time.
+async fn next_wakeup(wakeups: &mut Wakeups) -> Option<Wakeup> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, wakeups.next()).await {
+            Ok(Some(Wakeup::Missed)) => continue,
+            Ok(other) => return other,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn task(key: &fluxd_store::NewKey) -> NewTask {
+    NewTask {
+        id: Uuid::new_v4(),
+        tenant: key.tenant.clone(),
+        key_id: key.key_id,
+        params: serde_json::json!({ "prompt": "a cat" }),
+        finetune_id: None,
+        webhook_url: Some("https://hooks.example.com/x".into()),
+        webhook_secret: None,
+    }
+}
+
+/// A worker node subscribed to wake-ups hears of a task queued, and of a webhook made due, by
+/// another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_wake_up_through_notify() -> Result {
+    let schema = Schema::new().await?;
+    let api = schema.open().await?;
+    let worker = schema.open().await?;
+    let mut wakeups = worker
+        .subscribe()
+        .unwrap_or_else(|| panic!("PostgreSQL offers wake-ups"));
+    // The listener greets with Missed once it listens; only then can nothing be missed.
+    assert_eq!(wakeups.next().await, Some(Wakeup::Missed));
+
+    let key = api.create_key("alice", None).await?;
+    let queued = task(&key);
+    api.insert_task(queued.clone()).await?;
+    assert_eq!(next_wakeup(&mut wakeups).await, Some(Wakeup::TaskQueued));
+
+    let Some(Claim::Run(claimed)) = worker.claim_next("w", Duration::from_secs(60)).await? else {
+        panic!("the queued task must be claimable");
+    };
+    let hook = fluxd_store::NewWebhook {
+        url: "https://hooks.example.com/x".into(),
+        secret: None,
+        payload: serde_json::json!({ "id": claimed.id.to_string() }),
+        webhook_id: "msg_1".into(),
+    };
+    // The worker's own completion wakes the senders of every node, its own included.
+    worker
+        .complete_error(claimed.id, "w", "bad".into(), false, Some(hook))
+        .await?;
+    assert_eq!(next_wakeup(&mut wakeups).await, Some(Wakeup::WebhookDue));
+
+    api.close().await;
+    worker.close().await;
+    assert_eq!(
+        wakeups.next().await,
+        None,
+        "closing the store ends the stream"
+    );
+    Ok(())
+}
+
+/// While the database cannot be reached, calls fail as retryable (`Unavailable`, which the
+/// server answers with 503) within the acquire timeout, and work again once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_retryable_and_recovers() -> Result {
+    let schema = Schema::new().await?;
+    let server = url::Url::parse(&server_url()).expect("URL");
+    let server_addr = (
+        server.host_str().expect("host"),
+        server.port().unwrap_or(5432),
+    )
+        .to_socket_addrs()
+        .map_err(|e| StoreError::Unavailable(std::sync::Arc::new(e)))?
+        .next()
+        .expect("an address");
+    let link = FlakyLink::start(server_addr)
+        .map_err(|e| StoreError::Unavailable(std::sync::Arc::new(e)))?;
+    let options = PostgresOptions {
+        acquire_timeout: Duration::from_secs(2),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&schema.url_via(Some(link.addr())), options).await?;
+    let key = store.create_key("alice", None).await?;
+    store.insert_task(task(&key)).await?;
+
+    link.cut();
+    for _ in 0..3 {
+        let submit = store.insert_task_if_under_limit(task(&key), 24).await;
+        let read = store.count_unfinished(key.key_id).await;
+        for failed in [submit.err(), read.err()] {
+            match failed {
+                Some(err) => assert!(err.is_retryable(), "{err:?}"),
+                None => panic!("a call succeeded without a database"),
+            }
+        }
+    }
+
+    link.restore();
+    let outcome = store.insert_task_if_under_limit(task(&key), 24).await?;
+    assert_eq!(outcome, InsertOutcome::Inserted);
+    // Exactly the two tasks that were acknowledged: nothing half-written during the cut.
+    assert_eq!(store.count_unfinished(key.key_id).await?, 2);
+    store.close().await;
+    Ok(())
+}
