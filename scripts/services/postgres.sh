@@ -8,13 +8,13 @@
 #   scripts/services/postgres.sh status [DIR]  # exit 0 if it runs
 #   scripts/services/postgres.sh stop [DIR]
 #
-# DIR defaults to $FLUXD_POSTGRES_DIR, else target/postgres in this checkout. Logs go to
+# DIR defaults to $FLUXD_POSTGRES_DIR, else target/postgres in this checkout (or, as root, when
+# the postgres user cannot reach the checkout, a directory under /tmp named for it). Logs go to
 # DIR/server.log; everything but the URL goes to stderr.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 action="${1:-start}"
-dir="${2:-${FLUXD_POSTGRES_DIR:-$repo/target/postgres}}"
 database=fluxd_test
 superuser=fluxd
 
@@ -54,6 +54,24 @@ reachable() {
     as_server_user test -w "$1" 2>/dev/null
 }
 
+# The cluster's directory: the one given, else target/postgres, unless (as root) the server's
+# user cannot reach the checkout (under /root, say): then one under /tmp named for the checkout.
+cluster_dir() {
+    if [[ -n "${1:-}" ]]; then
+        echo "$1"
+    elif [[ -n "${FLUXD_POSTGRES_DIR:-}" ]]; then
+        echo "$FLUXD_POSTGRES_DIR"
+    else
+        mkdir -p "$repo/target"
+        if [[ $(id -u) -ne 0 ]] || ! id postgres >/dev/null 2>&1 \
+            || runuser -u postgres -- test -x "$repo/target" 2>/dev/null; then
+            echo "$repo/target/postgres"
+        else
+            echo "/tmp/fluxd-postgres-$(echo "$repo" | sha256sum | cut -c1-12)"
+        fi
+    fi
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -84,7 +102,7 @@ init_cluster() {
     if [[ $(id -u) -eq 0 ]]; then
         chown postgres: "$dir"
         if ! reachable "$dir"; then
-            say "the postgres user cannot reach $dir; use FLUXD_POSTGRES_DIR=/tmp/... or a path it can"
+            say "the postgres user cannot reach $dir; give a directory it can (FLUXD_POSTGRES_DIR)"
             exit 1
         fi
     fi
@@ -145,6 +163,8 @@ stop() {
         as_server_user "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >&2
     fi
 }
+
+dir="$(cluster_dir "${2:-}")"
 
 case "$action" in
     start) start ;;

@@ -16,11 +16,13 @@ pub mod engine;
 pub mod error;
 pub mod image_prompt;
 pub mod import;
+mod lease;
 pub mod metrics;
 pub mod routes;
 pub mod signing;
 pub mod state;
 pub mod upsample;
+pub mod wakeups;
 pub mod webhook;
 pub mod worker;
 
@@ -39,7 +41,8 @@ use tokio::net::TcpListener;
 
 /// Serves `state` on `listener` until `shutdown` completes, running the worker on `engine` unless
 /// `worker` is false (an API-only node), delivering webhooks from the outbox and deleting results
-/// past their retention. Drains as described in the crate docs and closes `store` on the way out.
+/// past their retention; the store's wake-ups, if it has any, wake the worker and the sender
+/// ([`wakeups`]). Drains as described in the crate docs and closes `store` on the way out.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -49,6 +52,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wakeups = wakeups::spawn(&state);
     let worker_task = worker.then(|| {
         tokio::spawn(worker::run_worker(
             state.clone(),
@@ -86,6 +90,10 @@ pub async fn run(
         tracing::error!(%err, "the retention task failed");
     }
     store.close().await;
+    // Ends by itself once the store is closed.
+    if let Some(wakeups) = wakeups {
+        wakeups.abort();
+    }
     served
 }
 

@@ -2,7 +2,8 @@
 //!
 //! The image URL must work without `x-key` (clients hand it to browsers and downloaders), so the
 //! URL itself carries the authorisation: an HMAC over the file name and the expiry, with a key
-//! generated once per data directory. Changing or extending either invalidates the signature.
+//! generated once per data directory (or once per database, shared by every node on it).
+//! Changing or extending either invalidates the signature.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,7 +17,10 @@ use crate::error::ServerError;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes of the signing key.
-const KEY_LEN: usize = 32;
+const KEY_LEN: usize = fluxd_store::SHARED_SECRET_LEN;
+
+/// Name of the signing key among the store's shared secrets.
+const SHARED_KEY_NAME: &str = "url-signing";
 
 /// Signs and checks delivery URLs.
 #[derive(Clone)]
@@ -35,6 +39,14 @@ impl UrlSigner {
     /// A signer with this key (tests).
     pub fn from_key(key: [u8; KEY_LEN]) -> Self {
         Self { key }
+    }
+
+    /// The key every process on the store's database shares (created by the first to ask), for
+    /// deployments of several API nodes: a URL signed by one verifies on any other.
+    pub async fn shared(store: &dyn fluxd_store::Store) -> Result<Self, ServerError> {
+        Ok(Self {
+            key: store.shared_secret(SHARED_KEY_NAME).await?,
+        })
     }
 
     /// Reads the key kept at `path` (hex), creating it (mode 0600) on first use, so that URLs stay

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
+use crate::lease::{LeaseClock, Lost, Renewal};
 use crate::routes::tasks::result_body;
 use crate::state::AppState;
 
@@ -42,6 +43,8 @@ struct TaskFailure {
     retryable: bool,
     /// Stopped by a shutdown: the task goes back to the queue, not to `Error`.
     cancelled: bool,
+    /// The worker no longer holds the task (another may): it writes nothing more about it.
+    let_go: bool,
 }
 
 impl TaskFailure {
@@ -50,6 +53,29 @@ impl TaskFailure {
             details: details.into(),
             retryable: false,
             cancelled: false,
+            let_go: false,
+        }
+    }
+
+    /// The lease is gone, or the store failed for good while the worker tried to keep it.
+    fn lost(lost: Lost) -> Self {
+        match lost {
+            Lost::Taken(err) => {
+                tracing::warn!(%err, "the task is no longer this worker's; dropping it");
+                Self {
+                    let_go: true,
+                    ..Self::user("The task's lease was lost")
+                }
+            }
+            Lost::RanOut(err) => {
+                tracing::warn!(%err, "the store stayed unreachable until the lease ran out; \
+                    dropping the task (it runs again once its lease is seen expired)");
+                Self {
+                    let_go: true,
+                    ..Self::user("The task's lease ran out")
+                }
+            }
+            Lost::Failed(err) => Self::store(err),
         }
     }
 
@@ -128,6 +154,7 @@ pub async fn run_worker(
             break;
         }
         let lease = state.config().task_lease;
+        let claimed_at = tokio::time::Instant::now();
         let claim = match state.store().claim_next(&worker_id, lease).await {
             Ok(claim) => claim,
             Err(err) => {
@@ -148,8 +175,15 @@ pub async fn run_worker(
         state.task_cache().invalidate(task_id);
         let span = tracing::info_span!("task", %task_id);
         let cancel = Arc::new(AtomicBool::new(false));
+        let clock = LeaseClock::new(lease, claimed_at);
         let run = handle_claim(
-            &state, &engine, &cfg, &mut cache, &worker_id, claim, &cancel,
+            &state,
+            &engine,
+            &cfg,
+            &mut cache,
+            (&worker_id, clock),
+            claim,
+            &cancel,
         )
         .instrument(span);
         tokio::pin!(run);
@@ -225,7 +259,7 @@ async fn handle_claim(
     engine: &EngineHandle,
     cfg: &FluxConfig,
     cache: &mut LoraCache,
-    worker_id: &str,
+    (worker_id, mut clock): (&str, LeaseClock),
     claim: Claim,
     cancel: &Arc<AtomicBool>,
 ) {
@@ -236,22 +270,42 @@ async fn handle_claim(
                 "The task was interrupted {} times (its worker stopped) and was given up",
                 task.attempts.saturating_sub(1)
             );
-            finish_error(state, &task, worker_id, TaskFailure::user(details)).await;
+            finish_error(
+                state,
+                &task,
+                (worker_id, &clock),
+                TaskFailure::user(details),
+            )
+            .await;
             return;
         }
     };
     tracing::info!(attempt = task.attempts, "running task");
     let started = std::time::Instant::now();
-    match run_task(state, engine, cfg, cache, worker_id, &task, cancel).await {
+    let ran = run_task(
+        state,
+        engine,
+        cfg,
+        cache,
+        (worker_id, &mut clock),
+        &task,
+        cancel,
+    )
+    .await;
+    match ran {
         Ok(Outcome::Moderated { kind, reasons }) => {
-            finish_moderated(state, &task, worker_id, kind, reasons).await;
+            finish_moderated(state, &task, (worker_id, &clock), kind, reasons).await;
         }
         Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
             let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
-            let recorded = state
-                .store()
-                .complete_ready(task.id, worker_id, ready, webhook)
+            let recorded = clock
+                .write(|| {
+                    let (ready, webhook) = (ready.clone(), webhook.clone());
+                    state
+                        .store()
+                        .complete_ready(task.id, worker_id, ready, webhook)
+                })
                 .await;
             state.task_cache().invalidate(task.id);
             match recorded {
@@ -260,9 +314,12 @@ async fn handle_claim(
                     crate::metrics::task_finished("Ready", Some(generation_seconds));
                     state.webhook_wake().notify_one();
                 }
-                Err(err) => tracing::warn!(%err, "could not record the finished task"),
+                Err(lost) => not_recorded("the finished task", &lost),
             }
         }
+        // Nothing to write: the task is someone else's now, or will be once its lease is seen
+        // expired.
+        Err(failure) if failure.let_go => {}
         Err(failure) if failure.cancelled => {
             let released = state.store().release_task(task.id, worker_id).await;
             state.task_cache().invalidate(task.id);
@@ -272,19 +329,38 @@ async fn handle_claim(
                 Err(err) => tracing::warn!(%err, "could not hand the task back"),
             }
         }
-        Err(failure) => finish_error(state, &task, worker_id, failure).await,
+        Err(failure) => finish_error(state, &task, (worker_id, &clock), failure).await,
     }
 }
 
-async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: TaskFailure) {
+/// Logs a final write that did not land. After a retry, a lost lease may also mean that an
+/// earlier try did land and only its answer was lost with the connection.
+fn not_recorded(what: &str, lost: &Lost) {
+    tracing::warn!(
+        ?lost,
+        "could not record {what} (if the store was unreachable, an earlier \
+        try may have been recorded; otherwise the task runs again after its lease)"
+    );
+}
+
+async fn finish_error(
+    state: &AppState,
+    task: &ClaimedTask,
+    (worker_id, clock): (&str, &LeaseClock),
+    f: TaskFailure,
+) {
     let final_state = TaskState::Error {
         details: f.details.clone(),
     };
     // The store only queues it when the failure is final (not re-queued).
     let webhook = webhook(state, task, final_state);
-    let recorded = state
-        .store()
-        .complete_error(task.id, worker_id, f.details.clone(), f.retryable, webhook)
+    let recorded = clock
+        .write(|| {
+            let (details, webhook) = (f.details.clone(), webhook.clone());
+            state
+                .store()
+                .complete_error(task.id, worker_id, details, f.retryable, webhook)
+        })
         .await;
     state.task_cache().invalidate(task.id);
     match recorded {
@@ -296,14 +372,14 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
             crate::metrics::task_finished("Error", None);
             state.webhook_wake().notify_one();
         }
-        Err(err) => tracing::warn!(%err, "could not record the task's failure"),
+        Err(lost) => not_recorded("the task's failure", &lost),
     }
 }
 
 async fn finish_moderated(
     state: &AppState,
     task: &ClaimedTask,
-    worker_id: &str,
+    (worker_id, clock): (&str, &LeaseClock),
     kind: ModerationKind,
     reasons: Vec<String>,
 ) {
@@ -316,9 +392,13 @@ async fn finish_moderated(
         ModerationKind::Request => "Request Moderated",
         ModerationKind::Content => "Content Moderated",
     };
-    let recorded = state
-        .store()
-        .complete_moderated(task.id, worker_id, kind, reasons, webhook)
+    let recorded = clock
+        .write(|| {
+            let (reasons, webhook) = (reasons.clone(), webhook.clone());
+            state
+                .store()
+                .complete_moderated(task.id, worker_id, kind, reasons, webhook)
+        })
         .await;
     state.task_cache().invalidate(task.id);
     match recorded {
@@ -327,7 +407,7 @@ async fn finish_moderated(
             crate::metrics::task_finished(status, None);
             state.webhook_wake().notify_one();
         }
-        Err(err) => tracing::warn!(%err, "could not record the moderation"),
+        Err(lost) => not_recorded("the moderation", &lost),
     }
 }
 
@@ -356,7 +436,7 @@ async fn run_task(
     engine: &EngineHandle,
     cfg: &FluxConfig,
     cache: &mut LoraCache,
-    worker_id: &str,
+    (worker_id, clock): (&str, &mut LeaseClock),
     task: &ClaimedTask,
     cancel: &Arc<AtomicBool>,
 ) -> Result<Outcome, TaskFailure> {
@@ -368,11 +448,10 @@ async fn run_task(
         .finetune_id
         .clone()
         .unwrap_or_else(|| request.finetune_id.clone());
-    let record = state
-        .store()
-        .get_finetune(&task.tenant, &finetune_id)
+    let record = clock
+        .write(|| state.store().get_finetune(&task.tenant, &finetune_id))
         .await
-        .map_err(TaskFailure::store)?
+        .map_err(TaskFailure::lost)?
         .ok_or_else(|| {
             TaskFailure::user(format!(
                 "Finetune {finetune_id:?} no longer exists (deleted after the task was submitted)"
@@ -450,8 +529,7 @@ async fn run_task(
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);
     tokio::pin!(generation);
-    let lease = state.config().task_lease;
-    let mut heartbeat = tokio::time::interval(lease / HEARTBEATS_PER_LEASE);
+    let mut heartbeat = tokio::time::interval(clock.lease() / HEARTBEATS_PER_LEASE);
     heartbeat.tick().await;
     let generated = loop {
         tokio::select! {
@@ -459,16 +537,34 @@ async fn run_task(
             Some(progress) = progress_rx.recv() => {
                 let recorded = state.store().set_progress(task.id, worker_id, progress).await;
                 state.task_cache().invalidate(task.id);
-                if let Err(err) = recorded {
-                    tracing::warn!(%err, "could not record progress");
+                match recorded {
+                    Ok(()) => {}
+                    // Progress is a hint; an outage shows in the heartbeats' warnings.
+                    Err(err) if err.is_retryable() => {
+                        tracing::debug!(%err, "could not record progress");
+                    }
+                    Err(err) => tracing::warn!(%err, "could not record progress"),
                 }
             }
             _ = heartbeat.tick() => {
-                state
-                    .store()
-                    .heartbeat(task.id, worker_id, lease)
-                    .await
-                    .map_err(TaskFailure::store)?;
+                let lease = clock.lease();
+                let renewal = clock
+                    .renew(state.store().heartbeat(task.id, worker_id, lease))
+                    .await;
+                match renewal {
+                    Ok(Renewal::Renewed) => {}
+                    // Soon again, not a quarter lease later: the lease is running down.
+                    Ok(Renewal::Retry) => {
+                        heartbeat.reset_after(clock.retry_delay());
+                    }
+                    Err(lost) => {
+                        // Stop the engine between two steps and wait for it, so that it does
+                        // not go on with a task this worker gave up.
+                        cancel.store(true, Ordering::Relaxed);
+                        let _ = (&mut generation).await;
+                        return Err(TaskFailure::lost(lost));
+                    }
+                }
             }
         }
     };

@@ -6,10 +6,9 @@
 //! exports its URL as `FLUXD_TEST_POSTGRES_URL`). Each test works in a schema of its own, so the
 //! tests run in parallel on one database.
 
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use fluxd_store::conformance::{self, FlakyLink};
+use fluxd_store::conformance::{self, FlakyLink, TestSchema};
 use fluxd_store::{
     Claim, InsertOutcome, NewTask, PostgresOptions, PostgresStore, Store, StoreError, Wakeup,
     Wakeups,
@@ -23,96 +22,15 @@ fn db(err: sqlx::Error) -> StoreError {
     StoreError::Database(std::sync::Arc::new(err))
 }
 
-/// The test server's URL. Missing is a failure, not a skip: CI must run these.
-fn server_url() -> String {
-    std::env::var("FLUXD_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "FLUXD_TEST_POSTGRES_URL is not set. Run the tests with scripts/test.sh, or start \
-             the test server with `scripts/services/postgres.sh start` and export the URL it \
-             prints as FLUXD_TEST_POSTGRES_URL"
-        )
-    })
-}
-
-/// Schemas of test runs older than this are dropped by the next run.
-const STALE_AFTER_SECS: u64 = 3600;
-
-/// A schema of its own on the test server, named `t_<creation time>_<random>`. Schemas are not
-/// dropped at the end of their test (async work has no place in `Drop`, and a failed test's
-/// is worth a look); the first schema a test process makes drops those of runs long past.
-struct Schema {
-    name: String,
-}
-
-async fn admin() -> Result<sqlx::PgConnection> {
-    sqlx::PgConnection::connect(&server_url()).await.map_err(db)
-}
-
-async fn execute(conn: &mut sqlx::PgConnection, sql: String) -> Result {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(conn)
-        .await
-        .map_err(db)?;
-    Ok(())
-}
-
-impl Schema {
-    async fn new() -> Result<Self> {
-        static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut conn = admin().await?;
-        SWEPT
-            .get_or_try_init(|| async {
-                let cutoff = now.saturating_sub(STALE_AFTER_SECS);
-                let sweep = format!(
-                    "DO $$ DECLARE s TEXT; BEGIN \
-                       FOR s IN SELECT nspname FROM pg_namespace \
-                                WHERE nspname ~ '^t_[0-9]+_' \
-                                  AND split_part(nspname, '_', 2)::BIGINT < {cutoff} LOOP \
-                         EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', s); \
-                       END LOOP; END $$"
-                );
-                execute(&mut admin().await?, sweep).await
-            })
-            .await?;
-        let name = format!("t_{now}_{}", Uuid::new_v4().simple());
-        execute(&mut conn, format!("CREATE SCHEMA {name}")).await?;
-        Ok(Self { name })
-    }
-
-    /// The server's URL with this schema first on the `search_path`, through `via` (a
-    /// `host:port` standing in for the server's) if given.
-    fn url_via(&self, via: Option<std::net::SocketAddr>) -> String {
-        let mut url = url::Url::parse(&server_url()).expect("the test server's URL");
-        if let Some(addr) = via {
-            url.set_ip_host(addr.ip()).expect("an IP host");
-            url.set_port(Some(addr.port())).expect("a port");
-        }
-        url.query_pairs_mut()
-            .append_pair("options", &format!("-c search_path={}", self.name));
-        url.to_string()
-    }
-
-    fn url(&self) -> String {
-        self.url_via(None)
-    }
-
-    async fn open(&self) -> Result<Box<dyn Store>> {
-        Ok(Box::new(PostgresStore::connect(&self.url()).await?))
-    }
-}
-
-async fn fresh() -> Result<(Schema, Box<dyn Store>)> {
-    let schema = Schema::new().await?;
+async fn fresh() -> Result<(TestSchema, Box<dyn Store>)> {
+    let schema = TestSchema::new().await?;
     let store = schema.open().await?;
     Ok((schema, store))
 }
 
 /// Four stores (four nodes) on one new schema.
-async fn fresh_many() -> Result<(Schema, Vec<Box<dyn Store>>)> {
-    let schema = Schema::new().await?;
+async fn fresh_many() -> Result<(TestSchema, Vec<Box<dyn Store>>)> {
+    let schema = TestSchema::new().await?;
     let mut stores = Vec::new();
     for _ in 0..4 {
         stores.push(schema.open().await?);
@@ -124,7 +42,7 @@ fluxd_store::conformance_tests!(fresh: fresh(), fresh_many: fresh_many());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durability_across_reconnect() -> Result {
-    let schema = Schema::new().await?;
+    let schema = TestSchema::new().await?;
     conformance::durability(|| schema.open()).await
 }
 
@@ -137,7 +55,7 @@ async fn run_all_on_fresh_schemas() -> Result {
 /// and find it done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_migrate_a_new_database_together() -> Result {
-    let schema = Schema::new().await?;
+    let schema = TestSchema::new().await?;
     let opened = futures_util::future::join_all((0..4).map(|_| schema.open())).await;
     let stores: Vec<Box<dyn Store>> = opened.into_iter().collect::<Result<_>>()?;
     let key = stores[0].create_key("alice", None).await?;
@@ -150,7 +68,7 @@ async fn nodes_migrate_a_new_database_together() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_schema_is_refused() -> Result {
-    let schema = Schema::new().await?;
+    let schema = TestSchema::new().await?;
     schema.open().await?.close().await;
     let mut conn = sqlx::PgConnection::connect(&schema.url())
         .await
@@ -203,7 +121,7 @@ fn task(key: &fluxd_store::NewKey) -> NewTask {
 /// another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_nodes_wake_up_through_notify() -> Result {
-    let schema = Schema::new().await?;
+    let schema = TestSchema::new().await?;
     let api = schema.open().await?;
     let worker = schema.open().await?;
     let mut wakeups = worker
@@ -246,16 +164,8 @@ async fn other_nodes_wake_up_through_notify() -> Result {
 /// server answers with 503) within the acquire timeout, and work again once it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_is_retryable_and_recovers() -> Result {
-    let schema = Schema::new().await?;
-    let server = url::Url::parse(&server_url()).expect("URL");
-    let server_addr = (
-        server.host_str().expect("host"),
-        server.port().unwrap_or(5432),
-    )
-        .to_socket_addrs()
-        .map_err(|e| StoreError::Unavailable(std::sync::Arc::new(e)))?
-        .next()
-        .expect("an address");
+    let schema = TestSchema::new().await?;
+    let server_addr = schema.server_addr()?;
     let link = FlakyLink::start(server_addr)
         .map_err(|e| StoreError::Unavailable(std::sync::Arc::new(e)))?;
     let options = PostgresOptions {

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use fluxd_server::import::{import_lora, ImportOptions, StagedFile};
-use fluxd_store::Store;
+use fluxd_store::DEFAULT_MAX_ATTEMPTS;
 
-use crate::serve::{block_on, shown, transformer_config, DataDirArgs, ModelArgs};
+use crate::location::StoreLocation;
+use crate::serve::{block_on, shown, transformer_config, ModelArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum FinetunesCommand {
@@ -32,7 +33,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         shared: bool,
         #[command(flatten)]
-        data: DataDirArgs,
+        location: StoreLocation,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -42,7 +43,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
-        data: DataDirArgs,
+        location: StoreLocation,
     },
     /// Delete a tenant's fine-tune and its file.
     Delete {
@@ -53,7 +54,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         id: String,
         #[command(flatten)]
-        data: DataDirArgs,
+        location: StoreLocation,
     },
 }
 
@@ -67,14 +68,14 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 trigger_word,
                 comment,
                 shared,
-                data,
+                location,
                 model,
             } => {
-                let data = data.open()?;
+                let data = location.data_dir()?;
                 let paths = model.resolve(&data)?;
                 let cfg = transformer_config(&paths).context("reading the transformer config")?;
                 let staged = StagedFile::hash(&file)?;
-                let store = data.store().await?;
+                let store = location.store(&data, DEFAULT_MAX_ATTEMPTS).await?;
                 let blobs = data.blobs()?;
                 let options = ImportOptions {
                     id,
@@ -82,7 +83,8 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                     comment,
                     shared,
                 };
-                let result = import_lora(&store, &blobs, &cfg, &tenant, options, &staged).await;
+                let result =
+                    import_lora(store.as_ref(), &blobs, &cfg, &tenant, options, &staged).await;
                 store.close().await;
                 let record = result.with_context(|| format!("importing {}", shown(&file)))?;
                 println!(
@@ -96,17 +98,20 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 );
                 println!("{}", record.id);
             }
-            FinetunesCommand::List { tenant, data } => {
-                let store = data.open()?.store().await?;
+            FinetunesCommand::List { tenant, location } => {
+                let (_, store) = location.open().await?;
                 let names = store.list_finetunes(&tenant).await?;
                 store.close().await;
                 for name in names {
                     println!("{name}");
                 }
             }
-            FinetunesCommand::Delete { tenant, id, data } => {
-                let data = data.open()?;
-                let store = data.store().await?;
+            FinetunesCommand::Delete {
+                tenant,
+                id,
+                location,
+            } => {
+                let (data, store) = location.open().await?;
                 let deleted = store.delete_finetune(&tenant, &id).await?;
                 store.close().await;
                 let record =

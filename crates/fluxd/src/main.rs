@@ -8,6 +8,7 @@ mod device;
 mod finetunes;
 mod generate;
 mod keys;
+mod location;
 mod lora;
 mod model;
 mod progress;

@@ -18,25 +18,10 @@ use fluxd_server::state::{
 use fluxd_server::upsample::{Upsampler, UpsamplerConfig};
 use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
-use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS};
+use fluxd_store::{DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS};
 
 use crate::device::{parse_device, parse_dtype};
-
-/// Where the shared state lives; every command that touches the store takes it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DataDirArgs {
-    /// Data directory: the SQLite store, blobs, the URL signing key, the tiny model.
-    #[arg(long, env = "FLUXD_DATA_DIR", default_value = "./fluxd-data")]
-    pub data_dir: PathBuf,
-}
-
-impl DataDirArgs {
-    /// Opens (creating) the data directory.
-    pub fn open(&self) -> Result<DataDir> {
-        DataDir::open(&self.data_dir)
-            .with_context(|| format!("opening the data directory {}", self.data_dir.display()))
-    }
-}
+use crate::location::StoreLocation;
 
 /// Which model to serve.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,7 +80,7 @@ pub fn transformer_config(paths: &ModelPaths) -> Result<FluxConfig> {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    data: DataDirArgs,
+    location: StoreLocation,
     #[command(flatten)]
     model: ModelArgs,
     /// Address to listen on (port 0 picks a free one; the chosen address is printed).
@@ -237,21 +222,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.webhook_timeout.is_zero() {
         bail!("--webhook-timeout must be more than 0s");
     }
-    let data = args.data.open()?;
+    let data = args.location.data_dir()?;
     let paths = args.model.resolve(&data)?;
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
-    let options = SqliteOptions {
-        max_attempts: args.max_task_attempts,
-        ..SqliteOptions::default()
-    };
-    let store: Arc<dyn Store> = Arc::new(
-        data.store_with(options)
-            .await
-            .context("opening the store")?,
-    );
+    let store = args.location.store(&data, args.max_task_attempts).await?;
     let blobs = data.blobs().context("opening the blob store")?;
-    let signer = data.signer().context("loading the URL signing key")?;
+    let signer = args.location.signer(&data, store.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -316,7 +293,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             lora_cache: data.lora_cache(),
         },
     );
-    tracing::info!(%addr, public_url, data_dir = %data.root().display(), "fluxd serving");
+    tracing::info!(
+        %addr,
+        public_url,
+        data_dir = %data.root().display(),
+        database = %args.location.database(&data),
+        "fluxd serving"
+    );
     // One line on stdout for scripts and tests that start the server on port 0.
     println!("fluxd listening on http://{addr}");
     fluxd_server::run(

@@ -5,7 +5,8 @@
 //! function that reopens the same database, and the functions of several stores
 //! ([`claims_across_stores`], [`limit_across_stores`], [`shared_secrets`]) with stores opened
 //! side by side on one fresh database, as several nodes use it. [`FlakyLink`] cuts a backend's
-//! network link for outage tests. The functions panic, like `assert!`, when the backend
+//! network link for outage tests; [`TestSchema`] is a fresh schema on the test PostgreSQL
+//! server. The functions panic, like `assert!`, when the backend
 //! misbehaves, and return the store's own errors unchanged.
 
 mod keys;
@@ -13,6 +14,7 @@ mod link;
 mod nodes;
 mod outbox;
 mod queue;
+mod test_schema;
 
 use std::future::Future;
 
@@ -27,6 +29,7 @@ pub use queue::{
     heartbeat_and_progress, lost_worker_retries, release_on_shutdown, retryable_errors,
     task_isolation,
 };
+pub use test_schema::{test_server_url, TestSchema, TEST_POSTGRES_URL};
 
 use crate::{NewKey, NewTask, NewWebhook, ReadyRecord, Result, Store};
 
