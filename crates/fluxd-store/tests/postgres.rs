@@ -196,3 +196,74 @@ async fn a_lost_connection_is_retryable_and_recovers() -> Result {
     store.close().await;
     Ok(())
 }
+
+/// Submits that arrive together share a batch (one statement): each still gets its own
+/// outcome — admitted by rank within its key's limit, refused at the limit, an unknown key
+/// refused alone, and a duplicate id (which refuses the whole statement, so the batch goes again
+/// one by one) refused alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_submits_keep_their_own_outcomes() -> Result {
+    let (_schema, store) = fresh().await?;
+    let a = store.create_key("alice", None).await?;
+    let b = store.create_key("bob", None).await?;
+    let taken = task(&a);
+    store.insert_task(taken.clone()).await?;
+    let mut ghost = task(&a);
+    ghost.key_id = Uuid::new_v4();
+    let submit_all = |submits: Vec<(NewTask, u32)>| {
+        let store = store.as_ref();
+        async move {
+            let outcomes = futures_util::future::join_all(
+                submits
+                    .iter()
+                    .map(|(t, limit)| store.insert_task_if_under_limit(t.clone(), *limit)),
+            )
+            .await;
+            submits.into_iter().zip(outcomes).collect::<Vec<_>>()
+        }
+    };
+
+    let mut submits = vec![(ghost, 3)];
+    for _ in 0..12 {
+        submits.push((task(&a), 3));
+        submits.push((task(&b), 5));
+    }
+    let outcomes = submit_all(submits).await;
+    assert!(
+        matches!(outcomes[0].1, Err(StoreError::Invalid(_))),
+        "{:?}",
+        outcomes[0].1
+    );
+    let mut inserted = [0, 0];
+    for ((t, limit), outcome) in &outcomes[1..] {
+        let k = usize::from(t.key_id == b.key_id);
+        match outcome {
+            Ok(InsertOutcome::Inserted) => inserted[k] += 1,
+            Ok(InsertOutcome::LimitReached { active }) => assert_eq!(active, limit),
+            Err(err) => panic!("{err:?}"),
+        }
+    }
+    // Alice had one queued already.
+    assert_eq!(inserted, [2, 5]);
+
+    // (The duplicate's limit leaves room: refused for its id, never for its key's count.)
+    let mut submits = vec![(taken, 100)];
+    for _ in 0..6 {
+        submits.push((task(&b), 8));
+    }
+    let outcomes = submit_all(submits).await;
+    assert!(
+        matches!(outcomes[0].1, Err(StoreError::Conflict(_))),
+        "{:?}",
+        outcomes[0].1
+    );
+    let admitted = outcomes[1..]
+        .iter()
+        .filter(|(_, o)| matches!(o, Ok(InsertOutcome::Inserted)))
+        .count();
+    assert_eq!(admitted, 3);
+    assert_eq!(store.count_unfinished(a.key_id).await?, 3);
+    assert_eq!(store.count_unfinished(b.key_id).await?, 8);
+    store.close().await;
+    Ok(())
+}

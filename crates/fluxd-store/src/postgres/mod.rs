@@ -2,8 +2,8 @@
 //!
 //! Every call takes a connection from a pool and runs one statement where it can (a completion
 //! and its webhook are one statement with a data-modifying CTE), so a call costs one round trip
-//! and concurrent calls run side by side; PostgreSQL's own group commit shares WAL flushes
-//! between them. Claims use `FOR UPDATE SKIP LOCKED`, so workers never wait on each other's rows.
+//! and concurrent calls run side by side. Submits, the hottest write, are batched ([`submit`]):
+//! those arriving while others commit share one statement and one WAL flush. Claims use `FOR UPDATE SKIP LOCKED`, so workers never wait on each other's rows.
 //! The per-key limit is checked under a row lock of the key's `key_load` row, which makes it hold
 //! across API nodes. Leases and due dates use the database's clock.
 //!
@@ -14,6 +14,7 @@
 mod finetunes;
 mod keys;
 mod migrate;
+mod submit;
 mod tasks;
 mod trait_impl;
 mod wake;
@@ -60,6 +61,7 @@ const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 pub struct PostgresStore {
     pool: PgPool,
     max_attempts: u32,
+    submitter: submit::Submitter,
     wake: wake::Wake,
 }
 
@@ -108,6 +110,7 @@ impl PostgresStore {
             .map_err(map_pg)?;
         drop(conn);
         Ok(Self {
+            submitter: submit::Submitter::start(pool.clone(), options.max_attempts),
             pool,
             max_attempts: options.max_attempts,
             wake: wake::Wake::start(connect, wake::Channels::of(&schema)),

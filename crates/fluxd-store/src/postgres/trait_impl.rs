@@ -69,7 +69,7 @@ impl Store for PostgresStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(task_id = %task.id))]
     async fn insert_task_if_under_limit(&self, task: NewTask, limit: u32) -> Result<InsertOutcome> {
-        let outcome = tasks::insert(&self.pool, &task, i64::from(limit), self.max_attempts).await?;
+        let outcome = self.submitter.submit(task, i64::from(limit)).await?;
         if outcome == InsertOutcome::Inserted {
             self.wake.task_queued();
         }
@@ -238,6 +238,7 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        self.submitter.close().await;
         self.wake.stop();
         self.pool.close().await;
     }
