@@ -7,6 +7,7 @@
 //! [`open_store`] picks one from a [`DatabaseUrl`].
 
 mod apikey;
+mod ask;
 mod blob;
 pub mod conformance;
 mod error;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::ask::{ask, stop};
 use crate::postgres::{map_pg, tasks};
 use crate::sql::rows;
 use crate::{InsertOutcome, NewTask, StoreError};
@@ -50,21 +51,12 @@ impl Submitter {
         task: NewTask,
         limit: i64,
     ) -> Result<InsertOutcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Message::Submit(task, limit, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        ask(&self.queue, |reply| Message::Submit(task, limit, reply)).await
     }
 
     /// Lets submits already queued finish, then refuses new ones with [`StoreError::Closed`].
     pub(crate) async fn close(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.queue.send(Message::Close(done)).await.is_ok() {
-            // An error means the task already stopped, which is what we wait for.
-            let _ = wait.await;
-        }
+        stop(&self.queue, Message::Close).await;
     }
 }
 
