@@ -4,6 +4,8 @@
 //! files), runs the text encoders, the flow-matching transformer and the VAE, and produces the
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
+mod attention;
+pub mod cpu_kernels;
 pub mod error;
 pub mod lora;
 pub mod model_dir;
@@ -22,4 +24,5 @@ pub mod vae;
 mod vit;
 pub mod weights;
 
+pub use cpu_kernels::{fused_cpu_kernels, set_fused_cpu_kernels};
 pub use error::{EngineError, Result};

@@ -12,6 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use fluxd_store::Store;
+
+use crate::data_dir::DataDir;
 use crate::error::ServerError;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -106,6 +109,21 @@ impl UrlSigner {
             return false;
         };
         self.mac(file, exp).verify_slice(&sig).is_ok()
+    }
+}
+
+/// The URL signer of this deployment, which every node (API nodes and workers) must share: a URL
+/// signed by one node is checked by whichever node it reaches. `own_data_dir` is the data
+/// directory whose own SQLite database `store` is, if it is: its `url-signing.key` file (made on
+/// first use) keeps signing, as it always has; any other database holds the key itself, created
+/// once by the first node to ask ([`Store::shared_secret`]).
+pub async fn signer_for(
+    store: &dyn Store,
+    own_data_dir: Option<&DataDir>,
+) -> Result<UrlSigner, ServerError> {
+    match own_data_dir {
+        Some(data) => data.signer(),
+        None => UrlSigner::shared(store).await,
     }
 }
 

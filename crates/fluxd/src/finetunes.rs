@@ -8,7 +8,8 @@ use fluxd_server::import::{import_lora, ImportOptions, StagedFile};
 use fluxd_store::DEFAULT_MAX_ATTEMPTS;
 
 use crate::location::StoreLocation;
-use crate::serve::{block_on, shown, transformer_config, ModelArgs};
+use crate::node::ModelArgs;
+use crate::serve::{block_on, shown};
 
 #[derive(Debug, Subcommand)]
 pub enum FinetunesCommand {
@@ -71,12 +72,13 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 location,
                 model,
             } => {
-                let data = location.data_dir()?;
-                let paths = model.resolve(&data)?;
-                let cfg = transformer_config(&paths).context("reading the transformer config")?;
+                let dir = location.open()?;
+                let cfg = model
+                    .transformer_config()
+                    .context("reading the transformer config")?;
                 let staged = StagedFile::hash(&file)?;
-                let store = location.store(&data, DEFAULT_MAX_ATTEMPTS).await?;
-                let blobs = data.blobs()?;
+                let blobs = location.blobs(&dir)?;
+                let store = location.store(&dir, DEFAULT_MAX_ATTEMPTS).await?;
                 let options = ImportOptions {
                     id,
                     trigger_word,
@@ -99,7 +101,7 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 println!("{}", record.id);
             }
             FinetunesCommand::List { tenant, location } => {
-                let (_, store) = location.open().await?;
+                let (_, store) = location.open_store().await?;
                 let names = store.list_finetunes(&tenant).await?;
                 store.close().await;
                 for name in names {
@@ -111,12 +113,14 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 id,
                 location,
             } => {
-                let (data, store) = location.open().await?;
+                let dir = location.open()?;
+                let blobs = location.blobs(&dir)?;
+                let store = location.store(&dir, DEFAULT_MAX_ATTEMPTS).await?;
                 let deleted = store.delete_finetune(&tenant, &id).await?;
                 store.close().await;
                 let record =
                     deleted.with_context(|| format!("tenant {tenant} has no fine-tune {id}"))?;
-                data.blobs()?.delete(&record.blob_key).await?;
+                blobs.delete(&record.blob_key).await?;
                 println!("deleted {id}");
             }
         }

@@ -49,7 +49,7 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                 max_active_tasks,
                 location,
             } => {
-                let (_, store) = location.open().await?;
+                let (_, store) = location.open_store().await?;
                 let key = store
                     .create_key(&tenant, label.as_deref())
                     .await
@@ -63,7 +63,7 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                 println!("{}", key.key);
             }
             KeysCommand::List { tenant, location } => {
-                let (_, store) = location.open().await?;
+                let (_, store) = location.open_store().await?;
                 let keys = store.list_keys(&tenant).await?;
                 store.close().await;
                 for k in keys {
@@ -83,7 +83,7 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                 }
             }
             KeysCommand::Revoke { key_id, location } => {
-                let (_, store) = location.open().await?;
+                let (_, store) = location.open_store().await?;
                 let revoked = store.revoke_key(key_id).await?;
                 store.close().await;
                 anyhow::ensure!(revoked, "no active key {key_id}");

@@ -1,20 +1,20 @@
-//! Where a command finds the shared state: the data directory (`--data-dir`, the one-machine
-//! deployment: SQLite, files, the URL signing key, all in it) and, for several nodes, the
-//! database elsewhere (`--database`). Every command that touches the store flattens
-//! [`StoreLocation`].
+//! Where a deployment keeps its state: one set of flags, flattened into every command that
+//! touches the store. On one machine `--data-dir` holds everything (SQLite, files, the URL
+//! signing key); several nodes share a database (`--database`) and a blob store (`--blobs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use fluxd_server::{DataDir, UrlSigner};
-use fluxd_store::{open_store, DatabaseUrl, Store, DEFAULT_MAX_ATTEMPTS};
+use fluxd_store::{open_store, BlobStore, DatabaseUrl, Store, DEFAULT_MAX_ATTEMPTS};
 
-/// The store's whereabouts.
+/// The store's location.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreLocation {
-    /// Data directory: the SQLite store (unless --database says otherwise), blobs, the URL
-    /// signing key (likewise), the tiny model, scratch space.
+    /// Data directory: the SQLite store and the URL signing key (unless --database puts them
+    /// elsewhere), scratch space, the tiny model, and the blobs unless --blobs puts them
+    /// elsewhere.
     #[arg(long, env = "FLUXD_DATA_DIR", default_value = "./fluxd-data")]
     pub data_dir: PathBuf,
     /// Database instead of <data-dir>/fluxd.sqlite: `sqlite://PATH`, or
@@ -24,13 +24,29 @@ pub struct StoreLocation {
     /// password, which is never shown).
     #[arg(long, env = "FLUXD_DATABASE_URL", hide_env_values = true)]
     pub database: Option<DatabaseUrl>,
+    /// Where images and LoRA files are kept: file://DIR, or s3://bucket/prefix with credentials,
+    /// region and endpoint from the standard AWS_* variables (AWS_ENDPOINT_URL for
+    /// MinIO/SeaweedFS/R2-style servers, AWS_ALLOW_HTTP=true for plain HTTP). Default:
+    /// <data-dir>/blobs.
+    #[arg(long, env = "FLUXD_BLOBS_URL")]
+    pub blobs: Option<String>,
 }
 
 impl StoreLocation {
     /// Opens (creating) the data directory.
-    pub fn data_dir(&self) -> Result<DataDir> {
+    pub fn open(&self) -> Result<DataDir> {
         DataDir::open(&self.data_dir)
             .with_context(|| format!("opening the data directory {}", self.data_dir.display()))
+    }
+
+    /// The blob store: `--blobs`, else the data directory's `blobs/`.
+    pub fn blobs(&self, data: &DataDir) -> Result<BlobStore> {
+        match &self.blobs {
+            Some(url) => {
+                BlobStore::from_url(url).with_context(|| format!("opening the blob store {url}"))
+            }
+            None => data.blobs().context("opening the blob store"),
+        }
     }
 
     /// The database to use: `--database`, else the data directory's SQLite file.
@@ -40,8 +56,7 @@ impl StoreLocation {
             .unwrap_or_else(|| DatabaseUrl::Sqlite(data.sqlite_path()))
     }
 
-    /// Whether the database is the data directory's own SQLite file (named or not), whose
-    /// delivery URLs are signed with the key file beside it, as they always were.
+    /// Whether the database is the data directory's own SQLite file (named or not).
     fn own_database(&self, data: &DataDir) -> bool {
         match &self.database {
             None => true,
@@ -63,22 +78,20 @@ impl StoreLocation {
     }
 
     /// The data directory and the store, for commands that do not submit tasks.
-    pub async fn open(&self) -> Result<(DataDir, Arc<dyn Store>)> {
-        let data = self.data_dir()?;
+    pub async fn open_store(&self) -> Result<(DataDir, Arc<dyn Store>)> {
+        let data = self.open()?;
         let store = self.store(&data, DEFAULT_MAX_ATTEMPTS).await?;
         Ok((data, store))
     }
 
-    /// The delivery URL signer: the data directory's key file for its own database, else the
-    /// key shared through the database by every node using it.
+    /// The delivery URL signer every node of the deployment shares (see
+    /// [`fluxd_server::signing::signer_for`]): the data directory's key file for its own
+    /// database, as it always was, else the key kept in the database.
     pub async fn signer(&self, data: &DataDir, store: &dyn Store) -> Result<UrlSigner> {
-        if self.own_database(data) {
-            data.signer().context("loading the URL signing key")
-        } else {
-            UrlSigner::shared(store)
-                .await
-                .context("reading the URL signing key from the database")
-        }
+        let own = self.own_database(data).then_some(data);
+        fluxd_server::signing::signer_for(store, own)
+            .await
+            .context("loading the URL signing key")
     }
 }
 
@@ -90,6 +103,7 @@ mod tests {
         StoreLocation {
             data_dir: data_dir.to_path_buf(),
             database: database.map(|url| url.parse().expect("a database URL")),
+            blobs: None,
         }
     }
 

@@ -67,7 +67,7 @@ pub fn run(cmd: WebhooksCommand) -> Result<()> {
                 limit,
                 location,
             } => {
-                let (_, store) = location.open().await?;
+                let (_, store) = location.open_store().await?;
                 let found = store
                     .list_webhooks(status.map(DeliveryStatus::as_str), limit)
                     .await;
@@ -81,7 +81,7 @@ pub fn run(cmd: WebhooksCommand) -> Result<()> {
                 all_failed: _,
                 location,
             } => {
-                let (_, store) = location.open().await?;
+                let (_, store) = location.open_store().await?;
                 let queued = store.retry_failed_webhooks(id).await;
                 store.close().await;
                 let queued = queued?;

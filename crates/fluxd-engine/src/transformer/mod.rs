@@ -78,7 +78,8 @@ pub struct FluxTransformer {
     final_linear: FluxLinear,
     /// `final_layer.adaLN_modulation.1`, BFL order (shift, scale).
     final_mod: FluxLinear,
-    /// Whether forwards run on the fused f32 CPU kernels (`cpu.rs`) rather than candle ops.
+    /// Whether forwards may run on the fused f32 CPU kernels (`cpu.rs`) rather than candle ops
+    /// (also subject to [`crate::set_fused_cpu_kernels`]).
     fast_path: bool,
     /// Scratch buffers of the fast path, reused across forwards.
     work: cpu::WorkCache,
@@ -102,15 +103,27 @@ impl FluxTransformer {
     /// Loads a BFL single file (`flux1-dev.safetensors`), with or without the ComfyUI
     /// `model.diffusion_model.` prefix. The config is inferred from tensor shapes.
     pub fn load_bfl(file: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (weights, prefix, cfg) = Self::open_bfl(file)?;
+        let src = BflSource {
+            weights: &weights,
+            prefix,
+        };
+        Self::build(cfg, &src, dtype, device)
+    }
+
+    /// The config of a BFL single file, inferred from the tensor shapes in its header: no weight
+    /// is read (an API node checks LoRA files against it without loading the model).
+    pub fn bfl_config(file: &Path) -> Result<FluxConfig> {
+        Ok(Self::open_bfl(file)?.2)
+    }
+
+    /// A BFL single file's weights (mapped, not read), its key prefix and its inferred config.
+    fn open_bfl(file: &Path) -> Result<(WeightFiles, String, FluxConfig)> {
         let weights = WeightFiles::open(&[file.to_path_buf()])?;
         let prefix = load::detect_bfl_prefix(&weights, file)?;
         let name = |k: &str| format!("{prefix}{k}");
         let cfg = FluxConfig::infer_bfl(&weights, file, &name)?;
-        let src = BflSource {
-            weights: &weights,
-            prefix: prefix.clone(),
-        };
-        Self::build(cfg, &src, dtype, device)
+        Ok((weights, prefix, cfg))
     }
 
     /// Builds a model from canonical (BFL-named) tensors held in memory.
@@ -305,7 +318,7 @@ impl FluxTransformer {
         }
         let vec = self.conditioning(timestep, guidance, pooled, b)?;
         let vec_silu = candle_nn::ops::silu(&vec)?;
-        if self.fast_path {
+        if self.fast_path && crate::fused_cpu_kernels() {
             return self.forward_cpu(img, txt, rope, &vec_silu);
         }
         self.forward_blocks(img, txt, rope, &vec_silu)

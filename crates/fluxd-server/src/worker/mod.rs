@@ -21,10 +21,14 @@ use fluxd_store::{
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::delivery;
 use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
-use crate::lease::{LeaseClock, Lost, Renewal};
-use crate::routes::tasks::result_body;
+use crate::lease::{LeaseClock, Renewal};
+use crate::routes::tasks::body_with_sample;
 use crate::state::AppState;
+use failure::{engine_failure, not_recorded, TaskFailure};
+
+mod failure;
 
 /// Heartbeats per lease: three can be missed (a busy database) before the lease runs out.
 const HEARTBEATS_PER_LEASE: u32 = 4;
@@ -33,67 +37,6 @@ const HEARTBEATS_PER_LEASE: u32 = 4;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Parsed LoRA files kept in memory; each holds the adapter's tensors.
 const LORA_CACHE: usize = 16;
-
-/// A failure of one task.
-#[derive(Debug)]
-struct TaskFailure {
-    /// What the user reads in `details`.
-    details: String,
-    /// Whether running again may help.
-    retryable: bool,
-    /// Stopped by a shutdown: the task goes back to the queue, not to `Error`.
-    cancelled: bool,
-    /// The worker no longer holds the task (another may): it writes nothing more about it.
-    let_go: bool,
-}
-
-impl TaskFailure {
-    fn user(details: impl Into<String>) -> Self {
-        Self {
-            details: details.into(),
-            retryable: false,
-            cancelled: false,
-            let_go: false,
-        }
-    }
-
-    /// The lease is gone, or the store failed for good while the worker tried to keep it.
-    fn lost(lost: Lost) -> Self {
-        match lost {
-            Lost::Taken(err) => {
-                tracing::warn!(%err, "the task is no longer this worker's; dropping it");
-                Self {
-                    let_go: true,
-                    ..Self::user("The task's lease was lost")
-                }
-            }
-            Lost::RanOut(err) => {
-                tracing::warn!(%err, "the store stayed unreachable until the lease ran out; \
-                    dropping the task (it runs again once its lease is seen expired)");
-                Self {
-                    let_go: true,
-                    ..Self::user("The task's lease ran out")
-                }
-            }
-            Lost::Failed(err) => Self::store(err),
-        }
-    }
-
-    fn retryable(details: impl Into<String>) -> Self {
-        Self {
-            retryable: true,
-            ..Self::user(details)
-        }
-    }
-
-    fn store(err: StoreError) -> Self {
-        tracing::warn!(%err, "store failure while running a task");
-        Self {
-            retryable: err.is_retryable(),
-            ..Self::user("Storage failure while running the task")
-        }
-    }
-}
 
 /// How a task that ran to its end came out.
 enum Outcome {
@@ -298,7 +241,7 @@ async fn handle_claim(
         }
         Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
-            let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
+            let webhook = webhook(state, &task, TaskState::Ready(ready.clone())).await;
             let recorded = clock
                 .write(|| {
                     let (ready, webhook) = (ready.clone(), webhook.clone());
@@ -333,16 +276,6 @@ async fn handle_claim(
     }
 }
 
-/// Logs a final write that did not land. After a retry, a lost lease may also mean that an
-/// earlier try did land and only its answer was lost with the connection.
-fn not_recorded(what: &str, lost: &Lost) {
-    tracing::warn!(
-        ?lost,
-        "could not record {what} (if the store was unreachable, an earlier \
-        try may have been recorded; otherwise the task runs again after its lease)"
-    );
-}
-
 async fn finish_error(
     state: &AppState,
     task: &ClaimedTask,
@@ -353,7 +286,7 @@ async fn finish_error(
         details: f.details.clone(),
     };
     // The store only queues it when the failure is final (not re-queued).
-    let webhook = webhook(state, task, final_state);
+    let webhook = webhook(state, task, final_state).await;
     let recorded = clock
         .write(|| {
             let (details, webhook) = (f.details.clone(), webhook.clone());
@@ -387,7 +320,7 @@ async fn finish_moderated(
         kind,
         reasons: reasons.clone(),
     };
-    let webhook = webhook(state, task, final_state);
+    let webhook = webhook(state, task, final_state).await;
     let status = match kind {
         ModerationKind::Request => "Request Moderated",
         ModerationKind::Content => "Content Moderated",
@@ -413,9 +346,29 @@ async fn finish_moderated(
 
 /// The webhook for a task's final state, when the caller asked for one: the `get_result` body
 /// plus `task_id`, queued in the outbox in the same transaction as the result.
-fn webhook(state: &AppState, task: &ClaimedTask, final_state: TaskState) -> Option<NewWebhook> {
+async fn webhook(
+    state: &AppState,
+    task: &ClaimedTask,
+    final_state: TaskState,
+) -> Option<NewWebhook> {
     let url = task.webhook_url.clone()?;
-    let body = result_body(state, task.id.to_string(), final_state, SystemTime::now());
+    let now = SystemTime::now();
+    let sample = match &final_state {
+        TaskState::Ready(ready) => {
+            let delivery = state.config().delivery;
+            match delivery::sample_url(state, delivery, &ready.sample_key, now).await {
+                Ok(sample) => Some(sample),
+                Err(err) => {
+                    // The sender signs the link afresh at every attempt (and retries while it
+                    // cannot): any working link will do in the stored payload.
+                    tracing::warn!(%err, "could not presign the image URL for the webhook");
+                    Some(delivery::signed_url(state, &ready.sample_key, now))
+                }
+            }
+        }
+        _ => None,
+    };
+    let body = body_with_sample(task.id.to_string(), final_state, sample);
     match serde_json::to_value(WebhookPayload::from(body)) {
         Ok(payload) => Some(NewWebhook {
             url,
@@ -579,10 +532,15 @@ async fn run_task(
             });
         }
     }
-    let sample_key = format!("samples/{}.{}", task.id, request.output_format.as_str());
+    let ext = request.output_format.as_str();
+    let sample_key = delivery::sample_key(&format!("{}.{ext}", task.id));
     state
         .blobs()
-        .put(&sample_key, Bytes::from(generated.bytes))
+        .put(
+            &sample_key,
+            Bytes::from(generated.bytes),
+            delivery::content_type(ext),
+        )
         .await
         .map_err(TaskFailure::store)?;
     Ok(Outcome::Ready(ReadyRecord {
@@ -639,20 +597,6 @@ async fn load_lora(
     crate::import::validate_lora(path, cfg).await.map_err(|e| {
         TaskFailure::user(format!("The fine-tune cannot be used with this model: {e}"))
     })
-}
-
-fn engine_failure(err: EngineError) -> TaskFailure {
-    match err {
-        EngineError::InvalidInput(msg) => TaskFailure::user(format!("Invalid request: {msg}")),
-        EngineError::Cancelled => TaskFailure {
-            cancelled: true,
-            ..TaskFailure::user("Stopped by a shutdown")
-        },
-        other => {
-            tracing::error!(err = %other, "generation failed");
-            TaskFailure::user("Generation failed inside the engine; the operator's logs say why")
-        }
-    }
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
