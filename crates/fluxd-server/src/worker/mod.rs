@@ -13,10 +13,8 @@ use fluxd_api::{FinetunedRequest, WebhookPayload};
 use fluxd_engine::lora::LoraFile;
 use fluxd_engine::safety::{moderate_nsfw_score, SafetyTolerance};
 use fluxd_engine::transformer::FluxConfig;
-use fluxd_engine::EngineError;
 use fluxd_store::{
-    Claim, ClaimedTask, ErrorOutcome, ModerationKind, NewWebhook, ReadyRecord, StoreError,
-    TaskState,
+    Claim, ClaimedTask, ErrorOutcome, ModerationKind, NewWebhook, ReadyRecord, TaskState,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
