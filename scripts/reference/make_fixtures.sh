@@ -18,4 +18,10 @@ cargo run --quiet -p fluxd-engine --example write_random_loras -- "$loras"
   "$model" "$loras" "$root/crates/fluxd-engine/tests/fixtures/lora"
 FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/safety_fixtures.py" \
   "$model" "$root/crates/fluxd-engine/tests/fixtures/safety"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety}"
+"$venv/bin/python" "$root/scripts/reference/canny_fixtures.py" \
+  "$root/crates/fluxd-engine/tests/fixtures/canny"
+depth=$(mktemp -d)/depth-anything
+cargo run --quiet -p fluxd -- model init-tiny-depth "$depth" --seed "$seed"
+"$venv/bin/python" "$root/scripts/reference/depth_fixtures.py" \
+  "$depth" "$root/crates/fluxd-engine/tests/fixtures/depth"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety,canny,depth}"

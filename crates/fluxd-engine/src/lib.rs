@@ -5,6 +5,7 @@
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
 mod attention;
+pub mod control;
 pub mod cpu_kernels;
 pub mod error;
 pub mod lora;

@@ -4,6 +4,7 @@
 //! library crates.
 
 mod bench;
+mod control;
 mod device;
 mod finetunes;
 mod generate;
@@ -38,6 +39,9 @@ enum Command {
     /// Manage model folders.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Write the control maps of the Canny and Depth models (edges, depth) as images.
+    #[command(subcommand)]
+    Control(control::ControlCommand),
     /// Generate one image offline, without the server.
     Generate(Box<generate::GenerateArgs>),
     /// Time the pipeline's steps (and LoRA overhead) on a model folder.
@@ -60,6 +64,15 @@ enum Command {
     Webhooks(webhooks::WebhooksCommand),
 }
 
+/// Whether log lines get ANSI colours: only on a terminal, and never with `NO_COLOR` set to
+/// anything but the empty string (<https://no-color.org>). Logs written to a file or a pipe stay
+/// plain text.
+fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    std::io::stderr().is_terminal() && !no_color
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -67,10 +80,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
+        Command::Control(cmd) => control::run(cmd),
         Command::Generate(args) => generate::run(*args),
         Command::Lora(cmd) => lora::run(cmd),
         Command::Bench(args) => bench::run(*args),
