@@ -18,4 +18,8 @@ cargo run --quiet -p fluxd-engine --example write_random_loras -- "$loras"
   "$model" "$loras" "$root/crates/fluxd-engine/tests/fixtures/lora"
 FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/safety_fixtures.py" \
   "$model" "$root/crates/fluxd-engine/tests/fixtures/safety"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety}"
+fp8=$(mktemp -d)
+cargo run --quiet -p fluxd-engine --example write_fp8_models -- "$fp8" "$seed"
+FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/fp8_fixtures.py" \
+  "$fp8" "$root/crates/fluxd-engine/tests/fixtures/fp8"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety,fp8}"

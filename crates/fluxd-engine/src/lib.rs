@@ -5,6 +5,7 @@
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
 pub mod error;
+pub mod fp8;
 pub mod lora;
 pub mod model_dir;
 pub mod noise;

@@ -102,9 +102,19 @@ pub struct ClipTextEncoder {
 impl ClipTextEncoder {
     /// Loads `config.json` and `model.safetensors` (or a sharded index) from `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_weights(dir, &WeightFiles::open_dir(dir, &["model"])?, dtype, device)
+    }
+
+    /// Loads with the `config.json` of `dir` and transformers `CLIPTextModel` tensor names from
+    /// `w` (e.g. a checkpoint's CLIP seen through its prefix).
+    pub fn load_weights(
+        dir: &Path,
+        w: &WeightFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let cfg = ClipConfig::from_dir(dir)?;
         let act = Act::parse(&cfg.hidden_act, &dir.join("config.json"))?;
-        let w = WeightFiles::open_dir(dir, &["model"])?;
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let p = "text_model";
         let token_embedding = w.get_shaped(
@@ -132,10 +142,10 @@ impl ClipTextEncoder {
             .map(|i| {
                 let names =
                     LayerNames::under(&format!("{p}.encoder.layers.{i}"), CLIP_LAYER_SUFFIXES);
-                EncoderLayer::load(&w, &names, &dims, dtype, device)
+                EncoderLayer::load(w, &names, &dims, dtype, device)
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_ln = layer_norm(&w, &format!("{p}.final_layer_norm"), h, eps, dtype, device)?;
+        let final_ln = layer_norm(w, &format!("{p}.final_layer_norm"), h, eps, dtype, device)?;
         Ok(Self {
             cfg,
             act,
