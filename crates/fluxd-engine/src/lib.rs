@@ -7,6 +7,7 @@
 pub mod error;
 pub mod fp8;
 pub mod lora;
+pub mod memory_plan;
 pub mod model_dir;
 pub mod noise;
 pub mod pipeline;

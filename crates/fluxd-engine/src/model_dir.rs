@@ -81,6 +81,19 @@ pub fn bundled_components(file: &Path) -> Bundled {
     }
 }
 
+/// T5 weights from a single file (`--t5`): a ComfyUI checkpoint's T5 under its prefix, or a
+/// file of T5 tensors alone (transformers names; ComfyUI's `t5xxl_fp8_e4m3fn*.safetensors`).
+pub fn t5_weights_file(file: &Path) -> BundledWeights {
+    let prefix = bundled_components(file)
+        .t5
+        .map(|b| b.prefix)
+        .unwrap_or_default();
+    BundledWeights {
+        file: file.to_path_buf(),
+        prefix,
+    }
+}
+
 /// What a checkpoint bundles besides the transformer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Bundled {

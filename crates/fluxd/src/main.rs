@@ -10,6 +10,7 @@ mod generate;
 mod keys;
 mod lora;
 mod model;
+mod placement;
 mod progress;
 mod serve;
 mod webhooks;

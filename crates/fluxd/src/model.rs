@@ -2,9 +2,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
+use fluxd_engine::memory_plan::{
+    gib, image_prompt_tokens, plan_model, ExtraComponents, PlanDevice, Workload,
+};
+use fluxd_engine::model_dir::{t5_weights_file, ModelPaths};
+use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
+use fluxd_engine::redux::ReduxPaths;
 use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
+use fluxd_engine::EngineError;
+
+use crate::placement::PlacementArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
@@ -12,6 +21,46 @@ pub enum ModelCommand {
     /// matching FLUX.1-Redux model (image prompts) in `DIR/redux` and a tiny NSFW classifier
     /// (Falconsai/nsfw_image_detection's format) in `DIR/safety_checker`.
     InitTiny(InitTinyArgs),
+    /// Print the memory plan of a model — each component's weights in its format and its
+    /// working memory at the largest request, per device — without loading it, and check it
+    /// against `--memory` (or the device's free memory). Exits with status 1 if it does not fit.
+    Plan(Box<PlanArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
+    #[arg(long, env = "FLUXD_MODEL")]
+    model: PathBuf,
+    /// Transformer from a single file (BFL/ComfyUI safetensors, fp8 included, or GGUF).
+    #[arg(long)]
+    transformer: Option<PathBuf>,
+    /// VAE from a single BFL `ae.safetensors`.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// T5 weights from a single file (safetensors, ComfyUI-prefixed or not, or GGUF).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// A Redux model (its SigLIP encoder and the 729 image tokens it adds count too).
+    #[arg(long)]
+    redux_model: Option<PathBuf>,
+    /// SigLIP vision model folder, when `--redux-model` has no `image_encoder/`.
+    #[arg(long, requires = "redux_model")]
+    siglip: Option<PathBuf>,
+    /// NSFW image classifier folder.
+    #[arg(long)]
+    safety_checker: Option<PathBuf>,
+    /// Width of the largest request (default: the API's largest).
+    #[arg(long, default_value_t = fluxd_api::limits::SIDE_MAX as usize)]
+    width: usize,
+    /// Height of the largest request.
+    #[arg(long, default_value_t = fluxd_api::limits::SIDE_MAX as usize)]
+    height: usize,
+    /// T5 tokens of the largest request.
+    #[arg(long, default_value_t = DEFAULT_MAX_SEQUENCE_LENGTH)]
+    max_sequence_length: usize,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,6 +83,7 @@ enum Preset {
 
 pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
+        ModelCommand::Plan(args) => plan(&args),
         ModelCommand::InitTiny(args) => {
             let preset = match args.preset {
                 Preset::Tiny => TinyPreset::Tiny,
@@ -44,5 +94,79 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             println!("{}", args.dir.display());
             Ok(())
         }
+    }
+}
+
+fn plan(args: &PlanArgs) -> Result<()> {
+    let mut paths = ModelPaths::resolve(
+        &args.model,
+        args.transformer.as_deref(),
+        args.vae.as_deref(),
+    )
+    .context("locating the model")?;
+    if let Some(t5) = &args.t5 {
+        paths.t5_weights = Some(t5_weights_file(t5));
+    }
+    let redux = match &args.redux_model {
+        Some(r) => Some(ReduxPaths::resolve(r, args.siglip.as_deref())?),
+        None => None,
+    };
+    let workload = Workload {
+        width: args.width,
+        height: args.height,
+        t5_tokens: args.max_sequence_length,
+        image_prompt_tokens: redux
+            .as_ref()
+            .map(image_prompt_tokens)
+            .transpose()?
+            .unwrap_or(0),
+    };
+    let extra = ExtraComponents {
+        redux,
+        safety_checker: args.safety_checker.clone(),
+    };
+    let opts = args.placement.plan_options(workload)?;
+    let plan = plan_model(&paths, &opts, &extra)?;
+    print!("{plan}");
+    // The model's device is opened only to ask for its free memory, and only without --memory.
+    let open = match (&args.placement.memory, opts.device) {
+        (None, PlanDevice::Cpu) => Some(args.placement.load_options()?),
+        (None, PlanDevice::Cuda(_)) if candle_core::utils::cuda_is_available() => {
+            Some(args.placement.load_options()?)
+        }
+        _ => None,
+    };
+    let budgets = args.placement.budgets(open.as_ref())?;
+    if !budgets.iter().any(|(d, _)| *d == opts.device) {
+        println!(
+            "{}: no budget to check against (pass --memory, e.g. --memory 24GB)",
+            opts.device
+        );
+    }
+    let replan = |w: Workload| {
+        let mut o = opts.clone();
+        o.workload = w;
+        plan_model(&paths, &o, &extra)
+    };
+    match plan.check(&budgets, &replan) {
+        Ok(()) => {
+            for (device, budget) in &budgets {
+                println!(
+                    "{device}: fits in {} ({})",
+                    gib(budget.bytes),
+                    budget.source
+                );
+            }
+            Ok(())
+        }
+        Err(EngineError::InsufficientMemory(msg)) => {
+            // The plan is printed already; the first lines say what does not fit.
+            let why: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.starts_with("memory plan"))
+                .collect();
+            bail!("does not fit: {}", why.join("; "))
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
+use fluxd_engine::model_dir::ModelPaths;
 use fluxd_engine::redux::ReduxPaths;
 use fluxd_engine::safety::PromptPolicy;
 use fluxd_engine::tiny_model::SAFETY_CHECKER_DIR;
@@ -20,7 +20,9 @@ use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
 use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS};
 
-use crate::device::{parse_device, parse_dtype};
+use crate::placement::{plan_and_check, PlacementArgs};
+use fluxd_engine::memory_plan::{image_prompt_tokens, ExtraComponents, Workload};
+use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
 
 /// Where the shared state lives; every command that touches the store takes it.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,20 +78,10 @@ impl ModelArgs {
     }
 }
 
-/// The transformer config of a model (to check LoRA files against) without loading the weights
-/// when the folder states it.
+/// The transformer config of a model (to check LoRA files against), from its `config.json` or
+/// its file's header: no weights are read.
 pub fn transformer_config(paths: &ModelPaths) -> Result<FluxConfig> {
-    match &paths.transformer {
-        TransformerSource::Diffusers(dir) => Ok(FluxConfig::from_file(&dir.join("config.json"))?),
-        // Single files carry no config; their tensor shapes tell it.
-        TransformerSource::BflFile(file) => Ok(FluxTransformer::load_bfl(
-            file,
-            candle_core::DType::BF16,
-            &candle_core::Device::Cpu,
-        )?
-        .config()
-        .clone()),
-    }
+    Ok(FluxTransformer::config_of(&paths.transformer)?)
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,12 +184,8 @@ pub struct ServeArgs {
     /// them).
     #[arg(long)]
     no_worker: bool,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu", env = "FLUXD_DEVICE")]
-    device: String,
-    /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
-    #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
-    dtype: String,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 /// Parses `600`, `600s`, `10m`, `1h`.
@@ -239,8 +227,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let data = args.data.open()?;
     let paths = args.model.resolve(&data)?;
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
+    let opts = args.placement.load_options()?;
     let options = SqliteOptions {
         max_attempts: args.max_task_attempts,
         ..SqliteOptions::default()
@@ -276,12 +263,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(terms = own.len(), file = %file.display(), "prompt policy loaded");
         prompt_policy.extend(own);
     }
+    // The plan covers the largest request the API accepts.
+    let side = fluxd_api::limits::SIDE_MAX as usize;
+    let workload = Workload {
+        width: side,
+        height: side,
+        t5_tokens: DEFAULT_MAX_SEQUENCE_LENGTH,
+        image_prompt_tokens: redux
+            .as_ref()
+            .map(image_prompt_tokens)
+            .transpose()?
+            .unwrap_or(0),
+    };
+    let extra = ExtraComponents {
+        redux: redux.clone(),
+        safety_checker: safety_checker.clone(),
+    };
+    plan_and_check(&paths, &args.placement, &opts, workload, &extra)?;
     let models = EngineModels {
         flux: paths,
         redux,
         safety_checker,
     };
-    let (engine, _engine_thread) = spawn_engine(models, device, dtype)?;
+    let (engine, _engine_thread) = spawn_engine(models, opts)?;
     let config = ServerConfig {
         max_active_tasks: args.max_active_tasks,
         result_url_ttl: args.result_url_ttl,

@@ -12,11 +12,8 @@ use crate::error::{EngineError, Result};
 use crate::model_dir::{COMFY_CLIP_L_PREFIX, COMFY_T5XXL_PREFIX, COMFY_VAE_PREFIX};
 use crate::tiny_init::{write_json, TensorMap};
 use crate::transformer::names::linear_specs;
-use crate::transformer::{random_canonical_weights, FluxConfig};
+use crate::transformer::{random_canonical_weights, FluxConfig, COMFY_PREFIX};
 use crate::weights::WeightFiles;
-
-/// The ComfyUI prefix of the diffusion model in its files.
-const COMFY_MODEL_PREFIX: &str = "model.diffusion_model.";
 
 /// The fp8 layouts of a FLUX.1 transformer file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +61,7 @@ pub fn fp8_transformer_tensors(
             }
         }
         Fp8Layout::ComfyScaled | Fp8Layout::ComfyScaledInput => {
-            let p = COMFY_MODEL_PREFIX;
+            let p = COMFY_PREFIX;
             for (name, t) in canonical {
                 if linear_weights.contains(name) {
                     let w = Fp8Weight::quantize(t)?;
@@ -140,7 +137,7 @@ pub fn write_comfy_checkpoint(
         } else {
             DType::BF16
         };
-        out.insert(format!("{COMFY_MODEL_PREFIX}{name}"), t.to_dtype(dtype)?);
+        out.insert(format!("{COMFY_PREFIX}{name}"), t.to_dtype(dtype)?);
     }
     for (name, t) in read_all(&model_dir.join("text_encoder"))? {
         out.insert(

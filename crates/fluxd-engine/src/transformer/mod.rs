@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use config::FluxConfig;
 pub use linear::{FluxLinear, LowRank};
-pub(crate) use load::swap_halves;
+pub(crate) use load::{swap_halves, COMFY_PREFIX};
 pub use rope::Rope;
 pub use write::{random_canonical_weights, write_bfl_single_file, write_tiny_diffusers};
 
