@@ -131,7 +131,7 @@ pub struct ModelPaths {
 }
 
 /// Names under which BFL publishes its single-file transformers, tried in order.
-const BFL_TRANSFORMER_FILES: &[&str] = &[
+pub const BFL_TRANSFORMER_FILES: &[&str] = &[
     "flux1-dev.safetensors",
     "flux1-schnell.safetensors",
     "flux1-krea-dev.safetensors",

@@ -71,7 +71,7 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 model,
             } => {
                 let data = data.open()?;
-                let paths = model.resolve(&data)?;
+                let paths = model.resolve(&data).await?;
                 let cfg = transformer_config(&paths).context("reading the transformer config")?;
                 let staged = StagedFile::hash(&file)?;
                 let store = data.store().await?;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::serve::UpsamplerArgs;
+use crate::hub::{self, Fetch, Skip};
+use crate::serve::{block_on, UpsamplerArgs};
 use anyhow::{bail, Context, Result};
 use fluxd_engine::memory_plan::{image_prompt_tokens, ExtraComponents, Workload};
 use fluxd_engine::model_dir::ModelPaths;
@@ -21,10 +22,13 @@ use crate::progress::bar;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors)
+    /// or a Hugging Face repo id (`black-forest-labs/FLUX.1-dev[@rev]`, fetched into the HF
+    /// cache; a local path that exists wins).
     #[arg(long, env = "FLUXD_MODEL")]
     model: PathBuf,
-    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    /// Transformer from a single file instead of the folder's `transformer/`: BFL/ComfyUI
+    /// safetensors (fp8 included) or `owner/repo:file` on the Hugging Face Hub.
     #[arg(long)]
     transformer: Option<PathBuf>,
     /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
@@ -102,11 +106,7 @@ fn upsample(args: &GenerateArgs, prompt: &str) -> Result<String> {
     let Some(upsampler) = args.upsampler.build()? else {
         bail!("--prompt-upsampling needs --upsampler-url and --upsampler-model");
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    Ok(runtime.block_on(upsampler.upsample(prompt, args.seed))?)
+    block_on(async { Ok(upsampler.upsample(prompt, args.seed).await?) })
 }
 
 /// Image prompts with more pixels than this are refused before decoding.
@@ -121,12 +121,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let opts = args.placement.load_options()?;
     let (device, dtype) = (opts.device.clone(), opts.dtype);
-    let paths = ModelPaths::resolve(
-        &args.model,
-        args.transformer.as_deref(),
-        args.vae.as_deref(),
-    )
-    .context("locating the model")?;
+    let skip = Skip {
+        transformer: args.transformer.is_some(),
+        vae: args.vae.is_some(),
+    };
+    let (model, transformer, vae) = block_on(async {
+        let model = hub::model_dir(&args.model, skip, Fetch::Allowed).await?;
+        let transformer = match &args.transformer {
+            Some(t) => Some(hub::weight_file(t, Fetch::Allowed).await?),
+            None => None,
+        };
+        let vae = match &args.vae {
+            Some(v) => Some(hub::weight_file(v, Fetch::Allowed).await?),
+            None => None,
+        };
+        Ok((model, transformer, vae))
+    })?;
+    let paths = ModelPaths::resolve(&model, transformer.as_deref(), vae.as_deref())
+        .context("locating the model")?;
     let redux_paths = match &args.redux_model {
         Some(redux) => Some(
             ReduxPaths::resolve(redux, args.siglip.as_deref())

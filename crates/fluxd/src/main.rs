@@ -7,6 +7,7 @@ mod bench;
 mod device;
 mod finetunes;
 mod generate;
+mod hub;
 mod keys;
 mod lora;
 mod model;

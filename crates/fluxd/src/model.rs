@@ -13,7 +13,9 @@ use fluxd_engine::redux::ReduxPaths;
 use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
 use fluxd_engine::EngineError;
 
+use crate::hub::{self, Fetch, Skip};
 use crate::placement::PlacementArgs;
+use crate::serve::block_on;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
@@ -25,14 +27,24 @@ pub enum ModelCommand {
     /// working memory at the largest request, per device — without loading it, and check it
     /// against `--memory` (or the device's free memory). Exits with status 1 if it does not fit.
     Plan(Box<PlanArgs>),
+    /// Fetch a model repository from the Hugging Face Hub (the files fluxd reads:
+    /// `owner/name[@rev]`) or one file (`owner/name[@rev]:path`) into the Hugging Face cache,
+    /// resuming an interrupted download, and print the local path. `HF_TOKEN` opens gated
+    /// repositories, `HF_ENDPOINT` names a mirror.
+    Download {
+        /// `owner/name[@rev]` or `owner/name[@rev]:path/in/repo`.
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors),
+    /// or a Hugging Face repo id already in the local cache (`fluxd model download`).
     #[arg(long, env = "FLUXD_MODEL")]
     model: PathBuf,
-    /// Transformer from a single file (BFL/ComfyUI safetensors, fp8 included, or GGUF).
+    /// Transformer from a single file (BFL/ComfyUI safetensors, fp8 included, or GGUF; or
+    /// `owner/repo:file` from the cache).
     #[arg(long)]
     transformer: Option<PathBuf>,
     /// VAE from a single BFL `ae.safetensors`.
@@ -84,6 +96,18 @@ enum Preset {
 pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Plan(args) => plan(&args),
+        ModelCommand::Download { name } => {
+            let arg = PathBuf::from(&name);
+            let path = if hub::parse_repo_file(&name).is_some() {
+                block_on(hub::weight_file(&arg, Fetch::Allowed))?
+            } else if hub::parse_repo(&name).is_some() {
+                block_on(hub::model_dir(&arg, Skip::default(), Fetch::Allowed))?
+            } else {
+                bail!("`{name}` is not `owner/name[@rev]` or `owner/name[@rev]:file`")
+            };
+            println!("{}", path.display());
+            Ok(())
+        }
         ModelCommand::InitTiny(args) => {
             let preset = match args.preset {
                 Preset::Tiny => TinyPreset::Tiny,
@@ -98,13 +122,29 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
 }
 
 fn plan(args: &PlanArgs) -> Result<()> {
-    let mut paths = ModelPaths::resolve(
-        &args.model,
-        args.transformer.as_deref(),
-        args.vae.as_deref(),
-    )
-    .context("locating the model")?;
-    if let Some(t5) = &args.t5 {
+    // Hub names are planned from the cache: a plan reads headers, not 30 GB of weights.
+    let fetch = Fetch::CacheOnly;
+    let skip = Skip {
+        transformer: args.transformer.is_some(),
+        vae: args.vae.is_some(),
+    };
+    let file = |f: Option<PathBuf>| async move {
+        match f {
+            Some(f) => Ok::<_, anyhow::Error>(Some(hub::weight_file(&f, fetch).await?)),
+            None => Ok(None),
+        }
+    };
+    let (model, transformer, vae, t5) = block_on(async {
+        Ok((
+            hub::model_dir(&args.model, skip, fetch).await?,
+            file(args.transformer.clone()).await?,
+            file(args.vae.clone()).await?,
+            file(args.t5.clone()).await?,
+        ))
+    })?;
+    let mut paths = ModelPaths::resolve(&model, transformer.as_deref(), vae.as_deref())
+        .context("locating the model")?;
+    if let Some(t5) = &t5 {
         paths.t5_weights = Some(t5_weights_file(t5));
     }
     let redux = match &args.redux_model {

@@ -20,6 +20,7 @@ use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
 use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS};
 
+use crate::hub::{self, Fetch, Skip};
 use crate::placement::{plan_and_check, PlacementArgs};
 use fluxd_engine::memory_plan::{image_prompt_tokens, ExtraComponents, Workload};
 use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
@@ -43,11 +44,14 @@ impl DataDirArgs {
 /// Which model to serve.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
-    /// Without it, a tiny random model is created in <data-dir>/tiny-model and served.
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors)
+    /// or a Hugging Face repo id (`black-forest-labs/FLUX.1-dev[@rev]`, fetched into the HF
+    /// cache; a local path that exists wins). Without it, a tiny random model is created in
+    /// <data-dir>/tiny-model and served.
     #[arg(long, env = "FLUXD_MODEL")]
     pub model: Option<PathBuf>,
-    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    /// Transformer from a single file instead of the folder's `transformer/`: BFL/ComfyUI
+    /// safetensors (fp8 included) or `owner/repo:file` on the Hugging Face Hub.
     #[arg(long, requires = "model")]
     pub transformer: Option<PathBuf>,
     /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
@@ -56,10 +60,17 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The model's files: the given folder, or the data directory's tiny model (made once).
-    pub fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
+    /// The model's files: the given folder or Hub repository (fetched into the Hugging Face
+    /// cache), or the data directory's tiny model (made once).
+    pub async fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
         let root = match &self.model {
-            Some(root) => root.clone(),
+            Some(model) => {
+                let skip = Skip {
+                    transformer: self.transformer.is_some(),
+                    vae: self.vae.is_some(),
+                };
+                hub::model_dir(model, skip, Fetch::Allowed).await?
+            }
             None => {
                 let (dir, created) = data
                     .ensure_tiny_model()
@@ -73,7 +84,15 @@ impl ModelArgs {
                 dir
             }
         };
-        ModelPaths::resolve(&root, self.transformer.as_deref(), self.vae.as_deref())
+        let transformer = match &self.transformer {
+            Some(t) => Some(hub::weight_file(t, Fetch::Allowed).await?),
+            None => None,
+        };
+        let vae = match &self.vae {
+            Some(v) => Some(hub::weight_file(v, Fetch::Allowed).await?),
+            None => None,
+        };
+        ModelPaths::resolve(&root, transformer.as_deref(), vae.as_deref())
             .with_context(|| format!("reading the model folder {}", root.display()))
     }
 }
@@ -226,7 +245,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         bail!("--webhook-timeout must be more than 0s");
     }
     let data = args.data.open()?;
-    let paths = args.model.resolve(&data)?;
+    let paths = args.model.resolve(&data).await?;
     let opts = args.placement.load_options()?;
     let options = SqliteOptions {
         max_attempts: args.max_task_attempts,
@@ -398,7 +417,7 @@ impl UpsamplerArgs {
 }
 
 /// Shared by the store-only subcommands: runs `f` on a one-thread runtime.
-pub fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+pub fn block_on<T, F: std::future::Future<Output = Result<T>>>(f: F) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
