@@ -20,7 +20,6 @@ FLUX.1's width 3072, so the BFL -> diffusers names are mapped here for any width
 function's mapping.
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -29,6 +28,9 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
+
+from model_hashes import sha256
+from transformer_fixtures import forward, forward_inputs
 
 LAYOUTS = ["kijai", "comfy_scaled", "comfy_scaled_input"]
 COMFY_MODEL = "model.diffusion_model."
@@ -124,10 +126,6 @@ def transformer_from(sd, config):
     return model.eval()
 
 
-def sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
 def main():
     src, out_dir = sys.argv[1:3]
     os.makedirs(out_dir, exist_ok=True)
@@ -136,20 +134,8 @@ def main():
     config = dict(FluxTransformer2DModel.load_config(os.path.join(model_dir, "transformer")))
 
     # One forward per file, on the inputs of transformer_fixtures.py.
-    rows, cols, txt_len, batch = 4, 3, 8, 2
-    g = torch.Generator().manual_seed(0)
-    img = torch.randn(batch, rows * cols, config["in_channels"], generator=g)
-    txt = torch.randn(batch, txt_len, config["joint_attention_dim"], generator=g)
-    pooled = torch.randn(batch, config["pooled_projection_dim"], generator=g)
-    img_ids = torch.zeros(rows, cols, 3)
-    img_ids[..., 1] = torch.arange(rows)[:, None]
-    img_ids[..., 2] = torch.arange(cols)[None, :]
-    img_ids = img_ids.reshape(rows * cols, 3)
-    txt_ids = torch.zeros(txt_len, 3)
-    timestep = torch.tensor([0.7, 0.25])
-    guidance = torch.tensor([3.5, 1.0])
-    tensors = dict(img=img, txt=txt, pooled=pooled, img_ids=img_ids, txt_ids=txt_ids,
-                   timestep=timestep, guidance=guidance)
+    tensors = forward_inputs(config["in_channels"], config["joint_attention_dim"],
+                             config["pooled_projection_dim"])
     files = {"original": "bfl.safetensors", **{k: f"{k}.safetensors" for k in LAYOUTS}}
     weights = {}
     for key, file in files.items():
@@ -161,13 +147,7 @@ def main():
     weights["weights_fp8"] = {k: fp8_roundtrip(v) if v.dim() == 2 else v
                               for k, v in weights["original"].items()}
     for key, sd in weights.items():
-        model = transformer_from(dict(sd), config)
-        with torch.no_grad():
-            tensors[f"out_{key}"] = model(
-                hidden_states=img, encoder_hidden_states=txt, pooled_projections=pooled,
-                timestep=timestep, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance,
-                return_dict=False,
-            )[0]
+        tensors[f"out_{key}"] = forward(transformer_from(dict(sd), config), tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, "forward.safetensors"))
 
     # A pipeline run on the full checkpoint's upcast weights.

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::hub::{self, Fetch, Skip};
+use crate::hub::{self, Fetch};
 use crate::serve::{block_on, UpsamplerArgs};
 use anyhow::{bail, Context, Result};
-use fluxd_engine::memory_plan::{image_prompt_tokens, ExtraComponents, Workload};
-use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::memory_plan::ExtraComponents;
 use fluxd_engine::pipeline::{
     FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH, LOAD_STAGES,
 };
@@ -121,24 +120,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let opts = args.placement.load_options()?;
     let (device, dtype) = (opts.device.clone(), opts.dtype);
-    let skip = Skip {
-        transformer: args.transformer.is_some(),
-        vae: args.vae.is_some(),
-    };
-    let (model, transformer, vae) = block_on(async {
-        let model = hub::model_dir(&args.model, skip, Fetch::Allowed).await?;
-        let transformer = match &args.transformer {
-            Some(t) => Some(hub::weight_file(t, Fetch::Allowed).await?),
-            None => None,
-        };
-        let vae = match &args.vae {
-            Some(v) => Some(hub::weight_file(v, Fetch::Allowed).await?),
-            None => None,
-        };
-        Ok((model, transformer, vae))
-    })?;
-    let paths = ModelPaths::resolve(&model, transformer.as_deref(), vae.as_deref())
-        .context("locating the model")?;
+    let paths = block_on(hub::model_paths(
+        &args.model,
+        args.transformer.as_deref(),
+        args.vae.as_deref(),
+        Fetch::Allowed,
+    ))?;
     let redux_paths = match &args.redux_model {
         Some(redux) => Some(
             ReduxPaths::resolve(redux, args.siglip.as_deref())
@@ -150,16 +137,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         redux: redux_paths.clone(),
         safety_checker: args.safety_checker.clone(),
     };
-    let workload = Workload {
-        width: args.width,
-        height: args.height,
-        t5_tokens: args.max_sequence_length,
-        image_prompt_tokens: redux_paths
-            .as_ref()
-            .map(image_prompt_tokens)
-            .transpose()?
-            .unwrap_or(0),
-    };
+    let workload = extra.workload(args.width, args.height, args.max_sequence_length)?;
     plan_and_check(&paths, &args.placement, &opts, workload, &extra)?;
 
     let t0 = Instant::now();

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use fluxd_engine::model_dir::ModelPaths;
 use hf_hub::api::tokio::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
@@ -253,6 +254,33 @@ pub async fn weight_file(arg: &Path, fetch: Fetch) -> Result<PathBuf> {
         .get(&file)
         .await
         .map_err(|e| explain(e, &repo, &file))
+}
+
+/// An optional [`weight_file`].
+pub async fn maybe_weight_file(arg: Option<&Path>, fetch: Fetch) -> Result<Option<PathBuf>> {
+    match arg {
+        Some(a) => Ok(Some(weight_file(a, fetch).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The model's files as `--model`, `--transformer` and `--vae` name them, each a local path or
+/// a Hub name (a component given as a file is not fetched with the folder).
+pub async fn model_paths(
+    model: &Path,
+    transformer: Option<&Path>,
+    vae: Option<&Path>,
+    fetch: Fetch,
+) -> Result<ModelPaths> {
+    let skip = Skip {
+        transformer: transformer.is_some(),
+        vae: vae.is_some(),
+    };
+    let root = model_dir(model, skip, fetch).await?;
+    let transformer = maybe_weight_file(transformer, fetch).await?;
+    let vae = maybe_weight_file(vae, fetch).await?;
+    ModelPaths::resolve(&root, transformer.as_deref(), vae.as_deref())
+        .with_context(|| format!("reading the model folder {}", root.display()))
 }
 
 /// The repository `arg` names, unless a local path of that spelling exists.

@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use fluxd_engine::memory_plan::{
-    gib, image_prompt_tokens, plan_model, ExtraComponents, PlanDevice, Workload,
-};
-use fluxd_engine::model_dir::{t5_weights_file, ModelPaths};
+use fluxd_engine::memory_plan::{gib, plan_model, ExtraComponents, PlanDevice, Workload};
+use fluxd_engine::model_dir::t5_weights_file;
 use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
 use fluxd_engine::redux::ReduxPaths;
 use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
@@ -124,26 +122,19 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
 fn plan(args: &PlanArgs) -> Result<()> {
     // Hub names are planned from the cache: a plan reads headers, not 30 GB of weights.
     let fetch = Fetch::CacheOnly;
-    let skip = Skip {
-        transformer: args.transformer.is_some(),
-        vae: args.vae.is_some(),
-    };
-    let file = |f: Option<PathBuf>| async move {
-        match f {
-            Some(f) => Ok::<_, anyhow::Error>(Some(hub::weight_file(&f, fetch).await?)),
-            None => Ok(None),
-        }
-    };
-    let (model, transformer, vae, t5) = block_on(async {
+    let (mut paths, t5) = block_on(async {
+        let paths = hub::model_paths(
+            &args.model,
+            args.transformer.as_deref(),
+            args.vae.as_deref(),
+            fetch,
+        )
+        .await?;
         Ok((
-            hub::model_dir(&args.model, skip, fetch).await?,
-            file(args.transformer.clone()).await?,
-            file(args.vae.clone()).await?,
-            file(args.t5.clone()).await?,
+            paths,
+            hub::maybe_weight_file(args.t5.as_deref(), fetch).await?,
         ))
     })?;
-    let mut paths = ModelPaths::resolve(&model, transformer.as_deref(), vae.as_deref())
-        .context("locating the model")?;
     if let Some(t5) = &t5 {
         paths.t5_weights = Some(t5_weights_file(t5));
     }
@@ -151,20 +142,11 @@ fn plan(args: &PlanArgs) -> Result<()> {
         Some(r) => Some(ReduxPaths::resolve(r, args.siglip.as_deref())?),
         None => None,
     };
-    let workload = Workload {
-        width: args.width,
-        height: args.height,
-        t5_tokens: args.max_sequence_length,
-        image_prompt_tokens: redux
-            .as_ref()
-            .map(image_prompt_tokens)
-            .transpose()?
-            .unwrap_or(0),
-    };
     let extra = ExtraComponents {
         redux,
         safety_checker: args.safety_checker.clone(),
     };
+    let workload = extra.workload(args.width, args.height, args.max_sequence_length)?;
     let opts = args.placement.plan_options(workload)?;
     let plan = plan_model(&paths, &opts, &extra)?;
     print!("{plan}");

@@ -20,9 +20,9 @@ use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
 use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS};
 
-use crate::hub::{self, Fetch, Skip};
+use crate::hub::{self, Fetch};
 use crate::placement::{plan_and_check, PlacementArgs};
-use fluxd_engine::memory_plan::{image_prompt_tokens, ExtraComponents, Workload};
+use fluxd_engine::memory_plan::ExtraComponents;
 use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
 
 /// Where the shared state lives; every command that touches the store takes it.
@@ -64,13 +64,7 @@ impl ModelArgs {
     /// cache), or the data directory's tiny model (made once).
     pub async fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
         let root = match &self.model {
-            Some(model) => {
-                let skip = Skip {
-                    transformer: self.transformer.is_some(),
-                    vae: self.vae.is_some(),
-                };
-                hub::model_dir(model, skip, Fetch::Allowed).await?
-            }
+            Some(model) => model.clone(),
             None => {
                 let (dir, created) = data
                     .ensure_tiny_model()
@@ -84,16 +78,13 @@ impl ModelArgs {
                 dir
             }
         };
-        let transformer = match &self.transformer {
-            Some(t) => Some(hub::weight_file(t, Fetch::Allowed).await?),
-            None => None,
-        };
-        let vae = match &self.vae {
-            Some(v) => Some(hub::weight_file(v, Fetch::Allowed).await?),
-            None => None,
-        };
-        ModelPaths::resolve(&root, transformer.as_deref(), vae.as_deref())
-            .with_context(|| format!("reading the model folder {}", root.display()))
+        hub::model_paths(
+            &root,
+            self.transformer.as_deref(),
+            self.vae.as_deref(),
+            Fetch::Allowed,
+        )
+        .await
     }
 }
 
@@ -284,20 +275,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     // The plan covers the largest request the API accepts.
     let side = fluxd_api::limits::SIDE_MAX as usize;
-    let workload = Workload {
-        width: side,
-        height: side,
-        t5_tokens: DEFAULT_MAX_SEQUENCE_LENGTH,
-        image_prompt_tokens: redux
-            .as_ref()
-            .map(image_prompt_tokens)
-            .transpose()?
-            .unwrap_or(0),
-    };
     let extra = ExtraComponents {
         redux: redux.clone(),
         safety_checker: safety_checker.clone(),
     };
+    let workload = extra.workload(side, side, DEFAULT_MAX_SEQUENCE_LENGTH)?;
     plan_and_check(&paths, &args.placement, &opts, workload, &extra)?;
     let models = EngineModels {
         flux: paths,

@@ -25,6 +25,24 @@ pub struct ExtraComponents {
     pub safety_checker: Option<PathBuf>,
 }
 
+impl ExtraComponents {
+    /// The workload of a `width`×`height` request with `t5_tokens` T5 tokens, plus the tokens an
+    /// image prompt adds when a Redux model is loaded.
+    pub fn workload(&self, width: usize, height: usize, t5_tokens: usize) -> Result<Workload> {
+        Ok(Workload {
+            width,
+            height,
+            t5_tokens,
+            image_prompt_tokens: self
+                .redux
+                .as_ref()
+                .map(image_prompt_tokens)
+                .transpose()?
+                .unwrap_or(0),
+        })
+    }
+}
+
 /// CLIP-L's sequence length.
 const CLIP_TOKENS: usize = 77;
 

@@ -174,14 +174,7 @@ pub fn clip_l(kind: Stored) -> Vec<TensorEntry> {
     ];
     for i in 0..12 {
         let l = format!("{p}.encoder.layers.{i}");
-        for (m, o, inp) in [
-            ("self_attn.q_proj", h, h),
-            ("self_attn.k_proj", h, h),
-            ("self_attn.v_proj", h, h),
-            ("self_attn.out_proj", h, h),
-            ("mlp.fc1", f, h),
-            ("mlp.fc2", h, f),
-        ] {
+        for (m, o, inp) in crate::text_encoders::clip_layer_linears(h, f) {
             out.push(entry(format!("{l}.{m}.weight"), kind, &[o, inp]));
             out.push(entry(format!("{l}.{m}.bias"), kind, &[o]));
         }

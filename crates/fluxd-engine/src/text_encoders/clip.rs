@@ -265,6 +265,19 @@ fn tiny_config_json(vocab_size: usize) -> serde_json::Value {
     })
 }
 
+/// The linear layers of one CLIP encoder layer (transformers names under
+/// `text_model.encoder.layers.{i}`), as (name, out, in) for width `h` and MLP width `f`.
+pub(crate) fn layer_linears(h: usize, f: usize) -> [(&'static str, usize, usize); 6] {
+    [
+        ("self_attn.q_proj", h, h),
+        ("self_attn.k_proj", h, h),
+        ("self_attn.v_proj", h, h),
+        ("self_attn.out_proj", h, h),
+        ("mlp.fc1", f, h),
+        ("mlp.fc2", h, f),
+    ]
+}
+
 /// Writes a tiny random `CLIPTextModel` (`config.json` + `model.safetensors`) into `dir`, in the
 /// layout transformers saves, so that transformers loads it with no missing or unexpected keys.
 pub fn write_tiny_clip(dir: &Path, vocab_size: usize, seed: u64) -> Result<()> {
@@ -285,14 +298,7 @@ pub fn write_tiny_clip(dir: &Path, vocab_size: usize, seed: u64) -> Result<()> {
     );
     for i in 0..cfg.num_hidden_layers {
         let l = format!("{p}.encoder.layers.{i}");
-        for (name, o, inp) in [
-            ("self_attn.q_proj", h, h),
-            ("self_attn.k_proj", h, h),
-            ("self_attn.v_proj", h, h),
-            ("self_attn.out_proj", h, h),
-            ("mlp.fc1", f, h),
-            ("mlp.fc2", h, f),
-        ] {
+        for (name, o, inp) in layer_linears(h, f) {
             t.insert(format!("{l}.{name}.weight"), rng.linear_weight(o, inp)?);
             t.insert(
                 format!("{l}.{name}.bias"),
