@@ -180,3 +180,22 @@ impl TensorSource for MapSource<'_> {
         Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
 }
+
+/// How the transformer's linear weights are held in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightsDtype {
+    /// fp8 weights stay fp8 (upcast per layer at compute time); all others are converted to the
+    /// compute dtype.
+    #[default]
+    Auto,
+    /// Every linear weight is held in fp8 (per-tensor scale), converted one tensor at a time as
+    /// it is read: half the memory of bf16, a quarter of f32.
+    Fp8,
+}
+
+/// The config and key prefix of a BFL/ComfyUI single file, from its header.
+pub(crate) fn bfl_config(files: &WeightFiles, file: &Path) -> Result<(FluxConfig, String)> {
+    let prefix = detect_bfl_prefix(files, file)?;
+    let name = |k: &str| format!("{prefix}{k}");
+    Ok((FluxConfig::infer_bfl(files, file, &name)?, prefix))
+}

@@ -31,16 +31,10 @@ use crate::tiny_init::TensorMap;
 use crate::weights::WeightFiles;
 use blocks::{load_linear, Dims, DoubleBlock, SingleBlock};
 use config::TIME_EMBED_DIM;
-use load::{BflSource, DiffusersDirSource, MapSource, StoreFp8, TensorSource};
+pub use load::WeightsDtype;
+use load::{bfl_config, BflSource, DiffusersDirSource, MapSource, StoreFp8, TensorSource};
 
 use crate::model_dir::TransformerSource;
-
-/// The config and key prefix of a BFL/ComfyUI single file, from its header.
-fn bfl_config(files: &WeightFiles, file: &Path) -> Result<(FluxConfig, String)> {
-    let prefix = load::detect_bfl_prefix(files, file)?;
-    let name = |k: &str| format!("{prefix}{k}");
-    Ok((FluxConfig::infer_bfl(files, file, &name)?, prefix))
-}
 
 /// `MLPEmbedder` (BFL) / `TimestepEmbedding`, `PixArtAlphaTextProjection` (diffusers):
 /// `out_layer(silu(in_layer(x)))`.
@@ -91,18 +85,6 @@ pub struct FluxTransformer {
     fast_path: bool,
     /// Scratch buffers of the fast path, reused across forwards.
     work: cpu::WorkCache,
-}
-
-/// How the transformer's linear weights are held in memory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum WeightsDtype {
-    /// fp8 weights stay fp8 (upcast per layer at compute time); all others are converted to the
-    /// compute dtype.
-    #[default]
-    Auto,
-    /// Every linear weight is held in fp8 (per-tensor scale), converted one tensor at a time as
-    /// it is read: half the memory of bf16, a quarter of f32.
-    Fp8,
 }
 
 impl FluxTransformer {
