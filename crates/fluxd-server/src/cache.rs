@@ -15,7 +15,10 @@
 //! - [`FinetuneCache`]: fine-tunes found by submit are kept `--finetune-cache-ttl` (default 5 s);
 //!   this process's import and delete clear it; another process's are seen up to the TTL late.
 //!
-//! Every cache is bounded; a TTL of zero turns it off.
+//! Every cache is bounded; a TTL of zero turns it off. Nothing invalidates across processes: with
+//! API nodes and workers apart, each bound above holds per node (the README states them). No
+//! entry answers another tenant: keys by their own hash, tasks by id with their owner checked on
+//! every hit, fine-tunes by the requesting tenant.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};

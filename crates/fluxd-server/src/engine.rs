@@ -101,6 +101,13 @@ impl EngineHandle {
     }
 }
 
+/// The engine state of a node that runs no engine (`serve --no-worker`): only the served model's
+/// transformer config, read from its files without loading any weights, so that LoRA uploads are
+/// checked against the model the workers run. Such a node is ready at once.
+pub fn config_only(cfg: FluxConfig) -> watch::Receiver<EngineState> {
+    watch::channel(EngineState::Ready(Arc::new(cfg))).1
+}
+
 /// Starts the engine thread, which loads the model at `paths` and then serves jobs until every
 /// handle is dropped.
 pub fn spawn_engine(

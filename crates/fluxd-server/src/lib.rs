@@ -12,6 +12,7 @@
 mod auth;
 pub mod cache;
 pub mod data_dir;
+pub mod delivery;
 pub mod engine;
 pub mod error;
 pub mod image_prompt;
@@ -30,48 +31,57 @@ use std::sync::Arc;
 pub use auth::Caller;
 pub use data_dir::DataDir;
 pub use error::{ApiError, ServerError};
-pub use routes::app;
+pub use routes::{app, ops_app};
 pub use signing::UrlSigner;
 pub use state::{AppState, Dirs, ServerConfig};
 
+use axum::Router;
 use fluxd_store::Store;
 use tokio::net::TcpListener;
 
-/// Serves `state` on `listener` until `shutdown` completes, running the worker on `engine` unless
-/// `worker` is false (an API-only node), delivering webhooks from the outbox and deleting results
-/// past their retention. Drains as described in the crate docs and closes `store` on the way out.
+/// What one process runs besides the background work every node shares (webhook delivery from
+/// the outbox, deleting results past their retention).
+pub struct Node {
+    /// HTTP: the listener and what is served on it ([`app`], the whole API, or [`ops_app`], a
+    /// worker's health and metrics); None for a worker without `--listen`.
+    pub http: Option<(TcpListener, Router)>,
+    /// The engine the worker loop feeds; None on an API-only node (`serve --no-worker`), which
+    /// loads no model.
+    pub worker: Option<engine::EngineHandle>,
+}
+
+/// Runs `node` on `state` until `shutdown` completes, delivering webhooks from the outbox and
+/// deleting results past their retention. Drains as described in the crate docs and closes
+/// `store` on the way out.
 pub async fn run(
-    listener: TcpListener,
+    node: Node,
     state: AppState,
     store: Arc<dyn Store>,
-    engine: engine::EngineHandle,
-    worker: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let worker_task = worker.then(|| {
-        tokio::spawn(worker::run_worker(
-            state.clone(),
-            engine.clone(),
-            stop_rx.clone(),
-        ))
-    });
-    let janitor = tokio::spawn(worker::run_janitor(state.clone(), stop_rx.clone()));
+    let worker_task = node
+        .worker
+        .map(|engine| tokio::spawn(worker::run_worker(state.clone(), engine, stop_rx.clone())));
+    let janitor = tokio::spawn(worker::run_janitor(state.clone(), stop_rx));
     // The sender stops after the worker, so the webhook of a task finished while draining is
     // flushed too.
     let (sender_stop_tx, sender_stop_rx) = tokio::sync::watch::channel(false);
-    let sender = tokio::spawn(webhook::run_sender(state.clone(), sender_stop_rx));
-    let mut http_stop = stop_rx;
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = shutdown => {}
-                _ = http_stop.wait_for(|stop| *stop) => {}
-            }
-            tracing::info!("shutting down: no new connections");
-        })
-        .await
-        .map_err(|e| ServerError::io("serving HTTP", e));
+    let sender = tokio::spawn(webhook::run_sender(state, sender_stop_rx));
+    let served = match node.http {
+        Some((listener, router)) => axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections");
+            })
+            .await
+            .map_err(|e| ServerError::io("serving HTTP", e)),
+        None => {
+            shutdown.await;
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
     stop_tx.send_replace(true);
     if let Some(task) = worker_task {
         if let Err(err) = task.await {

@@ -11,6 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use fluxd_store::Store;
+
+use crate::data_dir::DataDir;
 use crate::error::ServerError;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -95,6 +98,18 @@ impl UrlSigner {
         };
         self.mac(file, exp).verify_slice(&sig).is_ok()
     }
+}
+
+/// The URL signer of this deployment, which every node (API nodes and workers) must share: a URL
+/// signed by one node is checked by whichever node it reaches.
+///
+/// SEAM: the key still comes from the data directory (`url-signing.key`, made on first use), so
+/// nodes on separate machines must be given the same key file. Once the store holds a shared
+/// secret (`Store::shared_secret`, being added separately), this takes the key from `store`
+/// instead and nothing else changes.
+pub async fn signer_for(store: &dyn Store, data: &DataDir) -> Result<UrlSigner, ServerError> {
+    let _ = store;
+    data.signer()
 }
 
 #[cold]

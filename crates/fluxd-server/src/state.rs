@@ -12,6 +12,7 @@ use crate::cache::{
     AuthCache, FinetuneCache, TaskCache, DEFAULT_AUTH_CACHE_TTL, DEFAULT_FINETUNE_CACHE_TTL,
     DEFAULT_TASK_CACHE_TTL,
 };
+use crate::delivery::Delivery;
 use crate::engine::EngineState;
 use crate::signing::UrlSigner;
 use fluxd_engine::safety::PromptPolicy;
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub max_active_tasks: u32,
     /// How long a delivery URL stays valid.
     pub result_url_ttl: Duration,
+    /// Whether image URLs are fluxd's signed ones or the object store's presigned ones.
+    pub delivery: Delivery,
     /// How long finished tasks (and their images) are kept; then they read `Task not found`.
     pub result_retention: Duration,
     /// Largest JSON request body.
@@ -87,6 +90,7 @@ impl ServerConfig {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             max_active_tasks: DEFAULT_MAX_ACTIVE_TASKS,
             result_url_ttl: DEFAULT_RESULT_URL_TTL,
+            delivery: Delivery::Signed,
             result_retention: DEFAULT_RESULT_RETENTION,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,

@@ -21,8 +21,9 @@ use fluxd_store::{
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::delivery;
 use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
-use crate::routes::tasks::result_body;
+use crate::routes::tasks::body_with_sample;
 use crate::state::AppState;
 
 /// Heartbeats per lease: three can be missed (a busy database) before the lease runs out.
@@ -248,7 +249,7 @@ async fn handle_claim(
         }
         Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
-            let webhook = webhook(state, &task, TaskState::Ready(ready.clone()));
+            let webhook = webhook(state, &task, TaskState::Ready(ready.clone())).await;
             let recorded = state
                 .store()
                 .complete_ready(task.id, worker_id, ready, webhook)
@@ -281,7 +282,7 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
         details: f.details.clone(),
     };
     // The store only queues it when the failure is final (not re-queued).
-    let webhook = webhook(state, task, final_state);
+    let webhook = webhook(state, task, final_state).await;
     let recorded = state
         .store()
         .complete_error(task.id, worker_id, f.details.clone(), f.retryable, webhook)
@@ -311,7 +312,7 @@ async fn finish_moderated(
         kind,
         reasons: reasons.clone(),
     };
-    let webhook = webhook(state, task, final_state);
+    let webhook = webhook(state, task, final_state).await;
     let status = match kind {
         ModerationKind::Request => "Request Moderated",
         ModerationKind::Content => "Content Moderated",
@@ -333,9 +334,29 @@ async fn finish_moderated(
 
 /// The webhook for a task's final state, when the caller asked for one: the `get_result` body
 /// plus `task_id`, queued in the outbox in the same transaction as the result.
-fn webhook(state: &AppState, task: &ClaimedTask, final_state: TaskState) -> Option<NewWebhook> {
+async fn webhook(
+    state: &AppState,
+    task: &ClaimedTask,
+    final_state: TaskState,
+) -> Option<NewWebhook> {
     let url = task.webhook_url.clone()?;
-    let body = result_body(state, task.id.to_string(), final_state, SystemTime::now());
+    let now = SystemTime::now();
+    let sample = match &final_state {
+        TaskState::Ready(ready) => {
+            let delivery = state.config().delivery;
+            match delivery::sample_url(state, delivery, &ready.sample_key, now).await {
+                Ok(sample) => Some(sample),
+                Err(err) => {
+                    // The sender signs the link afresh at every attempt (and retries while it
+                    // cannot): any working link will do in the stored payload.
+                    tracing::warn!(%err, "could not presign the image URL for the webhook");
+                    Some(delivery::signed_url(state, &ready.sample_key, now))
+                }
+            }
+        }
+        _ => None,
+    };
+    let body = body_with_sample(task.id.to_string(), final_state, sample);
     match serde_json::to_value(WebhookPayload::from(body)) {
         Ok(payload) => Some(NewWebhook {
             url,
@@ -483,10 +504,15 @@ async fn run_task(
             });
         }
     }
-    let sample_key = format!("samples/{}.{}", task.id, request.output_format.as_str());
+    let ext = request.output_format.as_str();
+    let sample_key = delivery::sample_key(&format!("{}.{ext}", task.id));
     state
         .blobs()
-        .put(&sample_key, Bytes::from(generated.bytes))
+        .put(
+            &sample_key,
+            Bytes::from(generated.bytes),
+            delivery::content_type(ext),
+        )
         .await
         .map_err(TaskFailure::store)?;
     Ok(Outcome::Ready(ReadyRecord {

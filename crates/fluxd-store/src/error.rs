@@ -22,6 +22,10 @@ pub enum StoreError {
     /// connection lost, pool exhausted).
     #[error("the storage is unavailable")]
     Unavailable(#[source] Source),
+    /// The blob storage refused the request: bad credentials or no permission. Retrying
+    /// does not help until the operator fixes the configuration.
+    #[error("the blob storage refused access")]
+    Denied(#[source] Source),
     /// A statement failed for a reason retrying will not fix (a bug or a schema mismatch).
     #[error("database error")]
     Database(#[source] Source),
@@ -94,6 +98,12 @@ impl From<object_store::Error> for StoreError {
             object_store::Error::InvalidPath { source } => {
                 Self::Invalid(format!("blob key: {source}"))
             }
+            err @ (object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }) => Self::Denied(Arc::new(err)),
+            err @ (object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. }) => Self::Invalid(err.to_string()),
+            // Transport failures (refused or timed-out connections) and 5xx answers that outlived
+            // the client's retries: the store is unreachable for now.
             other => Self::Unavailable(Arc::new(other)),
         }
     }
@@ -124,6 +134,16 @@ mod tests {
             source: Box::new(std::io::Error::other("gone")),
         });
         assert!(matches!(err, StoreError::NotFound(_)));
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn blob_permission_errors_are_not_retryable() {
+        let err = StoreError::from(object_store::Error::PermissionDenied {
+            path: "a/b".into(),
+            source: Box::new(std::io::Error::other("403")),
+        });
+        assert!(matches!(err, StoreError::Denied(_)), "{err:?}");
         assert!(!err.is_retryable());
     }
 }

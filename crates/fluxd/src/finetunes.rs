@@ -7,7 +7,9 @@ use clap::Subcommand;
 use fluxd_server::import::{import_lora, ImportOptions, StagedFile};
 use fluxd_store::Store;
 
-use crate::serve::{block_on, shown, transformer_config, DataDirArgs, ModelArgs};
+use crate::location::StoreLocation;
+use crate::node::ModelArgs;
+use crate::serve::{block_on, shown};
 
 #[derive(Debug, Subcommand)]
 pub enum FinetunesCommand {
@@ -32,7 +34,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         shared: bool,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -42,7 +44,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
     },
     /// Delete a tenant's fine-tune and its file.
     Delete {
@@ -53,7 +55,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         id: String,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
     },
 }
 
@@ -70,12 +72,14 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 data,
                 model,
             } => {
-                let data = data.open()?;
-                let paths = model.resolve(&data).await?;
-                let cfg = transformer_config(&paths).context("reading the transformer config")?;
+                let dir = data.open()?;
+                let cfg = model
+                    .transformer_config()
+                    .await
+                    .context("reading the transformer config")?;
                 let staged = StagedFile::hash(&file)?;
-                let store = data.store().await?;
-                let blobs = data.blobs()?;
+                let blobs = data.blobs(&dir)?;
+                let store = dir.store().await?;
                 let options = ImportOptions {
                     id,
                     trigger_word,
@@ -105,13 +109,14 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 }
             }
             FinetunesCommand::Delete { tenant, id, data } => {
-                let data = data.open()?;
-                let store = data.store().await?;
+                let dir = data.open()?;
+                let blobs = data.blobs(&dir)?;
+                let store = dir.store().await?;
                 let deleted = store.delete_finetune(&tenant, &id).await?;
                 store.close().await;
                 let record =
                     deleted.with_context(|| format!("tenant {tenant} has no fine-tune {id}"))?;
-                data.blobs()?.delete(&record.blob_key).await?;
+                blobs.delete(&record.blob_key).await?;
                 println!("deleted {id}");
             }
         }

@@ -256,6 +256,16 @@ pub async fn weight_file(arg: &Path, fetch: Fetch) -> Result<PathBuf> {
         .map_err(|e| explain(e, &repo, &file))
 }
 
+/// One file of the repository `root` names (e.g. `transformer/config.json`), fetched alone;
+/// `None` if `root` is not a repository name (a local path, existing or not).
+pub async fn repo_file(root: &Path, file: &str, fetch: Fetch) -> Result<Option<PathBuf>> {
+    let Some(repo) = repo_arg(root) else {
+        return Ok(None);
+    };
+    let spec = PathBuf::from(format!("{}@{}:{file}", repo.id, repo.revision));
+    Ok(Some(weight_file(&spec, fetch).await?))
+}
+
 /// An optional [`weight_file`].
 pub async fn maybe_weight_file(arg: Option<&Path>, fetch: Fetch) -> Result<Option<PathBuf>> {
     match arg {

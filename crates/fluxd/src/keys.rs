@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use fluxd_store::Store;
 
-use crate::serve::{block_on, DataDirArgs};
+use crate::location::StoreLocation;
+use crate::serve::block_on;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -21,7 +22,7 @@ pub enum KeysCommand {
         #[arg(long)]
         max_active_tasks: Option<u32>,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
     },
     /// List a tenant's keys (never the secrets).
     List {
@@ -29,14 +30,14 @@ pub enum KeysCommand {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
     },
     /// Revoke a key by its id (shown by `create` and `list`).
     Revoke {
         /// The key id (a UUID).
         key_id: uuid::Uuid,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
     },
 }
 

@@ -9,12 +9,15 @@ mod finetunes;
 mod generate;
 mod hub;
 mod keys;
+mod location;
 mod lora;
 mod model;
+mod node;
 mod placement;
 mod progress;
 mod serve;
 mod webhooks;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -44,8 +47,10 @@ enum Command {
     /// Inspect LoRA fine-tune files.
     #[command(subcommand)]
     Lora(lora::LoraCommand),
-    /// Serve the HTTP API (and run tasks) on a data directory.
+    /// Serve the HTTP API (and run tasks, unless --no-worker) on a store.
     Serve(Box<serve::ServeArgs>),
+    /// Run tasks from the store without serving the API (one per GPU).
+    Worker(Box<worker::WorkerArgs>),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -72,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Lora(cmd) => lora::run(cmd),
         Command::Bench(args) => bench::run(*args),
         Command::Serve(args) => serve::run(*args),
+        Command::Worker(args) => worker::run(*args),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Finetunes(cmd) => finetunes::run(cmd),
         Command::Webhooks(cmd) => webhooks::run(cmd),

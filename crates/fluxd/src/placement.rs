@@ -54,6 +54,10 @@ pub struct PlacementArgs {
     /// not fit is refused before loading.
     #[arg(long, env = "FLUXD_MEMORY")]
     pub memory: Option<String>,
+    /// Memory the CPU may use when the text encoders run there beside a GPU (default: the
+    /// machine's available memory; state it to plan for another machine).
+    #[arg(long, env = "FLUXD_CPU_MEMORY", requires = "text_encoders_device")]
+    pub cpu_memory: Option<String>,
 }
 
 /// `cpu`, `cuda`, `cuda:N` as a plan device, without opening it.
@@ -149,9 +153,14 @@ impl PlacementArgs {
         }
         let te_cpu = self.text_encoders_device.as_deref() == Some("cpu");
         if device != PlanDevice::Cpu && te_cpu {
-            if let Some(b) = memory_plan::available(&Device::Cpu)? {
-                out.push((PlanDevice::Cpu, b));
-            }
+            let cpu = match &self.cpu_memory {
+                Some(m) => Some(Budget {
+                    bytes: parse_size(m)?,
+                    source: format!("--cpu-memory {m}"),
+                }),
+                None => memory_plan::available(&Device::Cpu)?,
+            };
+            out.extend(cpu.map(|b| (PlanDevice::Cpu, b)));
         }
         Ok(out)
     }

@@ -5,7 +5,8 @@ use clap::{Subcommand, ValueEnum};
 use fluxd_server::routes::finetunes::rfc3339;
 use fluxd_store::{Store, WebhookRecord};
 
-use crate::serve::{block_on, DataDirArgs};
+use crate::location::StoreLocation;
+use crate::serve::block_on;
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
@@ -20,7 +21,7 @@ pub enum WebhooksCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
     },
     /// Queue given-up (`failed`) deliveries for one more attempt: a running `fluxd serve` on the
     /// same data directory sends them within a second. If that attempt fails too, they are
@@ -33,7 +34,7 @@ pub enum WebhooksCommand {
         #[arg(long)]
         all_failed: bool,
         #[command(flatten)]
-        data: DataDirArgs,
+        data: StoreLocation,
     },
 }
 

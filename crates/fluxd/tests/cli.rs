@@ -471,6 +471,8 @@ fn model_plan_of_the_full_size_model() {
         &[
             "--text-encoders-device",
             "cpu",
+            "--cpu-memory",
+            "64GB",
             "--weights-dtype",
             "fp8",
             "--width",
@@ -486,6 +488,10 @@ fn model_plan_of_the_full_size_model() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("T5                 cpu"), "{stdout}");
+    assert!(
+        stdout.contains("cpu: fits in 59.60 GiB (--cpu-memory 64GB)"),
+        "{stdout}"
+    );
 }
 
 #[test]

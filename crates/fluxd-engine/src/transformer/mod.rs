@@ -158,11 +158,15 @@ impl FluxTransformer {
     pub fn config_of(source: &TransformerSource) -> Result<FluxConfig> {
         match source {
             TransformerSource::Diffusers(dir) => FluxConfig::from_file(&dir.join("config.json")),
-            TransformerSource::BflFile(file) => {
-                let files = WeightFiles::open(&[file.to_path_buf()])?;
-                Ok(bfl_config(&files, file)?.0)
-            }
+            TransformerSource::BflFile(file) => Self::bfl_config(file),
         }
+    }
+
+    /// The config of a BFL single file, inferred from the tensor shapes in its header: no weight
+    /// is read (an API node checks LoRA files against it without loading the model).
+    pub fn bfl_config(file: &Path) -> Result<FluxConfig> {
+        let files = WeightFiles::open(&[file.to_path_buf()])?;
+        Ok(bfl_config(&files, file)?.0)
     }
 
     /// Builds a model from canonical (BFL-named) tensors held in memory.

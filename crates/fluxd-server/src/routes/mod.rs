@@ -18,10 +18,8 @@ use crate::state::AppState;
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    // Install the recorder before the first request is counted.
-    let _ = crate::metrics::handle();
     let json_limit = DefaultBodyLimit::max(state.config().max_request_bytes);
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/flux-pro-finetuned",
             post(tasks::submit).layer(json_limit),
@@ -39,13 +37,32 @@ pub fn app(state: AppState) -> Router {
             "/v1/finetunes",
             post(finetunes::upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics_text))
+        .merge(ops_routes());
+    finish(routes, state)
+}
+
+/// What a worker serves on `--listen`: health and metrics only (it takes no API requests).
+pub fn ops_app(state: AppState) -> Router {
+    finish(ops_routes(), state)
+}
+
+/// `routes` counted in the metrics, with the contract's 404 for anything else.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    // Install the recorder before the first request is counted.
+    let _ = crate::metrics::handle();
+    routes
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, served by every node.
+fn ops_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
 }
 
 /// Prometheus metrics (`fluxd_` prefix).
@@ -62,7 +79,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready: the model is loaded and tasks will run.
+/// Ready: the model is loaded and tasks will run (on an API-only node: at once, it has no model).
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.engine_state() {
         EngineState::Ready(_) => Json(json!({"status": "ready"})).into_response(),

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::cache::CachedTask;
+use crate::delivery;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -209,7 +211,7 @@ pub async fn get_result(
     let now = SystemTime::now();
     let cache = state.task_cache();
     if let Some(task_state) = cache.get(&key.tenant, uuid, now) {
-        return Ok(Json(result_body(&state, id, task_state, now)));
+        return Ok(Json(result_body(&state, id, task_state, now).await?));
     }
     let generation = cache.generation();
     let Some(task) = state.store().get_task(&key.tenant, uuid).await? else {
@@ -224,15 +226,32 @@ pub async fn get_result(
             finished_at: task.finished_at,
         },
     );
-    Ok(Json(result_body(&state, id, task.state, now)))
+    Ok(Json(result_body(&state, id, task.state, now).await?))
 }
 
-/// The `get_result` body of a task, with a freshly signed sample URL when it is ready.
-pub fn result_body(
+/// The `get_result` body of a task, with a freshly signed sample URL when it is ready (made as
+/// the server's [`Delivery`](crate::delivery::Delivery) says).
+pub async fn result_body(
     state: &AppState,
     id: String,
     task_state: TaskState,
     now: SystemTime,
+) -> Result<GetResultResponse, StoreError> {
+    let sample = match &task_state {
+        TaskState::Ready(ready) => {
+            let delivery = state.config().delivery;
+            Some(delivery::sample_url(state, delivery, &ready.sample_key, now).await?)
+        }
+        _ => None,
+    };
+    Ok(body_with_sample(id, task_state, sample))
+}
+
+/// The `get_result` body of a task whose image (if it is ready) downloads from `sample`.
+pub fn body_with_sample(
+    id: String,
+    task_state: TaskState,
+    sample: Option<String>,
 ) -> GetResultResponse {
     let mut body = GetResultResponse::not_found(id);
     match task_state {
@@ -242,15 +261,8 @@ pub fn result_body(
         }
         TaskState::Ready(ready) => {
             body.status = TaskStatus::Ready;
-            let file = ready
-                .sample_key
-                .strip_prefix("samples/")
-                .unwrap_or(&ready.sample_key);
-            let query = state
-                .signer()
-                .sign(file, now, state.config().result_url_ttl);
             body.result = Some(TaskResult::Sample(ReadyResult {
-                sample: format!("{}/v1/images/{file}?{query}", state.config().public_url),
+                sample: sample.unwrap_or_default(),
                 prompt: ready.prompt_used,
                 seed: ready.seed_used,
                 start_time: ready.start_time,
@@ -287,11 +299,7 @@ pub async fn image(
     query: Result<Query<Signature>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (stem, ext) = file.rsplit_once('.').ok_or(ApiError::NotFound)?;
-    let content_type = match ext {
-        "jpeg" => "image/jpeg",
-        "png" => "image/png",
-        _ => return Err(ApiError::NotFound),
-    };
+    let content_type = delivery::content_type(ext).ok_or(ApiError::NotFound)?;
     // Only names the worker writes: a UUID and a known extension, nothing that could walk the
     // blob store.
     Uuid::parse_str(stem).map_err(|_| ApiError::NotFound)?;
@@ -305,8 +313,9 @@ pub async fn image(
     if !state.signer().verify(&file, exp, &sig, SystemTime::now()) {
         return Err(ApiError::BadSignature);
     }
-    let bytes = match state.blobs().get(&format!("samples/{file}")).await {
-        Ok(bytes) => bytes,
+    // Streamed as it arrives from the blob store (S3 or local), never held whole.
+    let blob = match state.blobs().get_stream(&delivery::sample_key(&file)).await {
+        Ok(blob) => blob,
         // Signed but gone: the result expired after the URL was issued.
         Err(StoreError::NotFound(_)) => return Err(ApiError::NotFound),
         Err(err) => return Err(err.into()),
@@ -314,12 +323,13 @@ pub async fn image(
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_LENGTH, HeaderValue::from(blob.size)),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, max-age=600"),
             ),
         ],
-        bytes,
+        Body::from_stream(blob.chunks),
     )
         .into_response())
 }

@@ -180,6 +180,7 @@ async fn submit_poll_limit_and_signed_delivery() {
         .put(
             &format!("samples/{uuid}.jpeg"),
             Bytes::from_static(b"jpeg!"),
+            Some("image/jpeg"),
         )
         .await
         .unwrap();
@@ -212,6 +213,7 @@ async fn submit_poll_limit_and_signed_delivery() {
     let (status, headers, body) = call(&f.state, "GET", path, None, vec![]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "image/jpeg");
+    assert_eq!(headers["content-length"], "5");
     assert_eq!(body, Bytes::from_static(b"jpeg!"));
     let forged = path.replace(".jpeg?", ".png?");
     let (status, _, _) = call(&f.state, "GET", &forged, None, vec![]).await;

@@ -10,11 +10,12 @@ pub mod sign;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fluxd_store::WebhookDelivery;
+use fluxd_store::{StoreError, WebhookDelivery};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::delivery;
 use crate::error::ServerError;
 use crate::state::AppState;
 
@@ -194,7 +195,13 @@ async fn attempt(state: &AppState, client: &reqwest::Client, d: &WebhookDelivery
         Ok(url) => url,
         Err(refused) => return Attempt::Refused(refused.to_string()),
     };
-    let body = refresh_sample_url(state, &d.payload).unwrap_or_else(|| d.payload.clone());
+    let body = match refresh_sample_url(state, &d.payload).await {
+        Ok(Some(body)) => body,
+        Ok(None) => d.payload.clone(),
+        // Presigning needs the object store's credentials; try again later rather than send a
+        // link that may have expired.
+        Err(err) => return Attempt::Failed(format!("could not sign the image URL: {err}")),
+    };
     let headers = match signed_headers(d, body.as_bytes(), unix_now()) {
         Ok(headers) => headers,
         Err(why) => return Attempt::Refused(why),
@@ -245,24 +252,20 @@ fn signed_headers(d: &WebhookDelivery, body: &[u8], timestamp: u64) -> Result<He
 
 /// The payload with a freshly signed `result.sample`, so a delivery retried after the first
 /// URL's lifetime still carries a working link. None when there is no sample to refresh.
-fn refresh_sample_url(state: &AppState, payload: &str) -> Option<String> {
-    let mut value: serde_json::Value = serde_json::from_str(payload).ok()?;
-    let sample = value.pointer_mut("/result/sample")?;
-    let url = sample.as_str()?;
-    let file = url
-        .split_once("/v1/images/")?
-        .1
-        .split('?')
-        .next()?
-        .to_owned();
-    let query = state
-        .signer()
-        .sign(&file, SystemTime::now(), state.config().result_url_ttl);
-    *sample = serde_json::Value::String(format!(
-        "{}/v1/images/{file}?{query}",
-        state.config().public_url
-    ));
-    Some(value.to_string())
+async fn refresh_sample_url(state: &AppState, payload: &str) -> Result<Option<String>, StoreError> {
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(payload) else {
+        return Ok(None);
+    };
+    let Some(sample) = value.pointer_mut("/result/sample") else {
+        return Ok(None);
+    };
+    let Some(key) = sample.as_str().and_then(delivery::sample_key_of_url) else {
+        return Ok(None);
+    };
+    let delivery = state.config().delivery;
+    let url = delivery::sample_url(state, delivery, &key, SystemTime::now()).await?;
+    *sample = serde_json::Value::String(url);
+    Ok(Some(value.to_string()))
 }
 
 /// Exponential backoff with equal jitter: half the delay fixed, half random, so retries of many

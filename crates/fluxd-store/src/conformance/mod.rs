@@ -22,6 +22,23 @@ pub use queue::{
 
 use crate::{NewKey, NewTask, NewWebhook, ReadyRecord, Result, Store};
 
+/// The test S3 bucket's URL (`FLUXD_TEST_S3_URL`, exported with the `AWS_*` variables by
+/// `scripts/services/s3.sh`, which `scripts/test.sh` runs) with a fresh prefix for the test
+/// `name`, so runs never see each other's objects. Without it: None, with a note, on a developer
+/// machine; a panic in CI (`CI` set), where a test that needs the server must not pass silently.
+pub fn test_s3_url(name: &str) -> Option<String> {
+    match std::env::var("FLUXD_TEST_S3_URL") {
+        Ok(url) => Some(format!("{url}/{name}-{}", Uuid::new_v4())),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("FLUXD_TEST_S3_URL is not set in CI: run the tests with scripts/test.sh")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED {name}: no S3 server (scripts/test.sh starts one)");
+            None
+        }
+    }
+}
+
 /// Runs every store-only function, each on a store from `fresh` (which must hand out empty
 /// stores), closing each store afterwards.
 pub async fn run_all<F, Fut>(fresh: F) -> Result<()>

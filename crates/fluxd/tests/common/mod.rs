@@ -67,15 +67,28 @@ impl Server {
         rust_log: &str,
         stderr: Stdio,
     ) -> Server {
+        let mut args = vec!["serve", "--data-dir", s(data), "--listen", listen];
+        args.extend_from_slice(extra);
+        Server::run_fluxd(&args, &[], rust_log, stderr)
+    }
+
+    /// Starts `fluxd ARGS` (a `serve` or a `worker --listen ...`) with the environment `envs`
+    /// added, reads the address it prints first, and waits until its `/readyz` says ready.
+    pub fn run_fluxd(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        rust_log: &str,
+        stderr: Stdio,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fluxd"))
-            .args(["serve", "--data-dir", s(data), "--listen", listen])
-            .args(extra)
+            .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .expect("spawn fluxd serve");
+            .expect("spawn fluxd");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -83,8 +96,9 @@ impl Server {
             .expect("read the listening line");
         let base = line
             .trim()
-            .strip_prefix("fluxd listening on ")
+            .split_once(" listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .1
             .to_owned();
         let server = Server { child, base };
         for _ in 0..600 {
@@ -93,7 +107,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("fluxd never became ready");
+        panic!("fluxd {args:?} never became ready");
     }
 
     /// SIGTERM, then the exit status: a graceful shutdown exits 0.
