@@ -7,7 +7,9 @@ embeddings, the token ids, sigmas and timesteps, the first transformer forward, 
 and the decoded image before 8-bit conversion) and OUT_DIR/<case>.png (the 8-bit image exactly as
 FluxPipeline's PIL output has it), plus OUT_DIR/cases.json describing the cases and the sha256 of
 every file of the model folder, so that the Rust tests can tell when fixtures are stale.
-Run on CPU in float32 with the versions pinned in requirements.txt.
+Run on CPU in float32 with the versions pinned in requirements.txt. Then, in bfloat16 (what GPUs
+run): each case's first transformer forward on its f32 fixture's inputs, OUT_DIR/<case>_bf16.safetensors
+(`bf16_first_forwards`), and the first case's 8-bit image, OUT_DIR/<case>_bf16.png.
 """
 
 import json
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from diffusers import FluxPipeline
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from model_hashes import model_hashes
 
@@ -36,6 +38,31 @@ CASES = [
     ("tall", 96, 160, 8, 5.0, 0, LONG_PROMPT, 32),
     ("wide", 160, 96, 2, 2.5, 123456789012, "", 128),
 ]
+
+
+def bf16_first_forwards(bf16, out_dir):
+    """Every case's first transformer forward again in bfloat16 (what GPUs run), on the inputs of
+    the case's f32 fixture rounded to bf16 as the pipeline's `.to(dtype)` would, for fluxd's GPU
+    code path (its tests run it on the CPU in bf16): `<name>_bf16.safetensors`."""
+    for name, width, height, steps, guidance, seed, prompt, msl in CASES:
+        f32 = load_file(os.path.join(out_dir, f"{name}.safetensors"))
+        text_ids = torch.zeros(f32["prompt_embeds"].shape[1], 3)
+        image_ids = bf16._prepare_latent_image_ids(1, height // 16, width // 16, "cpu", torch.float32)
+
+        def bf(key):
+            return f32[key].to(torch.bfloat16)
+
+        with torch.no_grad():
+            first = bf16.transformer(
+                hidden_states=bf("initial_latents"),
+                timestep=(f32["timesteps"][:1] / 1000).to(torch.bfloat16),
+                guidance=torch.full([1], guidance, dtype=torch.float32)
+                if bf16.transformer.config.guidance_embeds else None,
+                pooled_projections=bf("pooled_prompt_embeds"),
+                encoder_hidden_states=bf("prompt_embeds"),
+                txt_ids=text_ids, img_ids=image_ids, return_dict=False,
+            )[0]
+        save_file({"first_velocity": first.contiguous()}, os.path.join(out_dir, f"{name}_bf16.safetensors"))
 
 
 def main():
@@ -101,10 +128,11 @@ def main():
             "name": name, "width": width, "height": height, "steps": steps,
             "guidance": guidance, "seed": seed, "prompt": prompt, "max_sequence_length": msl,
         })
-    # One case again in bfloat16 (what GPUs run): only the 8-bit image is kept.
-    name, width, height, steps, guidance, seed, prompt, msl = CASES[0]
     bf16 = FluxPipeline.from_pretrained(model_dir, torch_dtype=torch.bfloat16)
     bf16.set_progress_bar_config(disable=True)
+    bf16_first_forwards(bf16, out_dir)
+    # One case's whole generation in bfloat16: only the 8-bit image is kept.
+    name, width, height, steps, guidance, seed, prompt, msl = CASES[0]
     with torch.no_grad():
         image = bf16(
             prompt=prompt, width=width, height=height, num_inference_steps=steps,

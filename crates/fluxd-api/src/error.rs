@@ -30,8 +30,7 @@ pub struct ValidationError {
     pub loc: Vec<LocItem>,
     /// pydantic's message, e.g. "Input should be less than or equal to 50".
     pub msg: String,
-    /// The offending input as received (for `missing`, the whole body object).
-    #[schema(value_type = Object)]
+    /// The offending input as received (any JSON value; for `missing`, the whole body object).
     pub input: Value,
     /// The error's parameters (`ge`, `le`, `multiple_of`, `expected`, `max_length`, `error`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]

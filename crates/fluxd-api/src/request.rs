@@ -5,12 +5,10 @@
 //! because pydantic reports all fields' problems together, in field order, with its own vocabulary.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::error::{LocItem, RequestError, ValidationError, ValidationErrors};
-use crate::json::{self, DecodeError, Json};
-use crate::lax::{self, Bound, Fault, Range};
+use crate::body::{field, Body};
+use crate::error::RequestError;
 
 /// Image encoding of the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
@@ -33,7 +31,9 @@ impl OutputFormat {
     }
 }
 
-/// Limits of `POST /v1/flux-pro-finetuned`, as the reference page states them.
+/// Limits and defaults of the generation endpoints, as the reference's pages state them. The
+/// fields every endpoint shares (sides, seed, safety tolerance...) have one set; the defaults that
+/// differ per endpoint are named for it (the endpoint table, [`crate::ENDPOINTS`], uses them).
 pub mod limits {
     /// Default LoRA scale.
     pub const FINETUNE_STRENGTH_DEFAULT: f64 = 1.1;
@@ -67,6 +67,22 @@ pub mod limits {
     pub const SAFETY_TOLERANCE_MAX: u8 = 6;
     /// Longest webhook URL (pydantic's `HttpUrl` limit).
     pub const WEBHOOK_URL_MAX_CHARS: usize = 2083;
+    /// `flux-dev`'s default sampling steps.
+    pub const FLUX_DEV_STEPS_DEFAULT: u32 = 28;
+    /// `flux-dev`'s default guidance.
+    pub const FLUX_DEV_GUIDANCE_DEFAULT: f64 = 3.0;
+    /// `flux-pro`'s default `interval`.
+    pub const INTERVAL_DEFAULT: f64 = 2.0;
+    /// Smallest `interval`.
+    pub const INTERVAL_MIN: f64 = 1.0;
+    /// Largest `interval`.
+    pub const INTERVAL_MAX: f64 = 4.0;
+    /// Default `aspect_ratio` of the ultra endpoints.
+    pub const ASPECT_RATIO_DEFAULT: &str = "16:9";
+    /// Default `image_prompt_strength` of the ultra endpoints (0..=1).
+    pub const IMAGE_PROMPT_STRENGTH_DEFAULT: f64 = 0.1;
+    /// `flux-pro-1.1-ultra-finetuned`'s default LoRA scale.
+    pub const ULTRA_FINETUNE_STRENGTH_DEFAULT: f64 = 1.2;
 }
 use limits::*;
 
@@ -147,7 +163,12 @@ pub struct FinetunedRequest {
     pub prompt_upsampling: bool,
     /// Optional seed for reproducibility (random when absent).
     #[serde(default)]
-    #[schema(example = 42, minimum = 0)]
+    #[schema(
+        example = 42,
+        minimum = 0,
+        maximum = 18446744073709551615_u64,
+        format = "uint64"
+    )]
     pub seed: Option<u64>,
     /// Tolerance level for input and output moderation. Between 0 and 6, 0 being most strict, 6
     /// being least strict.
@@ -183,323 +204,41 @@ pub struct DeleteFinetuneRequest {
 /// ignored. Invalid UTF-8 is [`RequestError::Unreadable`] (FastAPI's 400).
 pub fn parse_finetuned_request(body: &[u8]) -> Result<FinetunedRequest, RequestError> {
     let mut b = Body::read(body)?;
-    let finetune_id = b.required("finetune_id", lax::string);
-    let finetune_strength = b.optional("finetune_strength", FINETUNE_STRENGTH_DEFAULT, |v| {
-        lax::float(v, float_range(0.0, FINETUNE_STRENGTH_MAX))
-    });
-    let steps = b.optional("steps", STEPS_DEFAULT, |v| {
-        int_as(v, int_range(STEPS_MIN.into(), STEPS_MAX.into(), None))
-    });
-    let guidance = b.optional("guidance", GUIDANCE_DEFAULT, |v| {
-        lax::float(v, float_range(GUIDANCE_MIN, GUIDANCE_MAX))
-    });
-    let prompt = b.optional("prompt", String::new(), lax::string);
-    let image_prompt = b.nullable("image_prompt", lax::string);
-    let side = |v: &Json| {
-        int_as::<u32>(
-            v,
-            int_range(SIDE_MIN.into(), SIDE_MAX.into(), Some(SIDE_MULTIPLE.into())),
-        )
+    let request = FinetunedRequest {
+        finetune_id: b.required("finetune_id", field::string),
+        finetune_strength: b.optional(
+            "finetune_strength",
+            FINETUNE_STRENGTH_DEFAULT,
+            field::finetune_strength,
+        ),
+        steps: b.optional("steps", STEPS_DEFAULT, field::steps),
+        guidance: b.optional("guidance", GUIDANCE_DEFAULT, field::guidance),
+        prompt: b.optional("prompt", String::new(), field::string),
+        image_prompt: b.nullable("image_prompt", field::string),
+        width: b.optional("width", WIDTH_DEFAULT, field::side),
+        height: b.optional("height", HEIGHT_DEFAULT, field::side),
+        prompt_upsampling: b.optional("prompt_upsampling", false, field::boolean),
+        seed: b.nullable("seed", field::seed),
+        safety_tolerance: b.optional(
+            "safety_tolerance",
+            SAFETY_TOLERANCE_DEFAULT,
+            field::safety_tolerance,
+        ),
+        output_format: b.optional("output_format", OutputFormat::Jpeg, field::output_format),
+        webhook_url: b.nullable("webhook_url", field::http_url),
+        webhook_secret: b.nullable("webhook_secret", field::string),
     };
-    let width = b.optional("width", WIDTH_DEFAULT, side);
-    let height = b.optional("height", HEIGHT_DEFAULT, side);
-    let prompt_upsampling = b.optional("prompt_upsampling", false, lax::boolean);
-    // Ours: the page says only "integer"; seeds are u64, so out-of-range ones get pydantic's range
-    // errors rather than being wrapped.
-    let seed = b.nullable("seed", |v| {
-        int_as::<u64>(v, int_range(0, u64::MAX.into(), None))
-    });
-    let safety_tolerance = b.optional("safety_tolerance", SAFETY_TOLERANCE_DEFAULT, |v| {
-        int_as::<u8>(v, int_range(0, SAFETY_TOLERANCE_MAX.into(), None))
-    });
-    let output_format = b.optional("output_format", OutputFormat::Jpeg, |v| {
-        lax::one_of(v, &["jpeg", "png"]).map(|s| {
-            if s == "png" {
-                OutputFormat::Png
-            } else {
-                OutputFormat::Jpeg
-            }
-        })
-    });
-    let webhook_url = b.nullable("webhook_url", lax::http_url);
-    let webhook_secret = b.nullable("webhook_secret", lax::string);
     b.finish()?;
-    // `finish` returned Ok, so every field validated; the pattern below cannot fail then.
-    let (
-        Some(finetune_id),
-        Some(finetune_strength),
-        Some(steps),
-        Some(guidance),
-        Some(prompt),
-        Some(image_prompt),
-        Some(width),
-        Some(height),
-        Some(prompt_upsampling),
-        Some(seed),
-        Some(safety_tolerance),
-        Some(output_format),
-        Some(webhook_url),
-        Some(webhook_secret),
-    ) = (
-        finetune_id,
-        finetune_strength,
-        steps,
-        guidance,
-        prompt,
-        image_prompt,
-        width,
-        height,
-        prompt_upsampling,
-        seed,
-        safety_tolerance,
-        output_format,
-        webhook_url,
-        webhook_secret,
-    )
-    else {
-        return Err(RequestError::Unreadable);
-    };
-    Ok(FinetunedRequest {
-        finetune_id,
-        finetune_strength,
-        steps,
-        guidance,
-        prompt,
-        image_prompt,
-        width,
-        height,
-        prompt_upsampling,
-        seed,
-        safety_tolerance,
-        output_format,
-        webhook_url,
-        webhook_secret,
-    })
+    Ok(request)
 }
 
 /// Validates a `POST /v1/delete_finetune` body, with the same rules as
 /// [`parse_finetuned_request`].
 pub fn parse_delete_finetune_request(body: &[u8]) -> Result<DeleteFinetuneRequest, RequestError> {
     let mut b = Body::read(body)?;
-    let finetune_id = b.required("finetune_id", lax::string);
-    b.finish()?;
-    match finetune_id {
-        Some(finetune_id) => Ok(DeleteFinetuneRequest { finetune_id }),
-        None => Err(RequestError::Unreadable),
-    }
-}
-
-fn int_range(ge: i128, le: i128, multiple_of: Option<i128>) -> Range {
-    Range {
-        ge: Some(Bound::Int(ge)),
-        le: Some(Bound::Int(le)),
-        multiple_of,
-    }
-}
-
-fn float_range(ge: f64, le: f64) -> Range {
-    Range {
-        ge: Some(Bound::Float(ge)),
-        le: Some(Bound::Float(le)),
-        multiple_of: None,
-    }
-}
-
-/// A lax int, narrowed to the field's Rust type (the range has already been enforced).
-fn int_as<T: TryFrom<i128>>(v: &Json, range: Range) -> Result<T, Fault> {
-    let i = lax::int(v, range)?;
-    T::try_from(i).map_err(|_| Fault {
-        kind: "int_type",
-        msg: "Input should be a valid integer".into(),
-        ctx: None,
-    })
-}
-
-/// A JSON object body being validated, collecting errors field by field.
-struct Body {
-    fields: Vec<(String, Json)>,
-    errors: Vec<ValidationError>,
-}
-
-/// Whether FastAPI decodes a body sent with this `Content-Type` as JSON: `application/json` and
-/// every `application/*+json`, parameters ignored. A request without the header is decoded too.
-pub fn is_json_content_type(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    let Some((kind, subtype)) = essence.split_once('/') else {
-        return false;
+    let request = DeleteFinetuneRequest {
+        finetune_id: b.required("finetune_id", field::string),
     };
-    kind.eq_ignore_ascii_case("application")
-        && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
-}
-
-/// The reference's answer to a non-empty body sent with a non-JSON `Content-Type` (a form, plain
-/// text): FastAPI hands the raw text to the model, which is not an object.
-pub fn not_json_error(body: &[u8]) -> RequestError {
-    RequestError::Invalid(ValidationErrors {
-        detail: vec![ValidationError {
-            kind: "model_attributes_type".into(),
-            loc: vec!["body".into()],
-            msg: "Input should be a valid dictionary or object to extract fields from".into(),
-            input: Value::String(String::from_utf8_lossy(body).into_owned()),
-            ctx: None,
-        }],
-    })
-}
-
-impl Body {
-    /// Decodes the body; failures that stop validation before any field is looked at.
-    fn read(body: &[u8]) -> Result<Body, RequestError> {
-        let invalid =
-            |e: ValidationError| RequestError::Invalid(ValidationErrors { detail: vec![e] });
-        // FastAPI skips decoding an empty body and reports the body itself as missing.
-        if body.is_empty() {
-            return Err(invalid(ValidationError {
-                kind: "missing".into(),
-                loc: vec!["body".into()],
-                msg: "Field required".into(),
-                input: Value::Null,
-                ctx: None,
-            }));
-        }
-        match json::decode(body) {
-            Ok(Json::Object(fields)) => Ok(Body {
-                fields,
-                errors: Vec::new(),
-            }),
-            Ok(other) => Err(invalid(ValidationError {
-                kind: "model_attributes_type".into(),
-                loc: vec!["body".into()],
-                msg: "Input should be a valid dictionary or object to extract fields from".into(),
-                input: other.to_value(),
-                ctx: None,
-            })),
-            Err(DecodeError::Syntax { msg, pos }) => {
-                let mut ctx = Map::new();
-                ctx.insert("error".into(), Value::String(msg.into()));
-                Err(invalid(ValidationError {
-                    kind: "json_invalid".into(),
-                    loc: vec!["body".into(), LocItem::Index(pos as u64)],
-                    msg: "JSON decode error".into(),
-                    input: Value::Object(Map::new()),
-                    ctx: Some(ctx),
-                }))
-            }
-            Err(DecodeError::Unreadable) => Err(RequestError::Unreadable),
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<&Json> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-
-    fn check<T>(&mut self, name: &str, f: impl FnOnce(&Json) -> Result<T, Fault>) -> Option<T> {
-        let input = self.get(name)?;
-        match f(input) {
-            Ok(v) => Some(v),
-            Err(fault) => {
-                let input = input.to_value();
-                self.errors.push(ValidationError {
-                    kind: fault.kind.into(),
-                    loc: vec!["body".into(), name.into()],
-                    msg: fault.msg,
-                    input,
-                    ctx: fault.ctx,
-                });
-                None
-            }
-        }
-    }
-
-    /// A field without a default: absent is `missing`, with the whole body as `input`.
-    fn required<T>(&mut self, name: &str, f: impl FnOnce(&Json) -> Result<T, Fault>) -> Option<T> {
-        if self.get(name).is_none() {
-            let whole = Json::Object(self.fields.clone()).to_value();
-            self.errors.push(ValidationError {
-                kind: "missing".into(),
-                loc: vec!["body".into(), name.into()],
-                msg: "Field required".into(),
-                input: whole,
-                ctx: None,
-            });
-            return None;
-        }
-        self.check(name, f)
-    }
-
-    /// A field with a default: absent takes the default; `null` is validated (and refused).
-    fn optional<T>(
-        &mut self,
-        name: &str,
-        default: T,
-        f: impl FnOnce(&Json) -> Result<T, Fault>,
-    ) -> Option<T> {
-        if self.get(name).is_none() {
-            return Some(default);
-        }
-        self.check(name, f)
-    }
-
-    /// An `Optional[...] = None` field: absent or `null` is `None`.
-    fn nullable<T>(
-        &mut self,
-        name: &str,
-        f: impl FnOnce(&Json) -> Result<T, Fault>,
-    ) -> Option<Option<T>> {
-        match self.get(name) {
-            None | Some(Json::Null) => Some(None),
-            Some(_) => self.check(name, f).map(Some),
-        }
-    }
-
-    fn finish(self) -> Result<(), ValidationErrors> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationErrors {
-                detail: self.errors,
-            })
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_content_types_are_those_fastapi_decodes() {
-        for ct in [
-            "application/json",
-            "application/json; charset=utf-8",
-            "Application/JSON",
-            "application/vnd.api+json",
-            " application/merge-patch+json ;q=1",
-        ] {
-            assert!(is_json_content_type(ct), "{ct}");
-        }
-        for ct in [
-            "application/x-www-form-urlencoded",
-            "text/plain",
-            "text/json",
-            "multipart/form-data; boundary=x",
-            "application/jsonx",
-            "json",
-            "",
-        ] {
-            assert!(!is_json_content_type(ct), "{ct}");
-        }
-    }
-
-    #[test]
-    fn a_form_body_is_not_an_object() {
-        let RequestError::Invalid(errors) = not_json_error(b"prompt=fox&finetune_id=x") else {
-            panic!("not a validation error");
-        };
-        assert_eq!(errors.detail.len(), 1);
-        assert_eq!(errors.detail[0].kind, "model_attributes_type");
-        assert_eq!(
-            errors.detail[0].input,
-            Value::String("prompt=fox&finetune_id=x".into())
-        );
-    }
+    b.finish()?;
+    Ok(request)
 }

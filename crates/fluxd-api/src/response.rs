@@ -11,14 +11,24 @@ pub fn megapixels(width: u32, height: u32) -> f64 {
     (mp * 100.0).round() / 100.0
 }
 
-/// `200` answer to a submission.
+/// `200` answer to a submission. The reference answers `{id, polling_url, cost, input_mp,
+/// output_mp}` (its `AsyncResponse`), or `{id, status, webhook_url}` (`AsyncWebhookResponse`)
+/// when the request has a `webhook_url`; with a webhook we answer the union of both, so clients
+/// written for either (the official one reads `polling_url` even then) work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SubmitResponse {
     /// Task id (a UUID).
     pub id: String,
+    /// `Pending`; present only when the request has a `webhook_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    /// The request's `webhook_url`; present only when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
     /// Absolute URL to poll: `<public base>/v1/get_result?id=<id>`.
     pub polling_url: String,
-    /// Credits charged, or null when credits are not configured.
+    /// Credits charged, or null when credits are not configured (the reference's schema allows
+    /// null too).
     pub cost: Option<f64>,
     /// Megapixels of the image prompt, 0 without one.
     pub input_mp: f64,
@@ -146,6 +156,16 @@ impl From<GetResultResponse> for WebhookPayload {
     }
 }
 
+/// `GET /healthz` and `GET /readyz` answer: `ok`, `ready`, `loading` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthStatus {
+    /// `ok` (alive), `ready` (the model is loaded), `loading` or `failed`.
+    pub status: String,
+    /// What to do about a `failed` model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// `GET /v1/my_finetunes` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MyFinetunesResponse {
@@ -247,14 +267,25 @@ mod tests {
     fn submit_shape() {
         let r = SubmitResponse {
             id: "u".into(),
+            status: None,
+            webhook_url: None,
             polling_url: "http://h/v1/get_result?id=u".into(),
             cost: None,
             input_mp: 0.0,
             output_mp: megapixels(1024, 768),
         };
         assert_eq!(
-            serde_json::to_value(r).unwrap(),
+            serde_json::to_value(&r).unwrap(),
             json!({"id":"u","polling_url":"http://h/v1/get_result?id=u","cost":null,"input_mp":0.0,"output_mp":0.79})
+        );
+        let hooked = SubmitResponse {
+            status: Some(TaskStatus::Pending),
+            webhook_url: Some("https://e.com/h".into()),
+            ..r
+        };
+        assert_eq!(
+            serde_json::to_string(&hooked).unwrap(),
+            r#"{"id":"u","status":"Pending","webhook_url":"https://e.com/h","polling_url":"http://h/v1/get_result?id=u","cost":null,"input_mp":0.0,"output_mp":0.79}"#
         );
     }
 }

@@ -6,10 +6,12 @@ Regenerate the fixture (from the crate directory):
     /tmp/pyd/bin/python tests/pydantic_reference.py > tests/fixtures/pydantic_reference.json
 
 Pinned: Python 3.11, pydantic 2.14.4 (pydantic-core 2.50.5), FastAPI 0.165.0, starlette 1.10.0.
-The model mirrors the reference page's schema (seed-000). Choices that are ours are marked OURS.
-Each case posts a raw body through FastAPI's own request handling and records the response:
-the validated model (mode="json") on success, the 422 `detail` list otherwise. `tests/reference.rs`
-replays every case against `parse_finetuned_request` / `parse_delete_finetune_request`.
+The models mirror the reference's schemas: the seed page (seed-000) for flux-pro-finetuned, and the
+reference's published schemas for flux-dev, flux-pro, flux-pro-1.1, flux-pro-1.1-ultra and
+flux-pro-1.1-ultra-finetuned (field order, defaults, ranges, `Optional[...] = default` fields).
+Choices that are ours are marked OURS. Each case posts a raw body through FastAPI's own request
+handling and records the response: the validated model (mode="json") on success, the 422 `detail`
+list otherwise. `tests/reference.rs` replays every case against the crate's parsers.
 """
 
 import json
@@ -22,7 +24,9 @@ import pydantic
 import pydantic_core
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import BaseModel, Field, HttpUrl
+import re
+
+from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 
 class OutputFormat(str, Enum):
@@ -56,6 +60,97 @@ class DeleteFinetuneRequest(BaseModel):
     finetune_id: str
 
 
+SEED = Field(None, ge=0, le=2**64 - 1)  # OURS, as for flux-pro-finetuned
+
+
+class FluxDevRequest(BaseModel):
+    prompt: Optional[str] = ""
+    image_prompt: Optional[str] = None
+    width: int = Field(1024, ge=256, le=1440, multiple_of=32)
+    height: int = Field(768, ge=256, le=1440, multiple_of=32)
+    steps: Optional[int] = Field(28, ge=1, le=50)
+    prompt_upsampling: bool = False
+    seed: Optional[int] = SEED
+    guidance: Optional[float] = Field(3.0, ge=1.5, le=5)
+    safety_tolerance: int = Field(2, ge=0, le=6)
+    output_format: Optional[OutputFormat] = OutputFormat.jpeg
+    webhook_url: Optional[HttpUrl] = None
+    webhook_secret: Optional[str] = None
+
+
+class FluxProRequest(BaseModel):
+    prompt: Optional[str] = ""
+    image_prompt: Optional[str] = None
+    width: int = Field(1024, ge=256, le=1440, multiple_of=32)
+    height: int = Field(768, ge=256, le=1440, multiple_of=32)
+    steps: Optional[int] = Field(40, ge=1, le=50)
+    prompt_upsampling: bool = False
+    seed: Optional[int] = SEED
+    guidance: Optional[float] = Field(2.5, ge=1.5, le=5)
+    safety_tolerance: int = Field(2, ge=0, le=6)
+    interval: Optional[float] = Field(2.0, ge=1, le=4)
+    output_format: Optional[OutputFormat] = OutputFormat.jpeg
+    webhook_url: Optional[HttpUrl] = None
+    webhook_secret: Optional[str] = None
+
+
+class FluxPro11Request(BaseModel):
+    prompt: Optional[str] = ""
+    image_prompt: Optional[str] = None
+    width: int = Field(1024, ge=256, le=1440, multiple_of=32)
+    height: int = Field(768, ge=256, le=1440, multiple_of=32)
+    prompt_upsampling: bool = False
+    seed: Optional[int] = SEED
+    safety_tolerance: int = Field(2, ge=0, le=6)
+    output_format: Optional[OutputFormat] = OutputFormat.jpeg
+    webhook_url: Optional[HttpUrl] = None
+    webhook_secret: Optional[str] = None
+
+
+def check_aspect_ratio(v: str) -> str:
+    """OURS: the reference documents "between 21:9 and 9:21" only."""
+    m = re.fullmatch(r"([0-9]{1,4}):([0-9]{1,4})", v)
+    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
+        raise ValueError("aspect_ratio must be W:H with whole numbers from 1 to 9999, like 16:9")
+    w, h = int(m.group(1)), int(m.group(2))
+    if 9 * w > 21 * h or 9 * h > 21 * w:
+        raise ValueError("aspect_ratio must be between 21:9 and 9:21")
+    return v
+
+
+class UltraRequest(BaseModel):
+    prompt: Optional[str] = ""
+    prompt_upsampling: bool = False
+    seed: Optional[int] = SEED
+    aspect_ratio: str = "16:9"
+    safety_tolerance: int = Field(2, ge=0, le=6)
+    output_format: Optional[OutputFormat] = OutputFormat.jpeg
+    raw: bool = False
+    image_prompt: Optional[str] = None
+    image_prompt_strength: float = Field(0.1, ge=0, le=1)
+    webhook_url: Optional[HttpUrl] = None
+    webhook_secret: Optional[str] = None
+
+    _aspect = field_validator("aspect_ratio")(classmethod(lambda cls, v: check_aspect_ratio(v)))
+
+
+class UltraFinetunedRequest(BaseModel):
+    finetune_id: str
+    finetune_strength: float = Field(1.2, ge=0, le=2)
+    prompt: Optional[str] = ""
+    seed: Optional[int] = SEED
+    aspect_ratio: str = "16:9"
+    safety_tolerance: int = Field(2, ge=0, le=6)
+    output_format: Optional[OutputFormat] = OutputFormat.jpeg
+    image_prompt: Optional[str] = None
+    image_prompt_strength: float = Field(0.1, ge=0, le=1)
+    prompt_upsampling: bool = False
+    webhook_url: Optional[HttpUrl] = None
+    webhook_secret: Optional[str] = None
+
+    _aspect = field_validator("aspect_ratio")(classmethod(lambda cls, v: check_aspect_ratio(v)))
+
+
 app = FastAPI()
 
 
@@ -66,6 +161,31 @@ def finetuned(req: FinetunedRequest):
 
 @app.post("/v1/delete_finetune")
 def delete(req: DeleteFinetuneRequest):
+    return req.model_dump(mode="json")
+
+
+@app.post("/v1/flux-dev")
+def flux_dev(req: FluxDevRequest):
+    return req.model_dump(mode="json")
+
+
+@app.post("/v1/flux-pro")
+def flux_pro(req: FluxProRequest):
+    return req.model_dump(mode="json")
+
+
+@app.post("/v1/flux-pro-1.1")
+def flux_pro_1_1(req: FluxPro11Request):
+    return req.model_dump(mode="json")
+
+
+@app.post("/v1/flux-pro-1.1-ultra")
+def ultra(req: UltraRequest):
+    return req.model_dump(mode="json")
+
+
+@app.post("/v1/flux-pro-1.1-ultra-finetuned")
+def ultra_finetuned(req: UltraFinetunedRequest):
     return req.model_dump(mode="json")
 
 
@@ -186,6 +306,80 @@ DELETE = [
 ]
 
 
+def cases_for(model, base, fields):
+    """Cases for a newer endpoint: the whole-body cases, then each field's values, each sent on
+    top of `base` (the model's required fields)."""
+
+    def body(**extra):
+        b = dict(base)
+        b.update(extra)
+        return json.dumps(b)
+
+    out = [
+        ("minimal", body()),
+        ("unknown fields ignored", body(foo=1, model="flux-dev", bar={"x": [1, 2]})),
+        ("all nulls", json.dumps({k: None for k in model.model_fields})),
+        ("empty object", "{}"),
+        ("array body", "[1]"),
+        ("malformed", '{"prompt": "x",}'),
+        ("empty body", ""),
+    ]
+    for name, values in fields.items():
+        out += [(f"{name}={json.dumps(v)}", body(**{name: v})) for v in values]
+    return out
+
+
+COMMON = {
+    "prompt": ["", "a fox", None, 5, ["a"]],
+    "prompt_upsampling": [True, "yes", 2, None],
+    "seed": [None, 0, 42, -1, 2**64, "7", 1.5],
+    "safety_tolerance": [0, 6, 7, None, "3"],
+    "output_format": ["png", "jpeg", None, "webp", "JPEG", 1],
+    "image_prompt": ["aGVsbG8=", None, 3],
+    "webhook_url": ["https://example.com/hook", "not a url", "", None, "ftp://x"],
+    "webhook_secret": ["s", None, 5],
+}
+SIDES = {
+    "width": [256, 1440, 1000, 224, 1472, None, "512"],
+    "height": [768, 255, "768", None],
+}
+ASPECT = {
+    "aspect_ratio": ["16:9", "21:9", "9:21", "1:1", "0007:3", "22:9", "9:22", "3:1", "16:9 ", "16/9",
+                     "0:1", "1:0", "10000:1", "", "a:b", ":", "16:", 16, None, "\u0661:\u0661"],
+    "image_prompt_strength": [0, 1, 0.5, -0.01, 1.01, None, "0.3", True],
+}
+FLUX_DEV = cases_for(FluxDevRequest, {}, {
+    **COMMON, **SIDES,
+    "steps": [1, 50, 0, 51, None, "28", 28.0, 28.5],
+    "guidance": [1.5, 5, 1.49, 5.01, None, "3", "nan"],
+})
+FLUX_DEV.append(("several errors at once", json.dumps(
+    {"steps": 0, "width": 1000, "guidance": "x", "output_format": "gif", "seed": -1})))
+FLUX_PRO = cases_for(FluxProRequest, {}, {
+    **COMMON, **SIDES,
+    "steps": [40, None, 0],
+    "guidance": [2.5, None, 6],
+    "interval": [1, 4, 2.5, 0.99, 4.01, None, "3", True, "x"],
+})
+FLUX_PRO_1_1 = cases_for(FluxPro11Request, {}, {
+    **COMMON, **SIDES,
+    "steps": [1, "x"],  # not in the schema: ignored
+    "guidance": [9],
+})
+ULTRA = cases_for(UltraRequest, {}, {
+    **COMMON, **ASPECT,
+    "raw": [True, False, "true", None, 2],
+})
+ULTRA.append(("several errors at once", json.dumps(
+    {"aspect_ratio": "3:1", "image_prompt_strength": 2, "raw": "x", "seed": "y"})))
+ULTRA_FINETUNED = cases_for(UltraFinetunedRequest, {"finetune_id": "my-finetune"}, {
+    **COMMON, **ASPECT,
+    "finetune_id": ["", 5, None],
+    "finetune_strength": [0, 2, 1.2, -0.01, 2.01, None, "1.5"],
+    "raw": [True],  # not in this schema: ignored
+})
+
+
 def run(client, path, cases):
     out = []
     for name, body in cases:
@@ -210,6 +404,11 @@ def main():
         },
         "finetuned": run(client, "/v1/flux-pro-finetuned", FINETUNED),
         "delete_finetune": run(client, "/v1/delete_finetune", DELETE),
+        "flux_dev": run(client, "/v1/flux-dev", FLUX_DEV),
+        "flux_pro": run(client, "/v1/flux-pro", FLUX_PRO),
+        "flux_pro_1_1": run(client, "/v1/flux-pro-1.1", FLUX_PRO_1_1),
+        "ultra": run(client, "/v1/flux-pro-1.1-ultra", ULTRA),
+        "ultra_finetuned": run(client, "/v1/flux-pro-1.1-ultra-finetuned", ULTRA_FINETUNED),
     }
     json.dump(fixture, sys.stdout, indent=1, ensure_ascii=False)
     sys.stdout.write("\n")

@@ -4,6 +4,10 @@
 //! files), runs the text encoders, the flow-matching transformer and the VAE, and produces the
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
+#[cfg(test)]
+mod alloc_meter;
+mod attention;
+pub mod cpu_kernels;
 pub mod error;
 pub mod fp8;
 pub mod lora;
@@ -24,4 +28,5 @@ pub mod vae;
 mod vit;
 pub mod weights;
 
+pub use cpu_kernels::{fused_cpu_kernels, set_fused_cpu_kernels};
 pub use error::{EngineError, Result};

@@ -374,6 +374,8 @@ impl FluxPipeline {
         if let Some(tokens) = image_tokens {
             text = text.with_image_tokens(tokens)?;
         }
+        // A GPU runs asynchronously: wait for the work, so each phase is timed as itself.
+        self.device.synchronize()?;
         timings.text_encoding_ms = ms(t0);
         let latents = self.denoise(p, &text, &mut timings, progress, cancel)?;
         progress(Progress::Decoding);
@@ -423,6 +425,7 @@ impl FluxPipeline {
             )?;
             latents =
                 schedule::euler_step(&latents, &velocity, sched.sigmas[i], sched.sigmas[i + 1])?;
+            self.device.synchronize()?;
             timings.step_ms.push(ms(t0));
             progress(Progress::Step { done: i + 1, total });
         }

@@ -3,11 +3,14 @@
 //!
 //! Every component is written by the module that loads it (one piece of code per format), with
 //! tokenizers trained offline on a built-in corpus. The same seed always gives the same files.
-//! A tiny FLUX.1-Redux model for image prompts is written alongside, in `redux/`.
+//! A tiny FLUX.1-Redux model for image prompts is written alongside, in `redux/`, and a demo
+//! LoRA fine-tune for it in `lora/demo.safetensors` (kohya layout, the one most published FLUX.1
+//! LoRAs use), so the README's walkthrough needs nothing but the `fluxd` binary.
 
 use std::path::Path;
 
 use crate::error::Result;
+use crate::lora::{write_random_lora, LoraFormat};
 use crate::redux::{write_tiny_redux_model, SiglipVisionConfig};
 use crate::schedule::SchedulerConfig;
 use crate::tiny_init::write_json;
@@ -44,7 +47,7 @@ impl TinyPreset {
 }
 
 /// Writes a complete random FLUX.1 model to `dir` (created if needed), with a matching Redux
-/// model in `dir/redux/` (see [`write_tiny_redux`]).
+/// model in `dir/redux/` (see [`write_tiny_redux`]) and a demo LoRA ([`TINY_DEMO_LORA`]).
 pub fn write_tiny_model(dir: &Path, seed: u64, preset: TinyPreset) -> Result<()> {
     let cfg = preset.transformer_config();
     write_json(&dir.join("model_index.json"), &model_index())?;
@@ -58,7 +61,31 @@ pub fn write_tiny_model(dir: &Path, seed: u64, preset: TinyPreset) -> Result<()>
     transformer::write_tiny_diffusers(&dir.join("transformer"), &cfg, seed, 2)?;
     vae::write_tiny_vae(&dir.join("vae"), seed)?;
     write_tiny_redux(&dir.join(TINY_REDUX_DIR), seed)?;
-    write_tiny_safety_checker(dir, seed)
+    write_tiny_safety_checker(dir, seed)?;
+    write_tiny_demo_lora(dir, seed, preset)
+}
+
+/// Where a tiny model keeps its demo LoRA, relative to the model folder (not a diffusers
+/// component; loaders ignore it).
+pub const TINY_DEMO_LORA: &str = "lora/demo.safetensors";
+/// Rank of the demo LoRA.
+const DEMO_LORA_RANK: usize = 4;
+
+/// Writes the demo LoRA for a tiny model of `preset` to `model_dir/`[`TINY_DEMO_LORA`]: a random
+/// rank-4 kohya adapter for every module of its transformer (same seed, same file).
+pub fn write_tiny_demo_lora(model_dir: &Path, seed: u64, preset: TinyPreset) -> Result<()> {
+    let path = model_dir.join(TINY_DEMO_LORA);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| crate::EngineError::io(parent, e))?;
+    }
+    write_random_lora(
+        &path,
+        LoraFormat::Kohya,
+        &preset.transformer_config(),
+        DEMO_LORA_RANK,
+        seed,
+        &|_| true,
+    )
 }
 
 /// Writes a random FLUX.1-Redux model in the layout of `black-forest-labs/FLUX.1-Redux-dev` to

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, max_level_diff};
+use common::{max_abs_diff, max_level_diff, Tol};
 use fluxd_engine::lora::{write_random_lora, write_reference_loras, LoraFile, LoraFormat};
 use fluxd_engine::pipeline::{FluxPipeline, GenerateParams};
 use fluxd_engine::transformer::FluxConfig;
@@ -19,10 +19,24 @@ use fluxd_engine::transformer::FluxConfig;
 const LORA_SEED: u64 = 11;
 const RANK: usize = 4;
 const MODEL_SEED: u64 = 7;
-/// Largest |Δ| on the final latents (observed: see the test's output; same order as without LoRA).
-const LATENT_TOL: f32 = 1e-4;
-/// Largest difference on an 8-bit channel value (rounding at .5 boundaries).
+/// Largest |Δ| on the final latents (observed in f32: see the test's output, same order as
+/// without LoRA; on the bf16 GPU path against these f32 references, which this random tiny
+/// model's amplified rounding dominates (see pipeline_reference.rs): 3.96 at strength 1.7).
+const LATENT_TOL: Tol<f32> = Tol {
+    f32: 1e-4,
+    bf16: 8.0,
+};
+/// Largest difference on an 8-bit channel value on the f32 path (rounding at .5 boundaries).
+/// The bf16 path is not compared pixel by pixel against these f32 images (observed up to 165
+/// levels: the pixels say nothing the latents do not), so it has no pixel bound at all.
 const PIXEL_TOL: u8 = 1;
+/// Largest |Δ| between two ways of applying the same adapter (two halves vs one whole, kohya vs
+/// BFL layout): the same sums in another order (observed in f32: below 1e-5; bf16: 3.7e-2 for
+/// the halves, 0 for the layouts).
+const SAME_TOL: Tol<f32> = Tol {
+    f32: 1e-4,
+    bf16: 0.08,
+};
 
 fn fixtures() -> PathBuf {
     common::fixtures("lora")
@@ -49,7 +63,7 @@ fn pipeline() -> &'static Mutex<FluxPipeline> {
     static P: OnceLock<Mutex<FluxPipeline>> = OnceLock::new();
     P.get_or_init(|| {
         let model = common::tiny_model(MODEL_SEED);
-        Mutex::new(common::load_pipeline(model, DType::F32))
+        Mutex::new(common::load_pipeline(model, common::dtype()))
     })
 }
 
@@ -117,13 +131,15 @@ fn every_layout_matches_diffusers_at_every_strength() {
             let w = max_level_diff(&image, &png);
             eprintln!("{file} at {strength}: latents max|Δ| {d:e}, worst pixel {w}");
             assert!(
-                d <= LATENT_TOL,
+                d <= LATENT_TOL.get(),
                 "{file} at {strength}: latents differ by {d}"
             );
-            assert!(
-                w <= PIXEL_TOL,
-                "{file} at {strength}: a pixel differs by {w}"
-            );
+            if common::engine_path() == common::EnginePath::Cpu {
+                assert!(
+                    w <= PIXEL_TOL,
+                    "{file} at {strength}: a pixel differs by {w}"
+                );
+            }
         }
     }
 }
@@ -163,7 +179,11 @@ fn two_loras_add_up() {
     let (one, _) = run(&mut pipe, Some((&a, 1.0)));
     let (halves, _) = run_with(&mut pipe, &[(&a, 0.5), (&a2, 0.5)]);
     let d = max_abs_diff(&one, &halves);
-    assert!(d < 1e-4, "two halves differ from one whole by {d}");
+    eprintln!("two halves vs one whole: max|Δ| {d:e}");
+    assert!(
+        d <= SAME_TOL.get(),
+        "two halves differ from one whole by {d}"
+    );
 }
 
 #[test]
@@ -233,8 +253,9 @@ fn kohya_alpha_applies_to_every_module_including_the_final_layer() {
     let (lk, _) = run(&mut pipe, Some((&k, 1.3)));
     let (lb, _) = run(&mut pipe, Some((&b, 1.3)));
     let d = max_abs_diff(&lk, &lb);
+    eprintln!("kohya vs BFL layout: max|Δ| {d:e}");
     assert!(
-        d < 1e-5,
+        d <= SAME_TOL.get(),
         "kohya and BFL layouts of one adapter differ by {d}"
     );
 }

@@ -12,24 +12,52 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, max_level_diff, Suite};
+use common::{max_abs_diff, max_level_diff, Suite, Tol};
 use fluxd_engine::pipeline::GenerateParams;
 
-/// Largest |Δ| allowed on the T5 embeddings and CLIP pooled output (observed: 2.0e-5 T5 at
-/// 512 tokens, 9.5e-7 pooled).
-const TEXT_TOL: f32 = 1e-4;
-/// Largest |Δ| allowed on one transformer forward (observed: 2.5e-5).
-const FORWARD_TOL: f32 = 1e-4;
-/// Largest |Δ| allowed on the final latents after all steps (observed: 2.1e-5 after 8 steps).
-const LATENT_TOL: f32 = 1e-4;
-/// Largest |Δ| allowed on the decoded image in [0, 1] before 8-bit rounding (observed: 6.3e-6).
-const IMAGE_TOL: f32 = 5e-5;
+/// Largest |Δ| allowed on the T5 embeddings and CLIP pooled output (observed in f32: 2.0e-5 T5
+/// at 512 tokens, 9.5e-7 pooled; on the bf16 GPU path against these f32 references: 4.9e-2 T5,
+/// 2.3e-2 pooled).
+const TEXT_TOL: Tol<f32> = Tol {
+    f32: 1e-4,
+    bf16: 0.1,
+};
+/// Largest |Δ| allowed on one transformer forward (observed in f32: 2.5e-5; on the bf16 GPU path
+/// against diffusers' own bf16 forward on the same inputs: 4.7e-2, values up to ~10).
+const FORWARD_TOL: Tol<f32> = Tol {
+    f32: 1e-4,
+    bf16: 0.1,
+};
+/// Largest relative L2 error allowed on one transformer forward (observed in f32: 6.0e-6, and
+/// diffusers itself moves by ~1.5e-5 from one CPU to another; bf16 against diffusers' bf16:
+/// 0.94e-2–1.03e-2, what bf16 operands give).
+const FORWARD_REL_TOL: Tol<f64> = Tol {
+    f32: 5e-5,
+    bf16: 2e-2,
+};
+/// Largest |Δ| allowed on the final latents after all steps (observed in f32: 2.1e-5 after 8
+/// steps). The bf16 GPU path is compared with diffusers' f32 run here, and this random tiny
+/// model amplifies rounding (diffusers' own bf16 run is 0.23 relative RMS from its f32 run):
+/// observed 1.47 (relative L2 0.19–0.26), so only gross breakage fails it; the bf16 checks that
+/// bite are the forward against diffusers' bf16 forward and the image against diffusers' bf16
+/// image (`bf16_matches_diffusers_bf16`).
+const LATENT_TOL: Tol<f32> = Tol {
+    f32: 1e-4,
+    bf16: 3.0,
+};
+/// Largest |Δ| allowed on the decoded image in [0, 1] before 8-bit rounding (observed in f32:
+/// 6.3e-6; bf16 against f32, as for the latents: 0.44).
+const IMAGE_TOL: Tol<f32> = Tol {
+    f32: 5e-5,
+    bf16: 0.9,
+};
 /// Mean |Δ| (8-bit levels) allowed between our bf16 image and diffusers' bf16 image (observed:
 /// 0.85 mean, 7 worst: bf16 rounds at different points in the two implementations).
 const BF16_MEAN_TOL: f64 = 2.0;
-/// Largest difference allowed on an 8-bit channel value: a value within 1e-5 of a .5 boundary
-/// may round the other way (observed: 1, on 4–12 channel values per image).
-const PIXEL_TOL: u8 = 1;
+/// Largest difference allowed on an 8-bit channel value: in f32 a value within 1e-5 of a .5
+/// boundary may round the other way (observed: 1, on 4–12 channel values per image); bf16
+/// against f32, as for the latents: 111.
+const PIXEL_TOL: Tol<u8> = Tol { f32: 1, bf16: 200 };
 
 /// The fixtures of `scripts/reference/pipeline_fixtures.py`.
 const SUITE: Suite = Suite("pipeline");
@@ -46,7 +74,11 @@ fn initial_latents_are_torch_randn_bit_for_bit() {
             .pipeline()
             .initial_latents(&case.params)
             .expect("latents");
-        let theirs = case.tensor("initial_latents");
+        // On the bf16 path the latents are torch's, rounded to bf16 as `.to(dtype)` does.
+        let theirs = case
+            .tensor("initial_latents")
+            .to_dtype(common::dtype())
+            .expect("dtype");
         assert_eq!(max_abs_diff(&ours, &theirs), 0.0, "{}", case.name);
     }
 }
@@ -63,7 +95,7 @@ fn text_embeddings_match() {
         let pooled = max_abs_diff(&text.pooled, &case.tensor("pooled_prompt_embeds"));
         eprintln!("{}: t5 max|Δ| {t5:e}, pooled max|Δ| {pooled:e}", case.name);
         assert!(
-            t5 <= TEXT_TOL && pooled <= TEXT_TOL,
+            t5 <= TEXT_TOL.get() && pooled <= TEXT_TOL.get(),
             "{}: t5 {t5}, pooled {pooled}",
             case.name
         );
@@ -125,9 +157,30 @@ fn one_transformer_forward_matches() {
                 &case.tensor("pooled_prompt_embeds"),
             )
             .expect("forward");
-        let d = max_abs_diff(&v, &case.tensor("first_velocity"));
-        eprintln!("{}: first forward max|Δ| {d:e}", case.name);
-        assert!(d <= FORWARD_TOL, "{}: forward differs by {d}", case.name);
+        // On the GPU path the reference is diffusers' own bf16 forward on the same inputs.
+        let reference = match common::engine_path() {
+            common::EnginePath::Cpu => case.tensor("first_velocity"),
+            common::EnginePath::Gpu => common::tensor(
+                &common::open_tensors(&SUITE.path(&format!("{}_bf16.safetensors", case.name))),
+                "first_velocity",
+            ),
+        };
+        let d = max_abs_diff(&v, &reference);
+        let rel = common::rel_l2(&v, &reference);
+        eprintln!(
+            "{}: first forward max|Δ| {d:e}, relative L2 {rel:e}",
+            case.name
+        );
+        assert!(
+            rel <= FORWARD_REL_TOL.get(),
+            "{}: forward differs by {rel} (relative L2)",
+            case.name
+        );
+        assert!(
+            d <= FORWARD_TOL.get(),
+            "{}: forward differs by {d}",
+            case.name
+        );
     }
 }
 
@@ -141,6 +194,7 @@ fn whole_generation_matches_diffusers() {
             .expect("encode");
         let latents = common::denoise(pipe, p, &text);
         let d_lat = max_abs_diff(&latents, &case.tensor("final_latents"));
+        let rel_lat = common::rel_l2(&latents, &case.tensor("final_latents"));
         let decoded = pipe
             .decode_tensor(&latents, p.width, p.height)
             .expect("decode");
@@ -166,22 +220,22 @@ fn whole_generation_matches_diffusers() {
             .filter(|(a, b)| a != b)
             .count();
         eprintln!(
-            "{}: final latents max|Δ| {d_lat:e}, image max|Δ| {d_img:e}; pixels differing {differing}/{}, worst {worst}",
+            "{}: final latents max|Δ| {d_lat:e} (relative L2 {rel_lat:e}), image max|Δ| {d_img:e}; pixels differing {differing}/{}, worst {worst}",
             case.name,
             image.as_raw().len()
         );
         assert!(
-            d_lat <= LATENT_TOL,
+            d_lat <= LATENT_TOL.get(),
             "{}: latents differ by {d_lat}",
             case.name
         );
         assert!(
-            d_img <= IMAGE_TOL,
+            d_img <= IMAGE_TOL.get(),
             "{}: decoded image differs by {d_img}",
             case.name
         );
         assert!(
-            worst <= PIXEL_TOL,
+            worst <= PIXEL_TOL.get(),
             "{}: a pixel differs by {worst}",
             case.name
         );
@@ -247,14 +301,8 @@ fn bf16_matches_diffusers_bf16() {
         .expect("bf16")
         .image;
     let theirs = SUITE.png(&format!("{}_bf16.png", case.name));
-    let diffs: Vec<u8> = ours
-        .as_raw()
-        .iter()
-        .zip(theirs.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .collect();
-    let mean = diffs.iter().map(|d| f64::from(*d)).sum::<f64>() / diffs.len() as f64;
-    let worst = diffs.iter().copied().max().unwrap_or(0);
+    let mean = common::mean_level_diff(&ours, &theirs);
+    let worst = max_level_diff(&ours, &theirs);
     eprintln!("bf16 vs diffusers bf16: mean |Δ| {mean:.3}, worst {worst}");
     assert!(
         mean < BF16_MEAN_TOL,

@@ -15,19 +15,28 @@ use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, max_level_diff, Case, Suite};
+use common::{max_abs_diff, max_level_diff, Case, Suite, Tol};
 use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
 use fluxd_engine::tiny_model::TINY_REDUX_DIR;
 use image::RgbImage;
 
 /// Largest |Δ| allowed on SigLIP's last_hidden_state, the Redux tokens and the concatenated
-/// prompt embeddings (observed: 2.8e-6 SigLIP, 1.2e-7 projection, 2.1e-6 prompt_embeds).
-const ENCODER_TOL: f32 = 2e-5;
-/// Largest |Δ| allowed on the final latents after 2 steps (observed: 1.7e-5).
-const LATENT_TOL: f32 = 1e-4;
-/// Largest difference allowed on an 8-bit channel of the generated image (a value within 1e-5
-/// of a .5 boundary may round the other way).
-const PIXEL_TOL: u8 = 1;
+/// prompt embeddings (observed in f32: 2.8e-6 SigLIP, 1.2e-7 projection, 2.1e-6 prompt_embeds;
+/// bf16 on the GPU path against these f32 references: 3.9e-2 SigLIP, 1.4e-2 projection,
+/// 3.0e-2 prompt_embeds).
+const ENCODER_TOL: Tol<f32> = Tol {
+    f32: 2e-5,
+    bf16: 0.08,
+};
+/// Largest |Δ| allowed on the final latents after 2 steps (observed in f32: 1.7e-5; bf16
+/// against f32, amplified by the random tiny model as in pipeline_reference.rs: 1.18).
+const LATENT_TOL: Tol<f32> = Tol {
+    f32: 1e-4,
+    bf16: 2.5,
+};
+/// Largest difference allowed on an 8-bit channel of the generated image (f32: a value within
+/// 1e-5 of a .5 boundary may round the other way; bf16 against f32: 93 observed).
+const PIXEL_TOL: Tol<u8> = Tol { f32: 1, bf16: 200 };
 /// Largest 8-bit difference allowed between our JPEG decode and Pillow's (libjpeg-turbo): the
 /// two decoders' IDCT and chroma upsampling differ slightly (observed: 3 on the 4:2:0 fixture).
 const JPEG_LEVEL_TOL: u8 = 5;
@@ -41,7 +50,7 @@ fn redux() -> &'static ReduxModel {
         ReduxModel::load(
             &SUITE.model().join(TINY_REDUX_DIR),
             None,
-            DType::F32,
+            common::dtype(),
             &Device::Cpu,
         )
         .expect("load redux")
@@ -135,9 +144,10 @@ fn siglip_and_projection_match() {
             "{}: SigLIP max|Δ| {d_hidden:e}, projection {d_proj:e}, encode {d_enc:e}",
             case.name
         );
-        assert!(d_hidden <= ENCODER_TOL, "{}: SigLIP {d_hidden}", case.name);
-        assert!(d_proj <= ENCODER_TOL, "{}: projection {d_proj}", case.name);
-        assert!(d_enc <= ENCODER_TOL, "{}: encode {d_enc}", case.name);
+        let tol = ENCODER_TOL.get();
+        assert!(d_hidden <= tol, "{}: SigLIP {d_hidden}", case.name);
+        assert!(d_proj <= tol, "{}: projection {d_proj}", case.name);
+        assert!(d_enc <= tol, "{}: encode {d_enc}", case.name);
     }
 }
 
@@ -167,12 +177,12 @@ fn redux_generation_matches_diffusers() {
             case.name
         );
         assert!(
-            d_txt <= ENCODER_TOL && d_pooled <= ENCODER_TOL,
+            d_txt <= ENCODER_TOL.get() && d_pooled <= ENCODER_TOL.get(),
             "{}",
             case.name
         );
-        assert!(d_lat <= LATENT_TOL, "{}: latents {d_lat}", case.name);
-        assert!(d_px <= PIXEL_TOL, "{}: image {d_px}", case.name);
+        assert!(d_lat <= LATENT_TOL.get(), "{}: latents {d_lat}", case.name);
+        assert!(d_px <= PIXEL_TOL.get(), "{}: image {d_px}", case.name);
         // The image prompt changes the image: without it the same request gives another one.
         let plain = pipe
             .generate(p, &mut |_| {}, &AtomicBool::new(false))

@@ -49,6 +49,8 @@ async fn submit(base: String, body: Bytes) -> Result<Json<SubmitResponse>, Statu
     let id = Uuid::new_v4();
     Ok(Json(SubmitResponse {
         id: id.to_string(),
+        status: None,
+        webhook_url: None,
         polling_url: format!("{base}/v1/get_result?id={id}"),
         cost: None,
         input_mp: 0.0,

@@ -5,14 +5,17 @@
 //! <data-dir>/fluxd.sqlite         tasks, keys, fine-tunes, webhook outbox
 //! <data-dir>/blobs/               images (samples/…) and LoRA files (loras/…)
 //! <data-dir>/url-signing.key      HMAC key of the delivery URLs (hex, 0600)
-//! <data-dir>/tiny-model/          the model served when no --model is given
+//! <data-dir>/tiny-model/          the model served when no --model is given (its demo LoRA:
+//!                                 tiny-model/lora/demo.safetensors)
 //! <data-dir>/cache/loras/         LoRA files copied out of the blob store for the engine
 //! <data-dir>/tmp/                 uploads in progress
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
+use fluxd_engine::tiny_model::{
+    write_tiny_demo_lora, write_tiny_model, TinyPreset, TINY_DEMO_LORA,
+};
 use fluxd_store::{BlobStore, SqliteOptions, SqliteStore};
 
 use crate::error::ServerError;
@@ -82,6 +85,10 @@ impl DataDir {
     pub fn ensure_tiny_model(&self) -> Result<(PathBuf, bool), ServerError> {
         let dir = self.root.join("tiny-model");
         if dir.join("model_index.json").is_file() {
+            // Tiny models made before they came with a demo LoRA get one.
+            if !dir.join(TINY_DEMO_LORA).is_file() {
+                write_tiny_demo_lora(&dir, TINY_SEED, TinyPreset::Tiny)?;
+            }
             return Ok((dir, false));
         }
         // Written beside and renamed into place, so a crash never leaves half a model that a

@@ -50,6 +50,8 @@ pub struct GenerateJob {
     pub cancel: Arc<AtomicBool>,
     /// The decoded Redux image prompt, if the request has one.
     pub image_prompt: Option<image::RgbImage>,
+    /// Scale of the image prompt's Redux tokens: 1 is plain Redux, 0 leaves them out.
+    pub image_prompt_strength: f32,
 }
 
 /// The encoded image.
@@ -205,7 +207,18 @@ fn run_job(
     }
     let image_tokens = match (&job.image_prompt, &extras.redux) {
         (None, _) => None,
-        (Some(image), Some(redux)) => Some(redux.encode(image)?),
+        // Strength 0 is exactly the image without the image prompt.
+        (Some(_), _) if job.image_prompt_strength <= 0.0 => None,
+        (Some(image), Some(redux)) => {
+            let tokens = redux.encode(image)?;
+            if job.image_prompt_strength == 1.0 {
+                Some(tokens)
+            } else {
+                // ultra's image_prompt_strength: a blend by scaling the Redux tokens before they
+                // join the T5 tokens (ComfyUI's StyleModelApply "multiply" strength).
+                Some(tokens.affine(f64::from(job.image_prompt_strength), 0.0)?)
+            }
+        }
         (Some(_), None) => {
             return Err(EngineError::InvalidInput(
                 "image_prompt needs a Redux model, and this server has none".into(),
@@ -234,19 +247,19 @@ fn run_job(
     Ok(Generated { bytes, nsfw_score })
 }
 
-/// Generation parameters for the engine from a validated request.
+/// Generation parameters for the engine from a resolved request.
 pub fn generate_params(
-    request: &fluxd_api::FinetunedRequest,
+    generation: &fluxd_api::Generation,
     seed: u64,
 ) -> Result<GenerateParams, EngineError> {
     let size = |v: u32| usize::try_from(v).map_err(|e| EngineError::InvalidInput(e.to_string()));
     Ok(GenerateParams {
-        prompt: request.prompt.clone(),
-        width: size(request.width)?,
-        height: size(request.height)?,
-        steps: size(request.steps)?,
+        prompt: generation.prompt.clone(),
+        width: size(generation.width)?,
+        height: size(generation.height)?,
+        steps: size(generation.steps)?,
         // The contract bounds guidance to 1.5..=5, well inside f32.
-        guidance: request.guidance as f32,
+        guidance: generation.guidance as f32,
         seed,
         max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
     })

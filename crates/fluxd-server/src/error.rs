@@ -95,9 +95,13 @@ pub enum ApiError {
     /// A delivery URL whose signature is wrong or expired.
     #[error("Invalid or expired signature")]
     BadSignature,
-    /// A path that names nothing (e.g. a deleted image).
+    /// A path that names nothing (e.g. a deleted image), or an endpoint this server has no
+    /// model for.
     #[error("Not Found")]
     NotFound,
+    /// A known path with another method.
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
     /// The model is still loading.
     #[error("The model is not loaded yet; retry shortly")]
     NotReady,
@@ -121,6 +125,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             Self::FinetuneNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Request(err) => {
                 StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST)

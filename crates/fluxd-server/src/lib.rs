@@ -18,6 +18,7 @@ pub mod error;
 pub mod image_prompt;
 pub mod import;
 pub mod metrics;
+pub mod request_id;
 pub mod routes;
 pub mod signing;
 pub mod state;

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// How long submit remembers a fine-tune it found (zero: off); imports and deletes through
     /// this process clear it.
     pub finetune_cache_ttl: Duration,
+    /// Output size of the ultra endpoints, in units of 2²⁰ pixels (see
+    /// [`fluxd_api::ultra_size`]); 4 is the reference's.
+    pub ultra_megapixels: f64,
 }
 
 /// Default largest image prompt: 16 megapixels (a 4096×4096 PNG) is far beyond the 384² SigLIP
@@ -100,6 +103,7 @@ impl ServerConfig {
             auth_cache_ttl: DEFAULT_AUTH_CACHE_TTL,
             task_cache_ttl: DEFAULT_TASK_CACHE_TTL,
             finetune_cache_ttl: DEFAULT_FINETUNE_CACHE_TTL,
+            ultra_megapixels: fluxd_api::ULTRA_MEGAPIXELS_DEFAULT,
             upsampler: None,
             image_prompt_max_pixels: None,
             prompt_policy: Arc::new(PromptPolicy::builtin()),

@@ -1,6 +1,8 @@
 //! The worker loop: claims tasks from the store (atomically, under a lease kept alive by
-//! heartbeats), resolves the fine-tune, hands the job to the engine thread, records progress, and
-//! finishes the task `Ready` with the stored image, or `Error` with words a user can act on.
+//! heartbeats), reads the generation the task was accepted with ([`fluxd_api::StoredTask`]),
+//! resolves its fine-tune if it has one, hands the job to the engine thread, records progress,
+//! and finishes the task `Ready` with the stored image, or `Error` with words a user can act on.
+//! Each task runs in a `task` span with its id and the `x-request-id` of its submit.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fluxd_api::{FinetunedRequest, WebhookPayload};
+use fluxd_api::{StoredTask, WebhookPayload};
 use fluxd_engine::lora::LoraFile;
 use fluxd_engine::safety::{moderate_nsfw_score, SafetyTolerance};
 use fluxd_engine::transformer::FluxConfig;
@@ -147,7 +149,8 @@ pub async fn run_worker(
         let task_id = claim.task().id;
         // Claiming set its progress to 0: get_result must not answer from before.
         state.task_cache().invalidate(task_id);
-        let span = tracing::info_span!("task", %task_id);
+        let request_id = StoredTask::request_id_of(&claim.task().params).unwrap_or("");
+        let span = tracing::info_span!("task", %task_id, request_id = %request_id);
         let cancel = Arc::new(AtomicBool::new(false));
         let run = handle_claim(
             &state, &engine, &cfg, &mut cache, &worker_id, claim, &cancel,
@@ -381,30 +384,22 @@ async fn run_task(
     task: &ClaimedTask,
     cancel: &Arc<AtomicBool>,
 ) -> Result<Outcome, TaskFailure> {
-    let request: FinetunedRequest = serde_json::from_value(task.params.clone()).map_err(|e| {
+    let stored = StoredTask::from_params(&task.params).map_err(|e| {
         tracing::error!(%e, "stored parameters do not parse");
         TaskFailure::user("The stored request could not be read; submit it again")
     })?;
-    let finetune_id = task
-        .finetune_id
-        .clone()
-        .unwrap_or_else(|| request.finetune_id.clone());
-    let record = state
-        .store()
-        .get_finetune(&task.tenant, &finetune_id)
-        .await
-        .map_err(TaskFailure::store)?
-        .ok_or_else(|| {
-            TaskFailure::user(format!(
-                "Finetune {finetune_id:?} no longer exists (deleted after the task was submitted)"
-            ))
-        })?;
-    let lora = match cache.get(&record.sha256) {
-        Some(lora) => lora,
-        None => {
-            let lora = Arc::new(load_lora(state, cfg, &record.blob_key, &record.sha256).await?);
-            cache.insert(record.sha256.clone(), lora.clone());
-            lora
+    tracing::debug!(endpoint = stored.endpoint.name(), "generation read");
+    let request = stored.generation;
+    let lora = match &request.finetune {
+        None => None,
+        Some(finetune) => {
+            let id = task
+                .finetune_id
+                .clone()
+                .unwrap_or_else(|| finetune.id.clone());
+            let lora = finetune_lora(state, cfg, cache, &task.tenant, &id).await?;
+            // The contract bounds the strength to 0..=2, well inside f32.
+            Some((lora, finetune.strength as f32))
         }
     };
     let seed = match request.seed {
@@ -461,12 +456,13 @@ async fn run_task(
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let job = GenerateJob {
         params,
-        // The contract bounds the strength to 0..=2, well inside f32.
-        lora: Some((lora, request.finetune_strength as f32)),
+        lora,
         format,
         progress: progress_tx,
         cancel: cancel.clone(),
         image_prompt,
+        // 0..=1 on ultra, 1 elsewhere.
+        image_prompt_strength: request.image_prompt_strength as f32,
     };
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);
@@ -522,6 +518,32 @@ async fn run_task(
         start_time,
         end_time,
     }))
+}
+
+/// The parsed LoRA of the tenant's fine-tune `id` (read once, then from the cache by digest).
+async fn finetune_lora(
+    state: &AppState,
+    cfg: &FluxConfig,
+    cache: &mut LoraCache,
+    tenant: &str,
+    id: &str,
+) -> Result<Arc<LoraFile>, TaskFailure> {
+    let record = state
+        .store()
+        .get_finetune(tenant, id)
+        .await
+        .map_err(TaskFailure::store)?
+        .ok_or_else(|| {
+            TaskFailure::user(format!(
+                "Finetune {id:?} no longer exists (deleted after the task was submitted)"
+            ))
+        })?;
+    if let Some(lora) = cache.get(&record.sha256) {
+        return Ok(lora);
+    }
+    let lora = Arc::new(load_lora(state, cfg, &record.blob_key, &record.sha256).await?);
+    cache.insert(record.sha256.clone(), lora.clone());
+    Ok(lora)
 }
 
 /// The prompt rewritten by the configured language model.

@@ -1,6 +1,7 @@
-//! `fluxd bench`: per-step time of the whole pipeline on a model folder, with and without an
-//! active LoRA, and the cost of switching fine-tunes. `scripts/bench.sh` runs it beside diffusers
-//! (`scripts/reference/pipeline_bench.py`) on the same folder and settings.
+//! `fluxd bench`: per-step and end-to-end time of the whole pipeline on a model folder, with and
+//! without an active LoRA, and the cost of switching fine-tunes. `scripts/bench.sh` runs it beside
+//! diffusers (`scripts/reference/pipeline_bench.py`) on the same folder and settings on the CPU,
+//! `scripts/gpu-check.sh` on a GPU.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use fluxd_engine::lora::{write_random_lora, LoraFormat};
 use fluxd_engine::model_dir::ModelPaths;
-use fluxd_engine::pipeline::{FluxPipeline, GenerateParams};
+use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Timings};
 
 use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
 
@@ -53,14 +54,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn step_times(pipe: &FluxPipeline, p: &GenerateParams, runs: usize) -> Result<Vec<f64>> {
+/// The timings and wall-clock milliseconds of `runs` generations, after one warm-up generation.
+fn timed_runs(pipe: &FluxPipeline, p: &GenerateParams, runs: usize) -> Result<Vec<(Timings, f64)>> {
     let cancel = AtomicBool::new(false);
     pipe.generate(p, &mut |_| {}, &cancel)?; // warm-up
-    let mut all = Vec::new();
-    for _ in 0..runs {
-        all.extend(pipe.generate(p, &mut |_| {}, &cancel)?.timings.step_ms);
-    }
-    Ok(all)
+    (0..runs)
+        .map(|_| {
+            let t0 = Instant::now();
+            let timings = pipe.generate(p, &mut |_| {}, &cancel)?.timings;
+            Ok((timings, t0.elapsed().as_secs_f64() * 1e3))
+        })
+        .collect()
+}
+
+fn step_times(pipe: &FluxPipeline, p: &GenerateParams, runs: usize) -> Result<Vec<f64>> {
+    Ok(timed_runs(pipe, p, runs)?
+        .into_iter()
+        .flat_map(|(t, _)| t.step_ms)
+        .collect())
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -79,7 +90,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         seed: 0,
         max_sequence_length: args.max_sequence_length,
     };
-    let base = step_times(&pipe, &p, args.runs)?;
+    let runs = timed_runs(&pipe, &p, args.runs)?;
+    let base: Vec<f64> = runs.iter().flat_map(|(t, _)| t.step_ms.clone()).collect();
     let mut report = serde_json::json!({
         "model": args.model,
         "width": args.width, "height": args.height, "steps": args.steps,
@@ -89,6 +101,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "load_ms": load_ms,
         "step_ms_median": median(base.clone()),
         "step_ms": base,
+        "text_encoding_ms_median": median(runs.iter().map(|(t, _)| t.text_encoding_ms).collect()),
+        "decode_ms_median": median(runs.iter().map(|(t, _)| t.decode_ms).collect()),
+        "end_to_end_ms_median": median(runs.iter().map(|(_, ms)| *ms).collect()),
     });
     if let Some(path) = &args.lora {
         if let Some(rank) = args.random_lora_rank {

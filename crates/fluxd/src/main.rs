@@ -62,6 +62,15 @@ enum Command {
     Webhooks(webhooks::WebhooksCommand),
 }
 
+/// Whether log lines get ANSI colours: only on a terminal, and never with `NO_COLOR` set to
+/// anything but the empty string (<https://no-color.org>). Logs written to a file or a pipe stay
+/// plain text.
+fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    std::io::stderr().is_terminal() && !no_color
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -69,6 +78,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

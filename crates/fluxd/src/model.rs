@@ -18,8 +18,9 @@ use crate::serve::block_on;
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// Write a small random FLUX.1 model in the real FLUX.1-dev (diffusers) layout, with a
-    /// matching FLUX.1-Redux model (image prompts) in `DIR/redux` and a tiny NSFW classifier
-    /// (Falconsai/nsfw_image_detection's format) in `DIR/safety_checker`.
+    /// matching FLUX.1-Redux model (image prompts) in `DIR/redux`, a tiny NSFW classifier
+    /// (Falconsai/nsfw_image_detection's format) in `DIR/safety_checker` and a demo LoRA
+    /// fine-tune in `DIR/lora/demo.safetensors`.
     InitTiny(InitTinyArgs),
     /// Print the memory plan of a model — each component's weights in its format and its
     /// working memory at the largest request, per device — without loading it, and check it

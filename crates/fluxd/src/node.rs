@@ -243,6 +243,11 @@ pub struct NodeArgs {
     /// Delay before a failed webhook's first retry; each further retry doubles it (up to 1h).
     #[arg(long, env = "FLUXD_WEBHOOK_RETRY_BASE", default_value = "5s", value_parser = parse_duration)]
     pub webhook_retry_base: Duration,
+    /// Do not send `X-Webhook-Secret: <webhook_secret>` with webhooks (sent by default, as the
+    /// reference does and the official SDK's verifier expects); the two HMAC signatures are sent
+    /// either way. For receivers reached over plain HTTP, where the secret would travel readable.
+    #[arg(long, env = "FLUXD_WEBHOOK_NO_SECRET_HEADER")]
+    pub webhook_no_secret_header: bool,
     /// Prompt policy file added to the built-in list: one term per line, `always: TERM` blocked
     /// at every tolerance, `N: TERM` allowed from tolerance N up, `TERM` allowed only at 6.
     #[arg(long, env = "FLUXD_PROMPT_POLICY")]
@@ -312,6 +317,7 @@ impl NodeArgs {
                 timeout: self.webhook_timeout,
                 retry_for: self.webhook_retry_for,
                 retry_base: self.webhook_retry_base.max(Duration::from_millis(100)),
+                secret_header: !self.webhook_no_secret_header,
                 ..WebhookConfig::default()
             },
             task_lease: self.task_lease,

@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// process can still be submitted to this long.
     #[arg(long, env = "FLUXD_FINETUNE_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     finetune_cache_ttl: Duration,
+    /// Size of `flux-pro-1.1-ultra` images in megapixels of 1024² pixels, at most 4 (the
+    /// reference's: 2752×1536 for 16:9); lower it to make ultra cheaper. Fixed for a task when it
+    /// is accepted.
+    #[arg(long, env = "FLUXD_ULTRA_MEGAPIXELS", default_value_t = fluxd_api::ULTRA_MEGAPIXELS_DEFAULT,
+          value_parser = parse_megapixels)]
+    ultra_megapixels: f64,
     /// An API-only node: serve the API without running tasks (`fluxd worker` processes on the
     /// same store run them). It loads no model: LoRA uploads are checked against the
     /// transformer config of `--model` (its `transformer/config.json`, or a BFL file's header),
@@ -76,6 +82,18 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         .checked_mul(scale)
         .with_context(|| format!("`{s}` is too long"))?;
     Ok(Duration::from_secs(secs))
+}
+
+/// Parses `--ultra-megapixels`: more than 0, at most 4.
+fn parse_megapixels(s: &str) -> Result<f64> {
+    let mp: f64 = s
+        .trim()
+        .parse()
+        .with_context(|| format!("`{s}` is not a number of megapixels like 4 or 1.5"))?;
+    if !(mp > 0.0 && mp <= fluxd_api::ULTRA_MEGAPIXELS_DEFAULT) {
+        bail!("megapixels must be more than 0 and at most 4, got {s}");
+    }
+    Ok(mp)
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -112,6 +130,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         auth_cache_ttl: args.auth_cache_ttl,
         task_cache_ttl: args.task_cache_ttl,
         finetune_cache_ttl: args.finetune_cache_ttl,
+        ultra_megapixels: args.ultra_megapixels,
         ..args.node.server_config(public_url.clone())?
     };
     let (state, store) = open_state(&args.data, &data, &args.node, config, model).await?;
@@ -216,5 +235,14 @@ mod tests {
         );
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn megapixels() {
+        assert_eq!(parse_megapixels("4").expect("mp"), 4.0);
+        assert_eq!(parse_megapixels("0.25").expect("mp"), 0.25);
+        for bad in ["0", "-1", "4.5", "nan", "inf", "x"] {
+            assert!(parse_megapixels(bad).is_err(), "{bad}");
+        }
     }
 }

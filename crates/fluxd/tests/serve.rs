@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -315,29 +314,6 @@ fn too_many_active_tasks_is_429_with_retry_after() {
     assert_eq!(out.trim(), "my-finetune");
 }
 
-#[test]
-fn the_official_python_client_submits_polls_and_downloads() {
-    let python = python_with("blackforest==0.1.3");
-    let data = scratch("official-client");
-    let server = Server::start(&data, &[]);
-    let key = create_key(&data, "acme");
-    import_lora(&data, "acme", "my-finetune", &[]);
-    let out = data.join("from-client.jpg");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/official_client.py");
-    let run = Command::new(&python)
-        .args([s(&script), &server.base, &key, s(&out)])
-        .output()
-        .expect("run the official client");
-    assert!(
-        run.status.success(),
-        "official client failed:\n{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let img = image::open(&out).expect("the client downloaded an image");
-    assert_eq!((img.width(), img.height()), (256, 256));
-}
-
 /// SIGTERM while a long task runs: the server stops it after the drain time, hands it back to
 /// the queue and exits 0; the next start runs it at once (not after the task lease, 60 s here)
 /// and the interrupted run is not counted against the task.
@@ -444,13 +420,7 @@ fn image_prompts_go_through_redux() {
     let detail = &refused.json()["detail"][0];
     assert_eq!(detail["loc"], json!(["body", "image_prompt"]), "{detail}");
 
-    let mut png = std::io::Cursor::new(Vec::new());
-    image::RgbImage::from_fn(40, 30, |x, y| {
-        image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
-    })
-    .write_to(&mut png, image::ImageFormat::Png)
-    .expect("encode PNG");
-    let prompt_image = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
+    let prompt_image = image_prompt_png(40, 30);
     let run = |extra: Value| {
         let done = submit_and_wait(&server, &key, &small_request(extra));
         assert_eq!(done["status"], "Ready", "{done}");

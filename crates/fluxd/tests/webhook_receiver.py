@@ -1,10 +1,13 @@
 """A webhook receiver for fluxd's crash test, verifying each delivery independently of fluxd.
 
-Usage: webhook_receiver.py RECORD_FILE
+Usage: webhook_receiver.py RECORD_FILE [--no-secret-header]
 
 Listens on 127.0.0.1 (a free port, printed as `listening PORT` on the first stdout line) and
 accepts POST /hook/<n>. The secret of hook n follows the test's rule: `s3cret-<n>` for odd n,
-`whsec_` + base64(`wh-key-<n>`) for even n. Each delivery is checked twice:
+`whsec_` + base64(`wh-key-<n>`) for even n. Each delivery is checked three times:
+- `X-Webhook-Secret` against the secret, as the official SDK's `verify_webhook` does it (the
+  header present, equal as UTF-8 bytes, compared in constant time); with `--no-secret-header`
+  the header must be absent instead (`fluxd serve --webhook-no-secret-header`);
 - `X-BFL-Signature: sha256=<hex HMAC-SHA256(secret bytes, body)>`, with Python's hmac;
 - the Standard Webhooks headers, with the `standardwebhooks` package from PyPI.
 The first delivery to every n divisible by 5 is answered 503, so the sender must retry.
@@ -22,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks import Webhook
 
 RECORD = open(sys.argv[1], "a", buffering=1)
+SECRET_HEADER = "--no-secret-header" not in sys.argv[2:]
 LOCK = threading.Lock()
 SEEN = set()
 
@@ -32,8 +36,20 @@ def secret_for(n: int) -> str:
     return "whsec_" + base64.b64encode(f"wh-key-{n}".encode()).decode()
 
 
+def verify_webhook(secret: str, received) -> bool:
+    """The official SDK's check (bfl `verify_webhook`): present and equal, in constant time."""
+    if not received:
+        return False
+    return hmac.compare_digest(secret.encode("utf-8"), received.encode("utf-8"))
+
+
 def check(n: int, body: bytes, headers) -> dict:
     secret = secret_for(n)
+    received = headers.get("X-Webhook-Secret")
+    if SECRET_HEADER and not verify_webhook(secret, received):
+        raise ValueError(f"bad X-Webhook-Secret {received!r}")
+    if not SECRET_HEADER and received is not None:
+        raise ValueError("X-Webhook-Secret sent although turned off")
     expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     got = headers.get("X-BFL-Signature", "")
     if not hmac.compare_digest(expected, got):

@@ -1,10 +1,10 @@
 //! Working memory of each component at a given request size, from the shapes of the tensors its
 //! forward pass keeps alive at its peak. The counts follow the code that runs: the fused f32 CPU
 //! path (`transformer/cpu.rs`: one set of work buffers, attention by blocks of query rows) or the
-//! candle-ops path (`transformer/blocks.rs`: per-op tensors, and an attention that holds the
-//! whole `heads × S × S` score matrix in f32 — the term that dominates at large sizes until a
-//! blocked or flash attention replaces it), the VAE's strip-wise im2col on the CPU
-//! (`vae/blocks.rs`) or candle's whole-image im2col `conv2d` elsewhere.
+//! candle-ops path (`transformer/blocks.rs`: per-op tensors, and `attention::sdpa`, which keeps
+//! at most `SCORE_BUDGET` f32 scores alive), the VAE's strip-wise im2col on the CPU
+//! (`vae/blocks.rs`) or candle's whole-image im2col `conv2d` elsewhere — the term that dominates
+//! a GPU's working memory at large sizes.
 
 use candle_core::DType;
 
@@ -47,13 +47,11 @@ impl Workload {
 /// How the transformer's attention holds its scores on the candle-ops path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attention {
-    /// The whole `heads × S × S` f32 score matrix at once (today's `blocks.rs::attention`).
+    /// The whole `heads × S × S` f32 score matrix at once.
     FullScores,
-    /// Blocks of this many query rows at a time (flash-style kernels hold less still).
-    Blocked {
-        /// Query rows per block.
-        rows: usize,
-    },
+    /// Blocks of query rows with at most this many f32 scores alive (`attention::sdpa`;
+    /// flash-style kernels hold less still).
+    ScoreBudget(usize),
 }
 
 /// Which implementation runs a component, as far as its memory is concerned.
@@ -61,8 +59,24 @@ pub enum Attention {
 pub enum Path {
     /// The fused f32 CPU kernels.
     FusedCpu,
-    /// candle ops on any device and dtype.
-    CandleOps(Attention),
+    /// candle ops in any dtype, on the CPU (`cpu`: candle widens bf16 matrix products to f32
+    /// there) or a GPU.
+    CandleOps {
+        /// How the attention holds its scores.
+        attention: Attention,
+        /// On the CPU.
+        cpu: bool,
+    },
+}
+
+impl Attention {
+    /// The most f32 scores `attention::sdpa` may keep alive.
+    fn budget(self) -> usize {
+        match self {
+            Self::FullScores => usize::MAX,
+            Self::ScoreBudget(n) => n,
+        }
+    }
 }
 
 /// Peak working memory of one transformer forward. `fp8_layers`: some linear weights are held
@@ -83,36 +97,68 @@ pub fn transformer(cfg: &FluxConfig, w: Workload, dtype: DType, path: Path, fp8:
             let upcast = if fp8 { largest_layer * 4 } else { 0 };
             s * (8 * h + 2 * m) * 4 + threads * (1 << 20) + upcast
         }
-        Path::CandleOps(attention) => {
+        Path::CandleOps { attention, cpu } => {
             let b = dtype.size_in_bytes() as u64;
-            // A single block after its attention: residual, modulated input, linear1's output,
-            // q/k/v, the attention output, GELU(mlp), their concatenation and linear2's output.
-            let tensors = s * b * (11 * h + 4 * m);
-            // Scores in f32, their softmax in f32 and the probabilities in the model dtype.
-            let rows = match attention {
-                Attention::FullScores => s,
-                Attention::Blocked { rows } => (rows as u64).min(s),
+            // A single block (`blocks.rs`, larger than a double block's joint attention) during
+            // its attention: the residual, the modulated input, linear1's output, q/k/v and the
+            // roped q and k, beside what `sdpa` allocates (its output included) for
+            // `heads × S` rows of `head_dim`.
+            let shape = crate::attention::SdpaShape {
+                batch: heads as usize,
+                s_q: s as usize,
+                s_k: s as usize,
+                d: cfg.attention_head_dim,
+                dv: cfg.attention_head_dim,
             };
-            let scores = heads * rows * s * (8 + b);
+            let sdpa =
+                crate::attention::working_bytes(shape, dtype, dtype, attention.budget(), cpu);
+            let during = s * b * (10 * h + m) + sdpa;
+            // After it: the residual, the modulated input, linear1's output, q/k/v, the
+            // attention output, GELU(mlp), their concatenation and linear2's output.
+            let after = s * b * (11 * h + 4 * m);
             let upcast = if fp8 { largest_layer * b } else { 0 };
-            tensors + scores + upcast
+            during.max(after) + upcast
         }
     }
 }
 
 /// Peak working memory of the VAE decoder at the workload's image size: the top level's
-/// feature maps (`block_out_channels[1]` channels coming in, a few `[0]`-channel ones) and the
-/// convolution's unfolded input — a 64 MiB strip on the CPU, the whole image elsewhere.
-pub fn vae(block_out_channels: &[usize], w: Workload, dtype: DType, cpu: bool) -> u64 {
+/// feature maps (`block_out_channels[1]` channels coming in, a few `[0]`-channel ones) beside
+/// the larger of the convolution's unfolded input — a 64 MiB strip (`strips`, the CPU path),
+/// else the whole image (candle's `conv2d`) — and the mid block's attention over the lowest
+/// level's pixels (its normalized input, q, k, v and what `attention::sdpa` allocates in chunks of
+/// `ATTN_CHUNK_ELEMS` scores). On the CPU the convolutions run in f32 whatever the dtype.
+pub fn vae(
+    block_out_channels: &[usize],
+    w: Workload,
+    dtype: DType,
+    cpu: bool,
+    strips: bool,
+) -> u64 {
     let hw = (w.width * w.height) as u64;
     let c0 = block_out_channels.first().copied().unwrap_or(128) as u64;
     let c1 = block_out_channels.get(1).copied().unwrap_or(c0 as usize) as u64;
-    // The CPU path converts to f32 for its convolutions whatever the model dtype.
     let b = if cpu { 4 } else { dtype.size_in_bytes() as u64 };
     let maps = (c1 + 4 * c0) * hw * b;
-    // The mid block's attention holds at most 2^25 score elements (`ATTN_CHUNK_ELEMS`).
-    let attention = (1u64 << 25) * 4;
-    let unfold = if cpu {
+    let mid = block_out_channels.last().copied().unwrap_or(512);
+    let scale = 1usize << block_out_channels.len().saturating_sub(1);
+    let pixels = w.width.div_ceil(scale) * w.height.div_ceil(scale);
+    let shape = crate::attention::SdpaShape {
+        batch: 1,
+        s_q: pixels,
+        s_k: pixels,
+        d: mid,
+        dv: mid,
+    };
+    let attention = 4 * (pixels * mid) as u64 * dtype.size_in_bytes() as u64
+        + crate::attention::working_bytes(
+            shape,
+            dtype,
+            dtype,
+            crate::vae::blocks::ATTN_CHUNK_ELEMS,
+            cpu,
+        );
+    let unfold = if strips {
         (1u64 << 24) * 4
     } else {
         hw * 9 * c1 * b + hw * c0 * b
@@ -132,32 +178,48 @@ pub fn encoder(tokens: usize, width: usize, ff: usize, heads: usize, dtype: DTyp
 mod tests {
     use super::*;
 
+    /// The candle-ops estimate for FLUX.1-dev at the API's largest request, worked out by hand
+    /// from the model's sizes and `attention::sdpa`'s budget (`attention.rs` checks that
+    /// `working_bytes` is what `sdpa` allocates).
     #[test]
-    fn attention_dominates_only_without_blocks() {
-        let cfg = FluxConfig::dev();
+    fn transformer_estimate_from_the_model_and_the_score_budget() {
         let w = Workload {
             width: 1440,
             height: 1440,
             t5_tokens: 512,
             image_prompt_tokens: 0,
         };
-        assert_eq!(w.seq(), 90 * 90 + 512);
-        let full = transformer(
-            &cfg,
-            w,
-            DType::BF16,
-            Path::CandleOps(Attention::FullScores),
-            false,
+        let gpu = |attention| Path::CandleOps {
+            attention,
+            cpu: false,
+        };
+        let plan =
+            |attention| transformer(&FluxConfig::dev(), w, DType::BF16, gpu(attention), false);
+        // 24 heads of 128, hidden 3072, MLP 12288; 90² image tokens and 512 T5 tokens; bf16.
+        let (heads, d, h, m, b) = (24u64, 128u64, 3072u64, 12288u64, 2u64);
+        let s = 90 * 90 + 512;
+        assert_eq!(w.seq() as u64, s);
+        // At the single block's attention: residual, modulated input, linear1 (3h + m), q/k/v
+        // and the roped q and k.
+        let block = s * b * (10 * h + m);
+        // sdpa: f32 copies of q and kᵀ; per block the scores, their softmax (f32) and the
+        // probabilities (bf16), beside the earlier blocks' output rows.
+        let qk32 = 2 * heads * s * d * 4;
+        let per_score = 4 + 4 + b;
+
+        let budget = 1usize << 26;
+        let rows = budget as u64 / (heads * s);
+        assert_eq!(rows, 324);
+        // The peak is the last full block's: 26 full blocks of 324 rows, then 188.
+        let earlier = (s / rows - 1) * rows * heads * d * b;
+        let blocked = block + qk32 + earlier + heads * rows * s * per_score;
+        assert_eq!(plan(Attention::ScoreBudget(budget)), blocked);
+        // One block of every row: the whole 24 × 8612² score matrix, 17.8 GB of it.
+        let full = block + qk32 + heads * s * s * per_score;
+        assert_eq!(plan(Attention::FullScores), full);
+        assert!(
+            full > 18_000_000_000 && blocked < 2_000_000_000,
+            "{full} {blocked}"
         );
-        let blocked = transformer(
-            &cfg,
-            w,
-            DType::BF16,
-            Path::CandleOps(Attention::Blocked { rows: 1024 }),
-            false,
-        );
-        // 24 heads × 8612² scores × 10 bytes ≈ 17.8 GB against ~1.4 GB of other tensors.
-        assert!(full > 18_000_000_000 && full < 20_000_000_000, "{full}");
-        assert!(blocked < 4_000_000_000, "{blocked}");
     }
 }

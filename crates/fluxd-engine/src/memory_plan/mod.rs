@@ -75,8 +75,8 @@ pub struct PlanOptions {
     pub weights: WeightsDtype,
     /// The largest request.
     pub workload: Workload,
-    /// How the transformer's attention holds its scores on the candle-ops path (today's
-    /// engine: [`Attention::FullScores`]).
+    /// How the transformer's attention holds its scores on the candle-ops path (the engine's
+    /// blocked attention, at most `SCORE_BUDGET` f32 scores).
     pub attention: Attention,
     /// Whether the VAE's convolutions unfold the whole image at once off the CPU (candle's
     /// `conv2d`, today) rather than a strip at a time.
@@ -92,7 +92,7 @@ impl PlanOptions {
             text_encoders: (device, dtype),
             weights: WeightsDtype::Auto,
             workload,
-            attention: Attention::FullScores,
+            attention: Attention::ScoreBudget(crate::attention::SCORE_BUDGET),
             vae_whole_image_unfold: true,
         }
     }
@@ -103,7 +103,10 @@ impl PlanOptions {
         if self.device == PlanDevice::Cpu && self.dtype == DType::F32 {
             ComputePath::FusedCpu
         } else {
-            ComputePath::CandleOps(self.attention)
+            ComputePath::CandleOps {
+                attention: self.attention,
+                cpu: self.device == PlanDevice::Cpu,
+            }
         }
     }
 }

@@ -112,6 +112,7 @@ pub struct ReduxModel {
     up: Linear,
     down: Linear,
     joint_dim: usize,
+    dtype: DType,
     device: Device,
 }
 
@@ -197,6 +198,7 @@ impl ReduxModel {
             up,
             down,
             joint_dim,
+            dtype,
             device: device.clone(),
         })
     }
@@ -226,9 +228,11 @@ impl ReduxModel {
         self.preprocess.pixel_values(image, &self.device)
     }
 
-    /// `redux_down(silu(redux_up(x)))` on SigLIP hidden states (B, N, redux_dim).
+    /// `redux_down(silu(redux_up(x)))` on SigLIP hidden states (B, N, redux_dim), taken to the
+    /// model's device and dtype first.
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
-        let h = self.up.forward(hidden)?.silu()?;
+        let hidden = hidden.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let h = self.up.forward(&hidden)?.silu()?;
         self.down.forward(&h)
     }
 

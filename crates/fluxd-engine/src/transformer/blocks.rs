@@ -242,17 +242,11 @@ fn split_heads(qkv: &Tensor, norm: &QkNorm, d: Dims) -> Result<(Tensor, Tensor, 
 }
 
 /// Scaled dot-product attention `(B, H, S, D)` → `(B, S, H·D)`; scores and softmax in f32
-/// (as torch SDPA keeps them).
+/// (as torch SDPA keeps them), a block of queries at a time ([`crate::attention`]).
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
-    let dtype = q.dtype();
     let scale = 1.0 / (d as f64).sqrt();
-    let scores = q
-        .to_dtype(DType::F32)?
-        .matmul(&k.to_dtype(DType::F32)?.t()?)?
-        .affine(scale, 0.0)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    let out = probs.matmul(&v.contiguous()?)?;
+    let out = crate::attention::sdpa(q, k, v, Some(scale), crate::attention::SCORE_BUDGET)?;
     Ok(out.transpose(1, 2)?.reshape((b, s, h * d))?)
 }
 

@@ -81,7 +81,8 @@ pub struct FluxTransformer {
     final_linear: FluxLinear,
     /// `final_layer.adaLN_modulation.1`, BFL order (shift, scale).
     final_mod: FluxLinear,
-    /// Whether forwards run on the fused f32 CPU kernels (`cpu.rs`) rather than candle ops.
+    /// Whether forwards may run on the fused f32 CPU kernels (`cpu.rs`) rather than candle ops
+    /// (also subject to [`crate::set_fused_cpu_kernels`]).
     fast_path: bool,
     /// Scratch buffers of the fast path, reused across forwards.
     work: cpu::WorkCache,
@@ -374,7 +375,7 @@ impl FluxTransformer {
         }
         let vec = self.conditioning(timestep, guidance, pooled, b)?;
         let vec_silu = candle_nn::ops::silu(&vec)?;
-        if self.fast_path {
+        if self.fast_path && crate::fused_cpu_kernels() {
             return self.forward_cpu(img, txt, rope, &vec_silu);
         }
         self.forward_blocks(img, txt, rope, &vec_silu)

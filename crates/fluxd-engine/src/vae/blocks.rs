@@ -49,13 +49,15 @@ impl Conv {
     /// reads the padding and the upsampling straight from the source image, so neither the
     /// padded nor the 4× upsampled tensor is built. On this project's 2-core CPU candle 0.11's
     /// `conv2d` reached 21 GFLOP/s on a 128-channel 256² conv where a GEMM of the same size
-    /// reaches ~150; a FLUX-size 256² decode went from 21.8 s to 6.5 s. On other devices
-    /// candle's own `conv2d` runs.
+    /// reaches ~150; a FLUX-size 256² decode went from 21.8 s to 6.5 s. On other devices (and on
+    /// the CPU with the fused kernels off, [`crate::set_fused_cpu_kernels`]) candle's own
+    /// `conv2d` runs, in the model's dtype.
     pub(crate) fn forward_up(&self, x: &Tensor, up: usize) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let (ho, wo) = (h * up, w * up);
         let out = self.weight_mat.dim(0)?;
-        if x.device().is_cpu() && x.dtype() != DType::F32 {
+        let fused = crate::cpu_kernels::fused_on(x.device());
+        if fused && x.dtype() != DType::F32 {
             // candle's CPU matmul has no bf16 kernel in conv2d: run the f32 path.
             let f32_conv = Self {
                 weight_mat: self.weight_mat.to_dtype(DType::F32)?,
@@ -65,14 +67,23 @@ impl Conv {
             let y = f32_conv.forward_up(&x.to_dtype(DType::F32)?, up)?;
             return Ok(y.to_dtype(x.dtype())?);
         }
-        if !x.device().is_cpu() {
+        if !fused {
             let x = if up > 1 {
                 x.upsample_nearest2d(ho, wo)?
             } else {
                 x.clone()
             };
             let kernel = self.weight_mat.reshape((out, c, self.k, self.k))?;
-            let y = x.conv2d(&kernel, self.k / 2, 1, 1, 1)?;
+            let y = if x.device().is_cpu() && x.dtype() != DType::F32 {
+                // candle's CPU conv2d has no bf16/f16 kernel. A GPU multiplies the 16-bit
+                // values with f32 accumulation and rounds the result once; so does this (the
+                // 16-bit values are exact in f32).
+                x.to_dtype(DType::F32)?
+                    .conv2d(&kernel.to_dtype(DType::F32)?, self.k / 2, 1, 1, 1)?
+                    .to_dtype(x.dtype())?
+            } else {
+                x.conv2d(&kernel, self.k / 2, 1, 1, 1)?
+            };
             return Ok(y.broadcast_add(&self.bias.reshape((1, out, 1, 1))?)?);
         }
         let x = x.contiguous()?;
@@ -184,7 +195,10 @@ impl GroupNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+        if crate::cpu_kernels::fused_on(x.device())
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+        {
             return self.forward_cpu_f32(x, silu);
         }
         let (b, c, h, w) = x.dims4()?;
@@ -316,7 +330,7 @@ pub(crate) struct Attention {
 
 /// Score elements computed at once per chunk of queries (128 MiB in f32): a 1024² image has
 /// 16384 latent pixels, whose full score matrix would take 1 GiB.
-const ATTN_CHUNK_ELEMS: usize = 1 << 25;
+pub(crate) const ATTN_CHUNK_ELEMS: usize = 1 << 25;
 
 impl Attention {
     pub(crate) fn load(src: &Source, name: &str, c: usize, groups: usize) -> Result<Self> {
@@ -362,24 +376,9 @@ impl Attention {
         };
         let scale = 1.0 / (c as f64).sqrt();
         let q = (proj(&self.q_t, &self.q_b)? * scale)?;
-        let k_t = proj(&self.k_t, &self.k_b)?.transpose(1, 2)?.contiguous()?; // (B, C, N)
+        let k = proj(&self.k_t, &self.k_b)?;
         let v = proj(&self.v_t, &self.v_b)?;
-        let chunk = (chunk_elems / (b * n).max(1)).clamp(1, n.max(1));
-        let mut outs = Vec::with_capacity(n.div_ceil(chunk));
-        let mut start = 0;
-        while start < n {
-            let len = chunk.min(n - start);
-            let qc = q.narrow(1, start, len)?;
-            let scores = qc.matmul(&k_t)?;
-            let probs = softmax_f32(&scores)?;
-            outs.push(probs.matmul(&v)?);
-            start += len;
-        }
-        let o = if outs.len() == 1 {
-            outs.remove(0)
-        } else {
-            Tensor::cat(&outs, 1)?
-        };
+        let o = crate::attention::sdpa(&q, &k, &v, None, chunk_elems)?;
         let o = o
             .reshape((b * n, c))?
             .matmul(&self.out_t)?
@@ -390,14 +389,6 @@ impl Attention {
             .reshape((b, c, h, w))?;
         Ok((o + x)?)
     }
-}
-
-fn softmax_f32(x: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    if dtype == DType::F32 {
-        return Ok(candle_nn::ops::softmax_last_dim(x)?);
-    }
-    Ok(candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
 }
 
 /// `UNetMidBlock2D` (BFL `mid`): resnet, attention, resnet at the lowest resolution.

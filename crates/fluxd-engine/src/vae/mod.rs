@@ -5,7 +5,7 @@
 //! scaling/shift factors, channel counts read from tensor shapes). The math follows diffusers
 //! `models/autoencoders/vae.py Decoder` and BFL `modules/autoencoder.py Decoder`, which agree.
 
-mod blocks;
+pub(crate) mod blocks;
 mod names;
 mod tiny;
 

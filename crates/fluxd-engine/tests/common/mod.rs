@@ -5,6 +5,11 @@
 //!
 //! Every test file is its own crate and uses only some of this, hence the `#[allow(dead_code)]`
 //! where it is included.
+//!
+//! Each test process runs the engine on one code path ([`EnginePath`], from `FLUXD_TEST_PATH`):
+//! by default f32 on the fused CPU kernels; `scripts/test.sh` runs the reference tests a second
+//! time with `FLUXD_TEST_PATH=gpu`, the path a GPU runs (bf16, candle's ops, the fused CPU
+//! kernels off), where each comparison uses its bf16 tolerance ([`Tol`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -18,6 +23,67 @@ use fluxd_engine::weights::WeightFiles;
 use image::RgbImage;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+/// The code path a test process runs the engine on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnginePath {
+    /// f32 on the fused CPU kernels (`FLUXD_TEST_PATH` unset or `cpu`).
+    Cpu,
+    /// What a GPU runs, on the CPU: bf16 weights and activations, candle's ops, the fused CPU
+    /// kernels off (`FLUXD_TEST_PATH=gpu`).
+    Gpu,
+}
+
+impl EnginePath {
+    /// The dtype models are loaded in on this path.
+    pub fn dtype(self) -> DType {
+        match self {
+            EnginePath::Cpu => DType::F32,
+            EnginePath::Gpu => DType::BF16,
+        }
+    }
+}
+
+/// This process's path, read from `FLUXD_TEST_PATH` once; on the GPU path it switches the fused
+/// CPU kernels off for the whole process before any model runs.
+pub fn engine_path() -> EnginePath {
+    static PATH: OnceLock<EnginePath> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        let path = match std::env::var("FLUXD_TEST_PATH").as_deref() {
+            Ok("gpu") => EnginePath::Gpu,
+            Ok("cpu") | Ok("") | Err(_) => EnginePath::Cpu,
+            Ok(other) => panic!("FLUXD_TEST_PATH={other}: expected `cpu` or `gpu`"),
+        };
+        fluxd_engine::set_fused_cpu_kernels(path == EnginePath::Cpu);
+        eprintln!("engine path: {path:?}");
+        path
+    })
+}
+
+/// The dtype of this process's models ([`EnginePath::dtype`]).
+pub fn dtype() -> DType {
+    engine_path().dtype()
+}
+
+/// A tolerance for each engine path: the f32 one measured on the fused CPU kernels, the bf16
+/// one measured on the GPU path (each constant's comment gives what was observed).
+#[derive(Debug, Clone, Copy)]
+pub struct Tol<T> {
+    /// On [`EnginePath::Cpu`].
+    pub f32: T,
+    /// On [`EnginePath::Gpu`].
+    pub bf16: T,
+}
+
+impl<T: Copy> Tol<T> {
+    /// The tolerance of this process's path.
+    pub fn get(&self) -> T {
+        match engine_path() {
+            EnginePath::Cpu => self.f32,
+            EnginePath::Gpu => self.bf16,
+        }
+    }
+}
 
 /// `tests/fixtures/<suite>` of this crate, where `make_fixtures.sh` writes that suite's files.
 pub fn fixtures(suite: &str) -> PathBuf {
@@ -125,11 +191,12 @@ impl Suite {
         tiny_model(self.meta()["model_seed"].as_u64().expect("model_seed"))
     }
 
-    /// The f32 pipeline on [`Suite::model`], loaded once per test binary and shared by its tests.
+    /// The pipeline on [`Suite::model`] in this process's dtype ([`dtype`]), loaded once per
+    /// test binary and shared by its tests.
     pub fn pipeline(&self) -> &'static FluxPipeline {
         static P: OnceLock<FluxPipeline> = OnceLock::new();
         let model = self.model();
-        P.get_or_init(|| load_pipeline(model, DType::F32))
+        P.get_or_init(|| load_pipeline(model, dtype()))
     }
 
     /// Checks the model written again is byte-identical to the one the fixtures were made from:
@@ -179,8 +246,10 @@ pub fn tiny_model(seed: u64) -> &'static Path {
     dir
 }
 
-/// The pipeline on the model folder `model`, in `dtype`, on the CPU.
+/// The pipeline on the model folder `model`, in `dtype`, on the CPU (on this process's
+/// [`EnginePath`]).
 pub fn load_pipeline(model: &Path, dtype: DType) -> FluxPipeline {
+    engine_path();
     let paths = ModelPaths::resolve(model, None, None).expect("layout");
     FluxPipeline::load(&paths, &Device::Cpu, dtype, |_| {}).expect("load")
 }
@@ -212,6 +281,34 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("max")
         .to_scalar::<f32>()
         .expect("scalar")
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ over all elements, in f64: the error measure that does not hinge on one
+/// outlier (METHOD.md: bf16 operands land between 1e-3 and 1e-2 on one product).
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).expect("f64");
+    let b = b.to_dtype(DType::F64).expect("f64");
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.to_scalar::<f64>())
+            .expect("norm")
+            .sqrt()
+    };
+    norm(&(&a - &b).expect("sub")) / norm(&b).max(f64::MIN_POSITIVE)
+}
+
+/// Mean difference between two images' 8-bit channel values; the sizes must be the same.
+pub fn mean_level_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions(), "sizes differ");
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    sum as f64 / a.as_raw().len().max(1) as f64
 }
 
 /// Largest difference between two images' 8-bit channel values; the sizes must be the same.

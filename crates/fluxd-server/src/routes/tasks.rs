@@ -1,5 +1,6 @@
-//! Generation tasks: `POST /v1/flux-pro-finetuned`, `GET /v1/get_result`, and the signed image
-//! delivery URL `GET /v1/images/{id}.{ext}`.
+//! Generation tasks: `GET /v1/get_result`, the signed image delivery URL
+//! `GET /v1/images/{id}.{ext}`, and the body and query helpers every route shares (submits are
+//! in [`super::submit`]).
 
 use std::time::SystemTime;
 
@@ -11,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use fluxd_api::{
-    megapixels, parse_finetuned_request, GetResultResponse, ReadyResult, RequestError,
-    SubmitResponse, TaskResult, TaskStatus, ValidationError, ValidationErrors,
+    GetResultResponse, ReadyResult, RequestError, TaskResult, TaskStatus, ValidationError,
+    ValidationErrors,
 };
-use fluxd_store::{InsertOutcome, ModerationKind, NewTask, StoreError, TaskState};
+use fluxd_store::{ModerationKind, StoreError, TaskState};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -73,128 +74,6 @@ pub(crate) fn query_param(
         .and_then(|Query(pairs)| pairs.into_iter().rev().find(|(k, _)| k == name))
         .map(|(_, v)| v)
         .ok_or_else(|| ValidationErrors::from(ValidationError::missing_query(name)).into())
-}
-
-/// `POST /v1/flux-pro-finetuned`.
-pub async fn submit(
-    State(state): State<AppState>,
-    Caller(key): Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<SubmitResponse>, ApiError> {
-    let body = json_body(&headers, body, state.config().max_request_bytes)?;
-    let request = parse_finetuned_request(&body)?;
-    // What the URL alone shows is refused now; names resolving to private addresses are refused
-    // at delivery (recorded on the delivery), since DNS answers can change in between.
-    if let Some(url) = &request.webhook_url {
-        let allow_private = state.config().webhooks.allow_private;
-        if let Err(refused) = crate::webhook::guard::check_url(url, allow_private) {
-            return Err(ApiError::body_field(
-                "webhook_url",
-                Value::String(url.clone()),
-                &refused.to_string(),
-            ));
-        }
-    }
-    // Never silently ignore what the caller asked for (contract): these need models this server
-    // does not have yet.
-    if let Some(image) = &request.image_prompt {
-        let Some(max_pixels) = state.config().image_prompt_max_pixels else {
-            return Err(ApiError::body_field(
-                "image_prompt",
-                Value::String(truncate(image, 64)),
-                "this server has no Redux model configured, so image_prompt is not supported",
-            ));
-        };
-        // Decoding is bounded by the pixel limit but still real work: off the async threads.
-        let text = image.clone();
-        let checked =
-            tokio::task::spawn_blocking(move || crate::image_prompt::decode(&text, max_pixels))
-                .await
-                .map_err(|e| ApiError::Internal(format!("checking image_prompt: {e}")))?;
-        if let Err(why) = checked {
-            return Err(ApiError::body_field(
-                "image_prompt",
-                Value::String(truncate(image, 64)),
-                &why,
-            ));
-        }
-    }
-    if request.prompt_upsampling && state.config().upsampler.is_none() {
-        return Err(ApiError::body_field(
-            "prompt_upsampling",
-            Value::Bool(true),
-            "this server has no prompt upsampler configured; send prompt_upsampling false",
-        ));
-    }
-    let finetune = match state
-        .finetune_cache()
-        .get(&key.tenant, &request.finetune_id)
-    {
-        Some(found) => found,
-        None => {
-            let generation = state.finetune_cache().generation();
-            let found = state
-                .store()
-                .get_finetune(&key.tenant, &request.finetune_id)
-                .await?
-                .ok_or(ApiError::FinetuneNotFound)?;
-            state.finetune_cache().insert(
-                generation,
-                &key.tenant,
-                &request.finetune_id,
-                found.clone(),
-            );
-            found
-        }
-    };
-    tracing::debug!(
-        owner = finetune.tenant,
-        finetune = finetune.id,
-        "fine-tune resolved"
-    );
-    // Time-ordered (UUIDv7: 48 bits of milliseconds, 74 random bits): new ids land at the end of
-    // the store's primary-key index, so a batch of submits dirties one page of it instead of one
-    // page each, which is what the commit has to write. Clients see an ordinary UUID.
-    let id = Uuid::now_v7();
-    let params = serde_json::to_value(&request)
-        .map_err(|e| ApiError::Internal(format!("serialising the request: {e}")))?;
-    let task = NewTask {
-        id,
-        tenant: key.tenant.clone(),
-        key_id: key.key_id,
-        params,
-        finetune_id: Some(request.finetune_id.clone()),
-        webhook_url: request.webhook_url.clone(),
-        webhook_secret: request.webhook_secret.clone(),
-    };
-    let limit = key.max_active_tasks.min(state.config().max_active_tasks);
-    match state
-        .store()
-        .insert_task_if_under_limit(task, limit)
-        .await?
-    {
-        InsertOutcome::Inserted => {}
-        InsertOutcome::LimitReached { active } => {
-            return Err(ApiError::TooManyActiveTasks { active, limit });
-        }
-    }
-    state.wake().notify_one();
-    tracing::info!(task_id = %id, tenant = key.tenant, "task queued");
-    Ok(Json(SubmitResponse {
-        id: id.to_string(),
-        polling_url: format!("{}/v1/get_result?id={id}", state.config().public_url),
-        cost: None,
-        input_mp: 0.0,
-        output_mp: megapixels(request.width, request.height),
-    }))
-}
-
-fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_owned(),
-    }
 }
 
 /// `GET /v1/get_result?id=`: always 200 once authenticated. Answers from the task cache when it

@@ -397,3 +397,140 @@ async fn webhook_urls_to_private_addresses_are_refused_at_submit() {
         assert!(msg.contains("does not call"), "{msg}");
     }
 }
+
+#[tokio::test]
+async fn unserved_endpoints_answer_like_an_unknown_path() {
+    let f = fixture().await;
+    let (status, headers, body) =
+        call(&f.state, "POST", "/v1/no-such-endpoint", None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let unknown = json_of(&body);
+    assert_eq!(unknown, json!({"detail": "Not Found"}));
+    assert!(headers.contains_key("x-request-id"));
+    let body = serde_json::to_vec(&json!({"prompt": "a fox", "image": "aGVsbG8="})).unwrap();
+    for name in fluxd_api::UNSERVED_ENDPOINTS {
+        for key in [None, Some(f.key.as_str())] {
+            let path = format!("/v1/{name}");
+            let (status, _, got) = call(&f.state, "POST", &path, key, body.clone()).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(json_of(&got), unknown, "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_known_path_with_another_method_is_405() {
+    let f = fixture().await;
+    let (status, headers, body) = call(&f.state, "GET", "/v1/flux-dev", Some(&f.key), vec![]).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(json_of(&body), json!({"detail": "Method Not Allowed"}));
+    assert_eq!(headers["allow"], "POST");
+    assert!(headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn every_endpoint_is_routed_and_keeps_its_endpoint_and_request_id_with_the_task() {
+    let f = fixture().await;
+    // The union answer when the request has a webhook; the caller's request id is echoed.
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/flux-dev")
+        .header("x-key", &f.key)
+        .header("x-request-id", "req-42")
+        .body(Body::from(
+            serde_json::to_vec(&json!({
+                "prompt": "a fox", "width": 256, "height": 256, "steps": null,
+                "webhook_url": "https://example.com/hook", "webhook_secret": "s3cret",
+            }))
+            .unwrap(),
+        ))
+        .unwrap();
+    let response = crate::app(f.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let submitted = json_of(&body);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        submitted,
+        json!({
+            "id": id, "status": "Pending", "webhook_url": "https://example.com/hook",
+            "polling_url": format!("http://fluxd.test/v1/get_result?id={id}"),
+            "cost": null, "input_mp": 0.0, "output_mp": 0.07,
+        })
+    );
+    let claim = f
+        .store
+        .claim_next("w", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let task = claim.task();
+    let stored = fluxd_api::StoredTask::from_params(&task.params).unwrap();
+    assert_eq!(stored.endpoint, fluxd_api::Endpoint::FluxDev);
+    assert_eq!(stored.request_id.as_deref(), Some("req-42"));
+    assert_eq!(stored.request["steps"], Value::Null);
+    assert_eq!(
+        (stored.generation.steps, stored.generation.guidance),
+        (28, 3.0)
+    );
+    assert_eq!(task.finetune_id, None);
+    assert_eq!(task.webhook_secret.as_deref(), Some("s3cret"));
+
+    // The key's limit (1) is reached: a 429, with a generated request id.
+    let (status, headers, _) = call(
+        &f.state,
+        "POST",
+        "/v1/flux-pro-1.1-ultra",
+        Some(&f.key),
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let generated = headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+
+    // Every served endpoint validates with its own schema (a 422 naming its own field).
+    for (endpoint, body, field) in [
+        ("flux-dev", json!({"steps": 0}), "steps"),
+        ("flux-pro", json!({"interval": 5}), "interval"),
+        ("flux-pro-1.1", json!({"width": 100}), "width"),
+        (
+            "flux-pro-1.1-ultra",
+            json!({"aspect_ratio": "4:1"}),
+            "aspect_ratio",
+        ),
+        (
+            "flux-pro-1.1-ultra-finetuned",
+            json!({"prompt": "x"}),
+            "finetune_id",
+        ),
+    ] {
+        let (status, _, got) = call(
+            &f.state,
+            "POST",
+            &format!("/v1/{endpoint}"),
+            Some(&f.key),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{endpoint}");
+        assert_eq!(
+            json_of(&got)["detail"][0]["loc"],
+            json!(["body", field]),
+            "{endpoint}"
+        );
+    }
+    let (status, _, got) = call(
+        &f.state,
+        "POST",
+        "/v1/flux-pro-1.1-ultra-finetuned",
+        Some(&f.key),
+        serde_json::to_vec(&json!({"finetune_id": "nope"})).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json_of(&got), json!({"detail": "Finetune not found"}));
+}

@@ -32,6 +32,10 @@ pub struct WebhookConfig {
     pub retry_base: Duration,
     /// Longest delay between two attempts.
     pub retry_max_delay: Duration,
+    /// Send `X-Webhook-Secret: <secret>` beside the signatures (what the official SDK's
+    /// verifier checks); off for receivers that must not see the secret travel, e.g. over
+    /// plain HTTP.
+    pub secret_header: bool,
 }
 
 impl Default for WebhookConfig {
@@ -42,6 +46,7 @@ impl Default for WebhookConfig {
             retry_for: Duration::from_secs(24 * 3600),
             retry_base: Duration::from_secs(5),
             retry_max_delay: Duration::from_secs(3600),
+            secret_header: true,
         }
     }
 }
@@ -202,7 +207,7 @@ async fn attempt(state: &AppState, client: &reqwest::Client, d: &WebhookDelivery
         // link that may have expired.
         Err(err) => return Attempt::Failed(format!("could not sign the image URL: {err}")),
     };
-    let headers = match signed_headers(d, body.as_bytes(), unix_now()) {
+    let headers = match signed_headers(d, body.as_bytes(), unix_now(), cfg.secret_header) {
         Ok(headers) => headers,
         Err(why) => return Attempt::Refused(why),
     };
@@ -220,8 +225,14 @@ async fn attempt(state: &AppState, client: &reqwest::Client, d: &WebhookDelivery
     }
 }
 
-/// The webhook headers for `body`, sent at `timestamp` (Unix seconds).
-fn signed_headers(d: &WebhookDelivery, body: &[u8], timestamp: u64) -> Result<HeaderMap, String> {
+/// The webhook headers for `body`, sent at `timestamp` (Unix seconds); with `secret_header`, the
+/// secret itself too.
+fn signed_headers(
+    d: &WebhookDelivery,
+    body: &[u8],
+    timestamp: u64,
+    secret_header: bool,
+) -> Result<HeaderMap, String> {
     let value = |v: String| HeaderValue::try_from(v).map_err(|e| format!("bad header value: {e}"));
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -246,6 +257,21 @@ fn signed_headers(d: &WebhookDelivery, body: &[u8], timestamp: u64) -> Result<He
             HeaderName::from_static("x-bfl-signature"),
             value(sign::bfl_signature(secret, body))?,
         );
+        // The reference echoes the secret verbatim in `X-Webhook-Secret`, and the official SDK's
+        // `verify_webhook` compares that header with the secret (UTF-8 bytes, constant time). A
+        // secret that cannot be a header value (a line break) is left out rather than failing a
+        // delivery the two signatures still authenticate.
+        if secret_header {
+            match HeaderValue::from_bytes(secret.as_bytes()) {
+                Ok(v) => {
+                    headers.insert(HeaderName::from_static("x-webhook-secret"), v);
+                }
+                Err(_) => tracing::warn!(
+                    task_id = %d.task_id,
+                    "webhook_secret cannot be sent as X-Webhook-Secret; sending the signatures only"
+                ),
+            }
+        }
     }
     Ok(headers)
 }

@@ -99,6 +99,7 @@ fn fast_retries() -> WebhookConfig {
         retry_for: Duration::from_secs(60),
         retry_base: Duration::from_millis(100),
         retry_max_delay: Duration::from_millis(200),
+        secret_header: true,
     }
 }
 
@@ -182,6 +183,8 @@ async fn delivers_signed_with_both_schemes() {
         header("webhook-signature"),
         sign::standard_signature("s3cret", &format!("msg_{task}"), timestamp, body.as_bytes())
     );
+    // What the official SDK's `verify_webhook` compares: the secret, verbatim.
+    assert_eq!(header("x-webhook-secret"), "s3cret");
     // The body is the stored payload with a freshly signed, working image link.
     let sent: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(sent["task_id"], task.to_string());
@@ -213,6 +216,32 @@ async fn without_a_secret_nothing_is_signed() {
     assert!(headers.get("webhook-id").is_some());
     assert!(headers.get("webhook-signature").is_none());
     assert!(headers.get("x-bfl-signature").is_none());
+    assert!(headers.get("x-webhook-secret").is_none());
+}
+
+#[test]
+fn the_secret_header_can_be_turned_off_and_is_left_out_when_unsendable() {
+    let delivery = |secret: &str| WebhookDelivery {
+        id: uuid::Uuid::new_v4(),
+        task_id: uuid::Uuid::new_v4(),
+        webhook_id: "msg_1".into(),
+        url: "https://example.com/h".into(),
+        secret: Some(secret.into()),
+        payload: "{}".into(),
+        attempts: 1,
+        created_at: std::time::SystemTime::now(),
+    };
+    let on = signed_headers(&delivery("s3cret"), b"{}", 1, true).unwrap();
+    assert_eq!(on["x-webhook-secret"], "s3cret");
+    let off = signed_headers(&delivery("s3cret"), b"{}", 1, false).unwrap();
+    assert!(off.get("x-webhook-secret").is_none());
+    assert!(off.get("x-bfl-signature").is_some() && off.get("webhook-signature").is_some());
+    // UTF-8 secrets travel as their bytes; a line break cannot be a header value.
+    let utf8 = signed_headers(&delivery("clé"), b"{}", 1, true).unwrap();
+    assert_eq!(utf8["x-webhook-secret"].as_bytes(), "clé".as_bytes());
+    let broken = signed_headers(&delivery("a\nb"), b"{}", 1, true).unwrap();
+    assert!(broken.get("x-webhook-secret").is_none());
+    assert!(broken.get("x-bfl-signature").is_some());
 }
 
 #[tokio::test]

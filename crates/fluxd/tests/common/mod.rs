@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use fluxd_engine::lora::{write_random_lora, LoraFormat};
 use fluxd_engine::transformer::FluxConfig;
 use serde_json::{json, Value};
@@ -84,7 +86,9 @@ impl Server {
             .args(args)
             .envs(envs.iter().copied())
             .env("RUST_LOG", rust_log)
-            .env("NO_COLOR", "1")
+            // Colour is decided by whether stderr is a terminal, not by NO_COLOR: a log sent to
+            // a file must come out plain by itself (the chaos test checks).
+            .env_remove("NO_COLOR")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -183,6 +187,18 @@ pub fn try_request(
     key: Option<&str>,
     body: &[u8],
 ) -> std::io::Result<Reply> {
+    try_request_with(authority, method, target, key, &[], body)
+}
+
+/// [`try_request`] with extra request headers.
+pub fn try_request_with(
+    authority: &str,
+    method: &str,
+    target: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(authority)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!(
@@ -192,6 +208,9 @@ pub fn try_request(
     );
     if let Some(key) = key {
         head.push_str(&format!("x-key: {key}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
@@ -224,6 +243,33 @@ pub fn try_request(
 pub fn create_key(data: &Path, tenant: &str) -> String {
     let out = fluxd(&["keys", "create", "--tenant", tenant, "--data-dir", s(data)]);
     out.lines().last().expect("key line").trim().to_owned()
+}
+
+/// A key of `tenant` that may have `limit` unfinished tasks.
+pub fn create_key_with_limit(data: &Path, tenant: &str, limit: u32) -> String {
+    let limit = limit.to_string();
+    let out = fluxd(&[
+        "keys",
+        "create",
+        "--tenant",
+        tenant,
+        "--max-active-tasks",
+        &limit,
+        "--data-dir",
+        s(data),
+    ]);
+    out.lines().last().expect("key line").trim().to_owned()
+}
+
+/// A `width`×`height` gradient PNG, base64: an image prompt.
+pub fn image_prompt_png(width: u32, height: u32) -> String {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 240 / width) as u8, (y * 240 / height) as u8, 128])
+    })
+    .write_to(&mut png, image::ImageFormat::Png)
+    .expect("encode PNG");
+    base64::engine::general_purpose::STANDARD.encode(png.into_inner())
 }
 
 pub fn import_lora(data: &Path, tenant: &str, id: &str, extra: &[&str]) {
@@ -342,43 +388,141 @@ impl FakeLlm {
     }
 }
 
-/// A Python virtual environment under the target directory with `requirement` installed from
-/// PyPI (e.g. `blackforest==0.1.3`), made once; returns its interpreter.
-pub fn python_with(requirement: &str) -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{requirement}-venv"));
+/// A Python virtual environment under the target directory with `requirements` installed from
+/// PyPI (e.g. `["blackforest==0.1.3"]`), made once; returns its interpreter.
+pub fn python_with(requirements: &[&str]) -> PathBuf {
+    let name = requirements.join("+");
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-venv"));
     let python = venv.join("bin/python");
+    // Made under a temporary name and renamed when complete, so an interrupted install is
+    // never taken for a finished one, and two test binaries making it at once do not clash.
     if !python.exists() {
+        let staging = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-venv.{}.partial", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
         let ok = Command::new("python3")
-            .args(["-m", "venv", s(&venv)])
+            .args(["-m", "venv", s(&staging)])
             .status()
             .expect("python3 -m venv");
-        assert!(ok.success(), "creating a venv for {requirement} failed");
-        let ok = Command::new(venv.join("bin/pip"))
+        assert!(ok.success(), "creating a venv for {name} failed");
+        let ok = Command::new(staging.join("bin/python"))
             .args([
+                "-m",
+                "pip",
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                requirement,
             ])
+            .args(requirements)
             .status()
             .expect("pip install");
-        assert!(ok.success(), "installing {requirement} from PyPI failed");
+        assert!(ok.success(), "installing {name} from PyPI failed");
+        if std::fs::rename(&staging, &venv).is_err() {
+            // Another test made it first.
+            let _ = std::fs::remove_dir_all(&staging);
+        }
     }
     python
 }
 
+/// The Python clients of the reference API, unmodified from PyPI: `blackforest` (the official
+/// one) and `black-forest-labs` (its predecessor).
+pub const PYTHON_CLIENTS: &[&str] = &["blackforest==0.1.3", "black-forest-labs==1.0.0"];
+
+/// The webhook receiver's rule for the secret of hook `n` (see tests/webhook_receiver.py).
+pub fn secret_for(n: usize) -> String {
+    if n % 2 == 1 {
+        format!("s3cret-{n}")
+    } else {
+        let key = base64::engine::general_purpose::STANDARD.encode(format!("wh-key-{n}"));
+        format!("whsec_{key}")
+    }
+}
+
+/// `tests/webhook_receiver.py` on a loopback port: verifies every delivery independently of
+/// fluxd and records it; killed when dropped.
+pub struct Receiver {
+    pub child: Child,
+    pub base: String,
+    pub record: PathBuf,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    /// Starts the receiver recording to `record`, with the script's `options` (e.g.
+    /// `--no-secret-header`).
+    pub fn start(record: PathBuf, options: &[&str]) -> Receiver {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
+        let mut child = Command::new(python_with(&["standardwebhooks==1.1.0"]))
+            .arg(&script)
+            .arg(&record)
+            .args(options)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("receiver port");
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected receiver line {line:?}"))
+            .to_owned();
+        Receiver {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            record,
+        }
+    }
+
+    /// Every delivery so far, in arrival order.
+    pub fn deliveries(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("record line"))
+            .collect()
+    }
+}
+
 /// Submits `body` with `key`, asserts it was accepted, and polls it to its final status.
 pub fn submit_and_wait(server: &Server, key: &str, body: &Value) -> Value {
-    let submit = server.post_json("/v1/flux-pro-finetuned", Some(key), body);
+    submit_to_and_wait(server, key, "/v1/flux-pro-finetuned", body).1
+}
+
+/// Submits `body` to `path` with `key`, asserts it was accepted, and polls it to its final
+/// status: the submit answer and the final `get_result` body.
+pub fn submit_to_and_wait(server: &Server, key: &str, path: &str, body: &Value) -> (Value, Value) {
+    let submit = server.post_json(path, Some(key), body);
     assert_eq!(
         submit.status,
         200,
-        "{}",
+        "{path}: {}",
         String::from_utf8_lossy(&submit.body)
     );
-    let polling_url = submit.json()["polling_url"]
+    let submitted = submit.json();
+    let polling_url = submitted["polling_url"]
         .as_str()
         .expect("polling_url")
         .to_owned();
-    poll_until_final(server, &polling_url, key)
+    let done = poll_until_final(server, &polling_url, key);
+    (submitted, done)
+}
+
+/// The bytes behind a `Ready` body's `result.sample` (fetched without a key).
+pub fn sample_bytes(server: &Server, done: &Value) -> Vec<u8> {
+    assert_eq!(done["status"], "Ready", "{done}");
+    let sample = done["result"]["sample"].as_str().expect("sample");
+    let target = sample.strip_prefix(&server.base).expect("local URL");
+    let image = server.get(target, None);
+    assert_eq!(image.status, 200);
+    image.body
 }
