@@ -3,13 +3,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A real S3-compatible server (SeaweedFS) for the blob tests: started here, its variables
-# exported (FLUXD_TEST_S3_URL and AWS_*), and stopped on the way out unless it was already up.
+# Servers the tests need are started here and stopped on the way out, unless they were
+# already up.
+stops=()
+stop_services() {
+    for stop in "${stops[@]}"; do
+        $stop || true
+    done
+}
+trap stop_services EXIT
+
+# A real S3-compatible server (SeaweedFS) for the blob tests: its variables exported
+# (FLUXD_TEST_S3_URL and AWS_*).
 if ! scripts/services/s3.sh status; then
-  trap 'scripts/services/s3.sh stop' EXIT
+    stops+=("scripts/services/s3.sh stop")
 fi
 s3_env=$(scripts/services/s3.sh start)
 eval "$s3_env"
+
+# A real PostgreSQL server for the Postgres store's tests, its URL exported as
+# FLUXD_TEST_POSTGRES_URL. A URL already in the environment points the tests at another server
+# instead.
+if [[ -z "${FLUXD_TEST_POSTGRES_URL:-}" ]]; then
+    if ! scripts/services/postgres.sh status; then
+        stops+=("scripts/services/postgres.sh stop")
+    fi
+    FLUXD_TEST_POSTGRES_URL="$(scripts/services/postgres.sh start)"
+    export FLUXD_TEST_POSTGRES_URL
+fi
 
 cargo test --workspace --locked "$@"
 # The engine's reference tests once more on the code path a GPU runs, on the CPU: bf16, the fused

@@ -22,4 +22,10 @@ fp8=$(mktemp -d)
 cargo run --quiet -p fluxd-engine --example write_fp8_models -- "$fp8" "$seed"
 FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/fp8_fixtures.py" \
   "$fp8" "$root/crates/fluxd-engine/tests/fixtures/fp8"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety,fp8}"
+"$venv/bin/python" "$root/scripts/reference/canny_fixtures.py" \
+  "$root/crates/fluxd-engine/tests/fixtures/canny"
+depth=$(mktemp -d)/depth-anything
+cargo run --quiet -p fluxd -- model init-tiny-depth "$depth" --seed "$seed"
+"$venv/bin/python" "$root/scripts/reference/depth_fixtures.py" \
+  "$depth" "$root/crates/fluxd-engine/tests/fixtures/depth"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety,fp8,canny,depth}"

@@ -7,6 +7,7 @@
 #[cfg(test)]
 mod alloc_meter;
 mod attention;
+pub mod control;
 pub mod cpu_kernels;
 pub mod error;
 pub mod fp8;

@@ -2,9 +2,10 @@
 //! tiny model made on first start, scratch space.
 //!
 //! ```text
-//! <data-dir>/fluxd.sqlite         tasks, keys, fine-tunes, webhook outbox
+//! <data-dir>/fluxd.sqlite         tasks, keys, fine-tunes, webhook outbox (unless --database)
 //! <data-dir>/blobs/               images (samples/…) and LoRA files (loras/…)
-//! <data-dir>/url-signing.key      HMAC key of the delivery URLs (hex, 0600)
+//! <data-dir>/url-signing.key      HMAC key of the delivery URLs (hex, 0600; with another
+//!                                 database, the key is shared through it instead)
 //! <data-dir>/tiny-model/          the model served when no --model is given (its demo LoRA:
 //!                                 tiny-model/lora/demo.safetensors)
 //! <data-dir>/cache/loras/         LoRA files copied out of the blob store for the engine
@@ -50,6 +51,11 @@ impl DataDir {
         &self.root
     }
 
+    /// Where the directory's own SQLite database is.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.root.join("fluxd.sqlite")
+    }
+
     /// The SQLite store.
     pub async fn store(&self) -> Result<SqliteStore, ServerError> {
         self.store_with(SqliteOptions::default()).await
@@ -57,7 +63,7 @@ impl DataDir {
 
     /// The store, opened with `options`.
     pub async fn store_with(&self, options: SqliteOptions) -> Result<SqliteStore, ServerError> {
-        Ok(SqliteStore::open_with(self.root.join("fluxd.sqlite"), options).await?)
+        Ok(SqliteStore::open_with(self.sqlite_path(), options).await?)
     }
 
     /// The blob store (local files).

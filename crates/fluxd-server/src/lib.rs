@@ -17,12 +17,14 @@ pub mod engine;
 pub mod error;
 pub mod image_prompt;
 pub mod import;
+mod lease;
 pub mod metrics;
 pub mod request_id;
 pub mod routes;
 pub mod signing;
 pub mod state;
 pub mod upsample;
+pub mod wakeups;
 pub mod webhook;
 pub mod worker;
 
@@ -52,8 +54,9 @@ pub struct Node {
 }
 
 /// Runs `node` on `state` until `shutdown` completes, delivering webhooks from the outbox and
-/// deleting results past their retention. Drains as described in the crate docs and closes
-/// `store` on the way out.
+/// deleting results past their retention; the store's wake-ups, if it has any, wake the worker
+/// and the sender ([`wakeups`]). Drains as described in the crate docs and closes `store` on the
+/// way out.
 pub async fn run(
     node: Node,
     state: AppState,
@@ -61,6 +64,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wakeups = wakeups::spawn(&state);
     let worker_task = node
         .worker
         .map(|engine| tokio::spawn(worker::run_worker(state.clone(), engine, stop_rx.clone())));
@@ -97,6 +101,10 @@ pub async fn run(
         tracing::error!(%err, "the retention task failed");
     }
     store.close().await;
+    // Ends by itself once the store is closed.
+    if let Some(wakeups) = wakeups {
+        wakeups.abort();
+    }
     served
 }
 

@@ -2,7 +2,8 @@
 //!
 //! The image URL must work without `x-key` (clients hand it to browsers and downloaders), so the
 //! URL itself carries the authorisation: an HMAC over the file name and the expiry, with a key
-//! generated once per data directory. Changing or extending either invalidates the signature.
+//! generated once per data directory (or once per database, shared by every node on it).
+//! Changing or extending either invalidates the signature.
 
 use std::io::Write;
 use std::path::Path;
@@ -19,7 +20,10 @@ use crate::error::ServerError;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes of the signing key.
-const KEY_LEN: usize = 32;
+const KEY_LEN: usize = fluxd_store::SHARED_SECRET_LEN;
+
+/// Name of the signing key among the store's shared secrets.
+const SHARED_KEY_NAME: &str = "url-signing";
 
 /// Signs and checks delivery URLs.
 #[derive(Clone)]
@@ -38,6 +42,14 @@ impl UrlSigner {
     /// A signer with this key (tests).
     pub fn from_key(key: [u8; KEY_LEN]) -> Self {
         Self { key }
+    }
+
+    /// The key every process on the store's database shares (created by the first to ask), for
+    /// deployments of several API nodes: a URL signed by one verifies on any other.
+    pub async fn shared(store: &dyn fluxd_store::Store) -> Result<Self, ServerError> {
+        Ok(Self {
+            key: store.shared_secret(SHARED_KEY_NAME).await?,
+        })
     }
 
     /// Reads the key kept at `path` (hex), creating it (mode 0600) on first use, so that URLs stay
@@ -101,15 +113,18 @@ impl UrlSigner {
 }
 
 /// The URL signer of this deployment, which every node (API nodes and workers) must share: a URL
-/// signed by one node is checked by whichever node it reaches.
-///
-/// SEAM: the key still comes from the data directory (`url-signing.key`, made on first use), so
-/// nodes on separate machines must be given the same key file. Once the store holds a shared
-/// secret (`Store::shared_secret`, being added separately), this takes the key from `store`
-/// instead and nothing else changes.
-pub async fn signer_for(store: &dyn Store, data: &DataDir) -> Result<UrlSigner, ServerError> {
-    let _ = store;
-    data.signer()
+/// signed by one node is checked by whichever node it reaches. `own_data_dir` is the data
+/// directory whose own SQLite database `store` is, if it is: its `url-signing.key` file (made on
+/// first use) keeps signing, as it always has; any other database holds the key itself, created
+/// once by the first node to ask ([`Store::shared_secret`]).
+pub async fn signer_for(
+    store: &dyn Store,
+    own_data_dir: Option<&DataDir>,
+) -> Result<UrlSigner, ServerError> {
+    match own_data_dir {
+        Some(data) => data.signer(),
+        None => UrlSigner::shared(store).await,
+    }
 }
 
 #[cold]

@@ -1,10 +1,15 @@
-//! Durable submits per second on a fresh SQLite file, one by one and concurrently, to see what
-//! group commit buys: `cargo run --release -p fluxd-store --example submit_throughput [N] [C]`.
+//! Durable submits per second, one by one and concurrently, on a fresh database:
+//! `cargo run --release -p fluxd-store --example submit_throughput [N] [C] [sqlite|postgres]`.
+//!
+//! `sqlite` (the default) uses a new file and shows what group commit buys; `postgres` uses a
+//! new schema on the server at `FLUXD_TEST_POSTGRES_URL` (`scripts/services/postgres.sh start`
+//! prints one), each submit on a pooled connection of its own.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use fluxd_store::{InsertOutcome, NewTask, SqliteStore, Store, StoreError};
+use fluxd_store::conformance::TestSchema;
+use fluxd_store::{InsertOutcome, NewTask, PostgresStore, SqliteStore, Store, StoreError};
 use uuid::Uuid;
 
 /// Keys the submits are spread over.
@@ -15,9 +20,21 @@ async fn main() -> Result<(), StoreError> {
     let mut args = std::env::args().skip(1);
     let total: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let concurrency: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
+    let backend = args.next().unwrap_or_else(|| "sqlite".to_owned());
     for clients in [1, concurrency] {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Unavailable(Arc::new(e)))?;
-        let store = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await?);
+        let store: Arc<dyn Store> = match backend.as_str() {
+            "sqlite" => Arc::new(SqliteStore::open(dir.path().join("bench.db")).await?),
+            "postgres" => {
+                let schema = TestSchema::new().await?;
+                Arc::new(PostgresStore::connect(&schema.url()).await?)
+            }
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "backend {other:?}: sqlite or postgres"
+                )))
+            }
+        };
         // Many keys, as in service: each key's count of unfinished tasks stays small.
         let mut keys = Vec::new();
         for _ in 0..KEYS {
@@ -52,12 +69,16 @@ async fn main() -> Result<(), StoreError> {
                 .map_err(|e| StoreError::Unavailable(Arc::new(e)))??;
         }
         let seconds = start.elapsed().as_secs_f64();
-        let stats = store.writer_stats();
+        let batching = match store.writer_stats() {
+            Some(stats) => format!(
+                ", {:.1} writes per commit",
+                stats.writes as f64 / stats.commits.max(1) as f64
+            ),
+            None => String::new(),
+        };
         println!(
-            "{clients:>4} clients: {total} durable submits in {seconds:.3} s = {:.0}/s, \
-             {:.1} writes per commit",
-            total as f64 / seconds,
-            stats.writes as f64 / stats.commits.max(1) as f64
+            "{backend} {clients:>4} clients: {total} durable submits in {seconds:.3} s = {:.0}/s{batching}",
+            total as f64 / seconds
         );
         store.close().await;
     }

@@ -36,11 +36,7 @@ pub(crate) fn generate() -> Result<KeyMaterial, StoreError> {
     key.push_str(KEY_PREFIX);
     let mut buf = [0u8; 64];
     while key.len() < KEY_PREFIX.len() + RANDOM_CHARS {
-        getrandom::fill(&mut buf).map_err(|err| {
-            StoreError::Unavailable(Arc::new(std::io::Error::other(format!(
-                "no random source: {err}"
-            ))))
-        })?;
+        fill_random(&mut buf)?;
         // Rejection sampling: 248 = 4 × 62, so accepted bytes map onto base62 uniformly.
         for &byte in &buf {
             if byte < 248 && key.len() < KEY_PREFIX.len() + RANDOM_CHARS {
@@ -51,6 +47,15 @@ pub(crate) fn generate() -> Result<KeyMaterial, StoreError> {
     let prefix = key[..LOOKUP_CHARS].to_owned();
     let hash = hash(&key);
     Ok(KeyMaterial { key, prefix, hash })
+}
+
+/// Fills `buf` from the operating system's random source (keys and shared secrets).
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), StoreError> {
+    getrandom::fill(buf).map_err(|err| {
+        StoreError::Unavailable(Arc::new(std::io::Error::other(format!(
+            "no random source: {err}"
+        ))))
+    })
 }
 
 /// The lookup prefix of a presented key, or None when it cannot be one of ours (wrong shape), in

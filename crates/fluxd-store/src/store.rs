@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::{
     Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind, NewKey,
-    NewTask, NewWebhook, ReadyRecord, StoreError, TaskRecord, WebhookDelivery, WebhookRecord,
+    NewTask, NewWebhook, ReadyRecord, SharedSecret, StoreError, TaskRecord, Wakeups,
+    WebhookDelivery, WebhookRecord,
 };
 
 /// Shorthand for the store's results.
@@ -168,6 +169,21 @@ pub trait Store: Send + Sync {
     /// `id`, or all of them when `None`. Their retry window has ended, so an attempt that fails
     /// records them `failed` again with its error. Returns how many were queued.
     async fn retry_failed_webhooks(&self, id: Option<Uuid>) -> Result<u64>;
+
+    // --- shared secrets and wake-ups -----------------------------------------------------------
+
+    /// The secret known by `name` ([`SHARED_SECRET_LEN`](crate::SHARED_SECRET_LEN) random bytes),
+    /// the same for every process using this database: the first call creates it, later calls
+    /// read it. Creation is atomic: concurrent first calls from several processes all get the
+    /// one secret that was stored.
+    async fn shared_secret(&self, name: &str) -> Result<SharedSecret>;
+
+    /// Wake-ups for work that other processes queue on this database (see [`Wakeups`]), where
+    /// the backend can tell; None (the default) when it cannot, and waiters just poll. The
+    /// stream ends when the store is closed.
+    fn subscribe(&self) -> Option<Wakeups> {
+        None
+    }
 
     // --- lifecycle ------------------------------------------------------------------------------
 

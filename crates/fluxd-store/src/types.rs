@@ -409,6 +409,37 @@ pub(crate) fn check_tenant(tenant: &str) -> Result<(), crate::StoreError> {
     }
 }
 
+/// A progress is a fraction of the work, from 0 to 1.
+pub(crate) fn check_progress(progress: f64) -> Result<(), crate::StoreError> {
+    if (0.0..=1.0).contains(&progress) {
+        Ok(())
+    } else {
+        Err(crate::StoreError::Invalid(format!(
+            "progress {progress} is not between 0 and 1"
+        )))
+    }
+}
+
+/// A fine-tune needs a valid owner and a name.
+pub(crate) fn check_finetune(record: &FinetuneRecord) -> Result<(), crate::StoreError> {
+    check_tenant(&record.tenant)?;
+    if record.id.is_empty() {
+        return Err(crate::StoreError::Invalid("empty fine-tune id".into()));
+    }
+    Ok(())
+}
+
+/// A filter of the operators' webhook listing: one of [`WEBHOOK_STATUSES`], or none.
+pub(crate) fn check_webhook_status(status: Option<&str>) -> Result<(), crate::StoreError> {
+    match status.filter(|s| !WEBHOOK_STATUSES.contains(s)) {
+        None => Ok(()),
+        Some(status) => Err(crate::StoreError::Invalid(format!(
+            "webhook status {status:?}: expected one of {}",
+            WEBHOOK_STATUSES.join(", ")
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,36 +15,22 @@ fn temp() -> Result<TempDir> {
 /// A fresh database in a new directory that lives as long as the returned guard.
 async fn fresh() -> Result<(TempDir, Box<dyn Store>)> {
     let dir = temp()?;
-    let store = SqliteStore::open(dir.path().join("fluxd.db")).await?;
-    Ok((dir, Box::new(store)))
+    let store = open_boxed(dir.path().join("fluxd.db")).await?;
+    Ok((dir, store))
 }
 
-macro_rules! conformance_tests {
-    ($($check:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $check() -> Result {
-            let (_dir, store) = fresh().await?;
-            conformance::$check(store.as_ref()).await?;
-            store.close().await;
-            Ok(())
-        }
-    )*};
+/// Three stores sharing one new file (the server and admin commands, or several processes on
+/// one machine).
+async fn fresh_many() -> Result<(TempDir, Vec<Box<dyn Store>>)> {
+    let dir = temp()?;
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(open_boxed(dir.path().join("fluxd.db")).await?);
+    }
+    Ok((dir, stores))
 }
 
-conformance_tests!(
-    keys,
-    finetunes,
-    task_isolation,
-    active_task_limit,
-    claims_are_exclusive,
-    lost_worker_retries,
-    release_on_shutdown,
-    heartbeat_and_progress,
-    completions,
-    retryable_errors,
-    retention,
-    outbox,
-);
+fluxd_store::conformance_tests!(fresh: fresh(), fresh_many: fresh_many());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durability_across_reopen() -> Result {
@@ -119,7 +105,7 @@ async fn a_newer_schema_is_refused() -> Result {
             reopened,
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                supported: 2
+                supported: 3
             })
         ),
         "{:?}",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use fluxd_server::import::{import_lora, ImportOptions, StagedFile};
-use fluxd_store::Store;
+use fluxd_store::DEFAULT_MAX_ATTEMPTS;
 
 use crate::location::StoreLocation;
 use crate::node::ModelArgs;
@@ -34,7 +34,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         shared: bool,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -44,7 +44,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
     },
     /// Delete a tenant's fine-tune and its file.
     Delete {
@@ -55,7 +55,7 @@ pub enum FinetunesCommand {
         #[arg(long)]
         id: String,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
     },
 }
 
@@ -69,24 +69,25 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 trigger_word,
                 comment,
                 shared,
-                data,
+                location,
                 model,
             } => {
-                let dir = data.open()?;
+                let dir = location.open()?;
                 let cfg = model
                     .transformer_config()
                     .await
                     .context("reading the transformer config")?;
                 let staged = StagedFile::hash(&file)?;
-                let blobs = data.blobs(&dir)?;
-                let store = dir.store().await?;
+                let blobs = location.blobs(&dir)?;
+                let store = location.store(&dir, DEFAULT_MAX_ATTEMPTS).await?;
                 let options = ImportOptions {
                     id,
                     trigger_word,
                     comment,
                     shared,
                 };
-                let result = import_lora(&store, &blobs, &cfg, &tenant, options, &staged).await;
+                let result =
+                    import_lora(store.as_ref(), &blobs, &cfg, &tenant, options, &staged).await;
                 store.close().await;
                 let record = result.with_context(|| format!("importing {}", shown(&file)))?;
                 println!(
@@ -100,18 +101,22 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 );
                 println!("{}", record.id);
             }
-            FinetunesCommand::List { tenant, data } => {
-                let store = data.open()?.store().await?;
+            FinetunesCommand::List { tenant, location } => {
+                let (_, store) = location.open_store().await?;
                 let names = store.list_finetunes(&tenant).await?;
                 store.close().await;
                 for name in names {
                     println!("{name}");
                 }
             }
-            FinetunesCommand::Delete { tenant, id, data } => {
-                let dir = data.open()?;
-                let blobs = data.blobs(&dir)?;
-                let store = dir.store().await?;
+            FinetunesCommand::Delete {
+                tenant,
+                id,
+                location,
+            } => {
+                let dir = location.open()?;
+                let blobs = location.blobs(&dir)?;
+                let store = location.store(&dir, DEFAULT_MAX_ATTEMPTS).await?;
                 let deleted = store.delete_finetune(&tenant, &id).await?;
                 store.close().await;
                 let record =

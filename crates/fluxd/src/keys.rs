@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use fluxd_store::Store;
 
 use crate::location::StoreLocation;
 use crate::serve::block_on;
@@ -22,7 +21,7 @@ pub enum KeysCommand {
         #[arg(long)]
         max_active_tasks: Option<u32>,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
     },
     /// List a tenant's keys (never the secrets).
     List {
@@ -30,14 +29,14 @@ pub enum KeysCommand {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
     },
     /// Revoke a key by its id (shown by `create` and `list`).
     Revoke {
         /// The key id (a UUID).
         key_id: uuid::Uuid,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
     },
 }
 
@@ -48,9 +47,9 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                 tenant,
                 label,
                 max_active_tasks,
-                data,
+                location,
             } => {
-                let store = data.open()?.store().await?;
+                let (_, store) = location.open_store().await?;
                 let key = store
                     .create_key(&tenant, label.as_deref())
                     .await
@@ -63,8 +62,8 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                 println!("key id: {}", key.key_id);
                 println!("{}", key.key);
             }
-            KeysCommand::List { tenant, data } => {
-                let store = data.open()?.store().await?;
+            KeysCommand::List { tenant, location } => {
+                let (_, store) = location.open_store().await?;
                 let keys = store.list_keys(&tenant).await?;
                 store.close().await;
                 for k in keys {
@@ -83,8 +82,8 @@ pub fn run(cmd: KeysCommand) -> Result<()> {
                     );
                 }
             }
-            KeysCommand::Revoke { key_id, data } => {
-                let store = data.open()?.store().await?;
+            KeysCommand::Revoke { key_id, location } => {
+                let (_, store) = location.open_store().await?;
                 let revoked = store.revoke_key(key_id).await?;
                 store.close().await;
                 anyhow::ensure!(revoked, "no active key {key_id}");

@@ -4,6 +4,7 @@
 //! library crates.
 
 mod bench;
+mod control;
 mod device;
 mod finetunes;
 mod generate;
@@ -40,6 +41,9 @@ enum Command {
     /// Manage model folders.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Write the control maps of the Canny and Depth models (edges, depth) as images.
+    #[command(subcommand)]
+    Control(control::ControlCommand),
     /// Generate one image offline, without the server.
     Generate(Box<generate::GenerateArgs>),
     /// Time the pipeline's steps (and LoRA overhead) on a model folder.
@@ -83,6 +87,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
+        Command::Control(cmd) => control::run(cmd),
         Command::Generate(args) => generate::run(*args),
         Command::Lora(cmd) => lora::run(cmd),
         Command::Bench(args) => bench::run(*args),

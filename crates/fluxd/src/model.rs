@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
+use fluxd_engine::control::depth::write_tiny_depth_anything;
 use fluxd_engine::memory_plan::{gib, plan_model, ExtraComponents, PlanDevice, Workload};
 use fluxd_engine::model_dir::t5_weights_file;
 use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
@@ -22,6 +23,9 @@ pub enum ModelCommand {
     /// (Falconsai/nsfw_image_detection's format) in `DIR/safety_checker` and a demo LoRA
     /// fine-tune in `DIR/lora/demo.safetensors`.
     InitTiny(InitTinyArgs),
+    /// Write a small random Depth Anything (`DepthAnythingForDepthEstimation`) in the exact
+    /// transformers layout of depth-anything-large-hf, for `--depth-estimator`.
+    InitTinyDepth(InitTinyDepthArgs),
     /// Print the memory plan of a model — each component's weights in its format and its
     /// working memory at the largest request, per device — without loading it, and check it
     /// against `--memory` (or the device's free memory). Exits with status 1 if it does not fit.
@@ -75,6 +79,15 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct InitTinyDepthArgs {
+    /// Folder to write (created if needed).
+    dir: PathBuf,
+    /// Seed for the random weights; the same seed always writes the same files.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct InitTinyArgs {
     /// Folder to write (created if needed).
     dir: PathBuf,
@@ -114,6 +127,13 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             };
             write_tiny_model(&args.dir, args.seed, preset)
                 .with_context(|| format!("writing a tiny model to {}", args.dir.display()))?;
+            println!("{}", args.dir.display());
+            Ok(())
+        }
+        ModelCommand::InitTinyDepth(args) => {
+            write_tiny_depth_anything(&args.dir, args.seed).with_context(|| {
+                format!("writing a tiny Depth Anything to {}", args.dir.display())
+            })?;
             println!("{}", args.dir.display());
             Ok(())
         }

@@ -20,7 +20,7 @@ use fluxd_server::engine::{spawn_engine, EngineHandle, EngineModels, EngineState
 use fluxd_server::state::DEFAULT_IMAGE_PROMPT_MAX_PIXELS;
 use fluxd_server::webhook::WebhookConfig;
 use fluxd_server::{AppState, DataDir, Dirs, ServerConfig};
-use fluxd_store::{SqliteOptions, Store, DEFAULT_MAX_ATTEMPTS};
+use fluxd_store::{Store, DEFAULT_MAX_ATTEMPTS};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -365,18 +365,8 @@ pub async fn open_state(
     if node.delivery == DeliveryArg::Presigned && !blobs.can_presign() {
         bail!("--delivery presigned needs an S3 blob store (--blobs s3://bucket/prefix)");
     }
-    let options = SqliteOptions {
-        max_attempts: node.max_task_attempts,
-        ..SqliteOptions::default()
-    };
-    let store: Arc<dyn Store> = Arc::new(
-        data.store_with(options)
-            .await
-            .context("opening the store")?,
-    );
-    let signer = fluxd_server::signing::signer_for(store.as_ref(), data)
-        .await
-        .context("loading the URL signing key")?;
+    let store = location.store(data, node.max_task_attempts).await?;
+    let signer = location.signer(data, store.as_ref()).await?;
     let state = AppState::new(
         store.clone(),
         blobs,

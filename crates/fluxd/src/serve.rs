@@ -138,6 +138,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         %addr,
         public_url,
         data_dir = %data.root().display(),
+        database = %args.data.database(&data),
         worker = worker.is_some(),
         "fluxd serving"
     );

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 use fluxd_server::routes::finetunes::rfc3339;
-use fluxd_store::{Store, WebhookRecord};
+use fluxd_store::WebhookRecord;
 
 use crate::location::StoreLocation;
 use crate::serve::block_on;
@@ -21,10 +21,10 @@ pub enum WebhooksCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
     },
     /// Queue given-up (`failed`) deliveries for one more attempt: a running `fluxd serve` on the
-    /// same data directory sends them within a second. If that attempt fails too, they are
+    /// same store sends them within a second. If that attempt fails too, they are
     /// `failed` again, with its error.
     Retry {
         /// The delivery id (from `list`).
@@ -34,7 +34,7 @@ pub enum WebhooksCommand {
         #[arg(long)]
         all_failed: bool,
         #[command(flatten)]
-        data: StoreLocation,
+        location: StoreLocation,
     },
 }
 
@@ -65,9 +65,9 @@ pub fn run(cmd: WebhooksCommand) -> Result<()> {
             WebhooksCommand::List {
                 status,
                 limit,
-                data,
+                location,
             } => {
-                let store = data.open()?.store().await?;
+                let (_, store) = location.open_store().await?;
                 let found = store
                     .list_webhooks(status.map(DeliveryStatus::as_str), limit)
                     .await;
@@ -79,9 +79,9 @@ pub fn run(cmd: WebhooksCommand) -> Result<()> {
             WebhooksCommand::Retry {
                 id,
                 all_failed: _,
-                data,
+                location,
             } => {
-                let store = data.open()?.store().await?;
+                let (_, store) = location.open_store().await?;
                 let queued = store.retry_failed_webhooks(id).await;
                 store.close().await;
                 let queued = queued?;

@@ -57,7 +57,11 @@ async fn work(args: WorkerArgs) -> Result<()> {
         }
         None => None,
     };
-    tracing::info!(data_dir = %data.root().display(), "fluxd worker started");
+    tracing::info!(
+        data_dir = %data.root().display(),
+        database = %args.data.database(&data),
+        "fluxd worker started"
+    );
     let node = Node {
         http,
         worker: Some(engine),

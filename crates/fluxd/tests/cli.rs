@@ -552,3 +552,165 @@ fn fp8_files_and_text_encoders_on_the_cpu() {
         "f32 encoders move the bf16 image by {mean} levels on average"
     );
 }
+
+/// The engine's reference fixtures (drawn and computed by `scripts/reference/`).
+fn engine_fixture(suite: &str, file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fluxd-engine/tests/fixtures")
+        .join(suite)
+        .join(file)
+}
+
+/// An image written by the CLI: 3 equal channels, returned as one.
+fn gray_of_rgb(path: &Path) -> image::GrayImage {
+    let rgb = image::open(path).expect("open output").to_rgb8();
+    assert!(
+        rgb.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
+        "channels differ"
+    );
+    image::DynamicImage::ImageRgb8(rgb).to_luma8()
+}
+
+#[test]
+fn control_canny_writes_opencvs_edges() {
+    let dir = scratch("canny");
+    let input = engine_fixture("canny", "blur_rgb.png");
+    let out = dir.join("edges.png");
+    ok(&[
+        "control",
+        "canny",
+        s(&input),
+        s(&out),
+        "--low",
+        "50",
+        "--high",
+        "200",
+    ]);
+    let want = image::open(engine_fixture("canny", "blur_rgb_50_200.png"))
+        .expect("fixture")
+        .to_luma8();
+    assert_eq!(gray_of_rgb(&out), want);
+    // Thresholds in either order, as cv2.Canny takes them.
+    let swapped = dir.join("swapped.png");
+    ok(&[
+        "control",
+        "canny",
+        s(&input),
+        s(&swapped),
+        "--low",
+        "200",
+        "--high",
+        "50",
+    ]);
+    assert_eq!(gray_of_rgb(&swapped), want);
+    // --bfl: the map BFL's encoder feeds FLUX.1-Canny.
+    let bfl = dir.join("bfl.png");
+    ok(&["control", "canny", s(&input), s(&bfl), "--bfl"]);
+    let want = image::open(engine_fixture("canny", "bfl_blur_rgb.png"))
+        .expect("fixture")
+        .to_luma8();
+    assert_eq!(gray_of_rgb(&bfl), want);
+}
+
+#[test]
+fn control_canny_refuses_bad_input_clearly() {
+    let dir = scratch("canny-bad");
+    let missing = dir.join("nope.png");
+    let out = fluxd(&["control", "canny", s(&missing), s(&dir.join("o.png"))]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.png"), "{err}");
+    let not_image = dir.join("text.png");
+    std::fs::write(&not_image, b"hello").expect("write");
+    let out = fluxd(&["control", "canny", s(&not_image), s(&dir.join("o.png"))]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("text.png"));
+    let input = engine_fixture("canny", "lines.png");
+    let out = fluxd(&[
+        "control",
+        "canny",
+        s(&input),
+        s(&dir.join("o.png")),
+        "--low",
+        "nan",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("finite"));
+}
+
+#[test]
+fn control_depth_writes_the_reference_depth_map() {
+    let dir = scratch("depth");
+    let est = dir.join("depth-anything");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(engine_fixture("depth", "cases.json")).expect("cases.json"),
+    )
+    .expect("json");
+    let seed = meta["seed"].as_u64().expect("seed").to_string();
+    assert_eq!(
+        ok(&["model", "init-tiny-depth", s(&est), "--seed", &seed]).trim(),
+        s(&est)
+    );
+    for file in [
+        "config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+    ] {
+        assert!(est.join(file).is_file(), "{file}");
+    }
+    let input = engine_fixture("depth", "tall.png");
+    let out = dir.join("depth.png");
+    ok(&[
+        "control",
+        "depth",
+        s(&input),
+        s(&out),
+        "--depth-estimator",
+        s(&est),
+    ]);
+    let got = gray_of_rgb(&out);
+    let img = image::open(&input).expect("input");
+    assert_eq!(got.dimensions(), (img.width(), img.height()));
+    // BFL's control tensor from transformers, as 0..255 levels: ours within one level.
+    let st = std::fs::read(engine_fixture("depth", "tall.safetensors")).expect("fixture");
+    let st = safetensors::SafeTensors::deserialize(&st).expect("safetensors");
+    let ctl = st.tensor("bfl_control").expect("bfl_control");
+    let plane: Vec<f32> = ctl
+        .data()
+        .chunks_exact(4)
+        .take(got.len())
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let worst = got
+        .iter()
+        .zip(&plane)
+        .map(|(g, c)| (f32::from(*g) - ((c + 1.0) * 127.5).round().clamp(0.0, 255.0)).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1.0, "{worst}");
+    // Stretched levels span the whole range.
+    let mm = dir.join("minmax.png");
+    ok(&[
+        "control",
+        "depth",
+        s(&input),
+        s(&mm),
+        "--depth-estimator",
+        s(&est),
+        "--levels",
+        "min-max",
+    ]);
+    let mm = gray_of_rgb(&mm);
+    assert_eq!((mm.iter().min(), mm.iter().max()), (Some(&0), Some(&255)));
+    // A folder that is not a Depth Anything model is named in the error.
+    let out = fluxd(&[
+        "control",
+        "depth",
+        s(&input),
+        s(&out),
+        "--depth-estimator",
+        s(&dir),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
+}

@@ -12,26 +12,9 @@ use serde::Deserialize;
 
 use super::preprocess::{ImageProcessor, ImageProcessorConfig};
 use crate::error::{EngineError, Result};
-use crate::text_encoders::{linear, read_config, Act, Linear};
-use crate::vit::{LayerNames, VitEncoder, VitNames, VitSpec};
+use crate::text_encoders::{check_model_type, linear, parse_config, read_config, Act, Linear};
+use crate::vit::{LayerNames, SizePair, VitEncoder, VitNames, VitSpec};
 use crate::weights::WeightFiles;
-
-/// An int or an `[h, w]` pair, as ViT configs write `image_size` and `patch_size`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-enum Pair {
-    One(usize),
-    Two([usize; 2]),
-}
-
-impl Pair {
-    fn hw(self) -> (usize, usize) {
-        match self {
-            Self::One(n) => (n, n),
-            Self::Two([h, w]) => (h, w),
-        }
-    }
-}
 
 #[derive(Deserialize)]
 struct RawVitConfig {
@@ -43,8 +26,8 @@ struct RawVitConfig {
     head_dim: Option<usize>,
     hidden_act: Option<String>,
     layer_norm_eps: Option<f64>,
-    image_size: Option<Pair>,
-    patch_size: Option<Pair>,
+    image_size: Option<SizePair>,
+    patch_size: Option<SizePair>,
     num_channels: Option<usize>,
     qkv_bias: Option<bool>,
     id2label: Option<BTreeMap<String, String>>,
@@ -89,16 +72,14 @@ impl VitConfig {
 
     /// Parses a config already read from `path`.
     pub fn from_value(value: serde_json::Value, path: &Path) -> Result<Self> {
-        let raw: RawVitConfig =
-            serde_json::from_value(value).map_err(|e| EngineError::config(path, e.to_string()))?;
+        let raw: RawVitConfig = parse_config(value, path)?;
         let bad = |msg: String| EngineError::config(path, msg);
-        if let Some(t) = raw.model_type.as_deref() {
-            if t != "vit" {
-                return Err(bad(format!(
-                    "model_type `{t}` is not `vit` (only ViTForImageClassification is supported)"
-                )));
-            }
-        }
+        check_model_type(
+            raw.model_type.as_deref(),
+            "vit",
+            path,
+            "ViTForImageClassification",
+        )?;
         let hidden_size = raw.hidden_size.unwrap_or(768);
         let heads = raw.num_attention_heads.unwrap_or(12);
         if heads == 0 || (raw.head_dim.is_none() && !hidden_size.is_multiple_of(heads)) {
@@ -137,8 +118,8 @@ impl VitConfig {
             intermediate_size: raw.intermediate_size.unwrap_or(3072),
             hidden_act,
             layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-12),
-            image_size: raw.image_size.unwrap_or(Pair::One(224)).hw(),
-            patch_size: raw.patch_size.unwrap_or(Pair::One(16)).hw(),
+            image_size: raw.image_size.unwrap_or(SizePair::One(224)).hw(),
+            patch_size: raw.patch_size.unwrap_or(SizePair::One(16)).hw(),
             num_channels: raw.num_channels.unwrap_or(3),
             qkv_bias: raw.qkv_bias.unwrap_or(true),
             labels,

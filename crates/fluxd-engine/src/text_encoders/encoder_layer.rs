@@ -28,6 +28,9 @@ pub(crate) struct LayerNames {
     pub fc1: String,
     /// MLP down projection.
     pub fc2: String,
+    /// Per-channel scales of the attention and MLP branches (`layer_scale1.lambda1`,
+    /// `layer_scale2.lambda1`, DINOv2 only).
+    pub layer_scale: Option<[String; 2]>,
 }
 
 impl LayerNames {
@@ -44,6 +47,15 @@ impl LayerNames {
             ln2,
             fc1,
             fc2,
+            layer_scale: None,
+        }
+    }
+
+    /// The same names with DINOv2's two layer-scale tensors (full names).
+    pub fn with_layer_scale(self, attention: String, mlp: String) -> Self {
+        Self {
+            layer_scale: Some([attention, mlp]),
+            ..self
         }
     }
 }
@@ -97,6 +109,8 @@ pub(crate) struct EncoderLayer {
     ln2: candle_nn::LayerNorm,
     fc1: Linear,
     fc2: Linear,
+    /// DINOv2's per-channel branch scales (attention, MLP).
+    layer_scale: Option<[Tensor; 2]>,
     heads: usize,
     head_dim: usize,
 }
@@ -113,6 +127,13 @@ impl EncoderLayer {
         let (h, f, eps) = (dims.hidden, dims.intermediate, dims.eps);
         let inner = dims.heads * dims.head_dim;
         let lin = |name: &str, o, i, bias| linear(w, name, o, i, bias, dtype, device);
+        let layer_scale = match &names.layer_scale {
+            Some([a, m]) => Some([
+                w.get_shaped(a, h, dtype, device)?,
+                w.get_shaped(m, h, dtype, device)?,
+            ]),
+            None => None,
+        };
         Ok(Self {
             ln1: layer_norm(w, &names.ln1, h, eps, dtype, device)?,
             q: lin(&names.q, inner, h, dims.qkv_bias)?,
@@ -122,6 +143,7 @@ impl EncoderLayer {
             ln2: layer_norm(w, &names.ln2, h, eps, dtype, device)?,
             fc1: lin(&names.fc1, f, h, true)?,
             fc2: lin(&names.fc2, h, f, true)?,
+            layer_scale,
             heads: dims.heads,
             head_dim: dims.head_dim,
         })
@@ -136,9 +158,18 @@ impl EncoderLayer {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let h = self.attention(&apply(&self.ln1, x)?, scale, mask)?;
-        let x = (x + h)?;
+        let x = (x + self.scaled(h, 0)?)?;
         let m = self.fc1.forward(&apply(&self.ln2, &x)?)?;
-        Ok((&x + self.fc2.forward(&act.apply(&m)?)?)?)
+        let m = self.fc2.forward(&act.apply(&m)?)?;
+        Ok((&x + self.scaled(m, 1)?)?)
+    }
+
+    /// A branch's output times its layer scale `which` (0 attention, 1 MLP), if the model has one.
+    fn scaled(&self, branch: Tensor, which: usize) -> Result<Tensor> {
+        Ok(match &self.layer_scale {
+            Some(scales) => branch.broadcast_mul(&scales[which])?,
+            None => branch,
+        })
     }
 
     /// Multi-head attention with the softmax in f32.

@@ -70,16 +70,46 @@ impl Act {
 /// Reads and parses a component's `config.json`.
 pub(crate) fn read_config(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value)> {
     let path = dir.join("config.json");
-    if !path.is_file() {
-        return Err(EngineError::MissingFile {
-            path,
-            what: "model config".into(),
-        });
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+    let text = read_json_text(&path, "model config")?;
     let value =
         serde_json::from_str(&text).map_err(|e| EngineError::config(&path, e.to_string()))?;
     Ok((path, value))
+}
+
+/// The text of a JSON file a model folder must have (`what` says what it is for when missing).
+pub(crate) fn read_json_text(path: &Path, what: &str) -> Result<String> {
+    if !path.is_file() {
+        return Err(EngineError::MissingFile {
+            path: path.to_path_buf(),
+            what: what.into(),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))
+}
+
+/// A config's JSON value as `T`, errors naming the file at `path`.
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    path: &Path,
+) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| EngineError::config(path, e.to_string()))
+}
+
+/// Refuses a config whose `model_type` is present and not `expected`; `supported` says what
+/// is, for the error.
+pub(crate) fn check_model_type(
+    found: Option<&str>,
+    expected: &str,
+    path: &Path,
+    supported: &str,
+) -> Result<()> {
+    match found {
+        Some(t) if t != expected => Err(EngineError::config(
+            path,
+            format!("model_type `{t}` is not `{expected}` (only {supported} is supported)"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A linear layer `out × in` (with bias if `bias`) read from `{prefix}.weight` / `{prefix}.bias`.

@@ -19,6 +19,26 @@ pub(crate) use crate::text_encoders::encoder_layer::{LayerNames, CLIP_LAYER_SUFF
 use crate::text_encoders::{apply, layer_norm, Act};
 use crate::weights::WeightFiles;
 
+/// An int or an `[h, w]` pair, as vision configs write `image_size` and `patch_size`.
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub(crate) enum SizePair {
+    /// One number for both sides.
+    One(usize),
+    /// `[height, width]`.
+    Two([usize; 2]),
+}
+
+impl SizePair {
+    /// (height, width).
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Self::One(n) => (n, n),
+            Self::Two([h, w]) => (h, w),
+        }
+    }
+}
+
 /// The sizes and choices of one vision transformer, taken from its model config.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct VitSpec {
@@ -65,10 +85,7 @@ pub(crate) struct VitNames {
 /// A loaded vision transformer: pixel values in, final-normed hidden states out.
 pub(crate) struct VitEncoder {
     spec: VitSpec,
-    /// Patch convolution as a matrix (C·ph·pw, hidden): a stride-`patch` convolution is one
-    /// matmul over non-overlapping patches, rows in the kernel's (c, kh, kw) order.
-    patch_weight_t: Tensor,
-    patch_bias: Tensor,
+    patch: PatchEmbed,
     cls_token: Option<Tensor>,
     positions: Tensor,
     layers: Vec<EncoderLayer>,
@@ -88,14 +105,7 @@ impl VitEncoder {
     ) -> Result<Self> {
         let (h, c) = (spec.hidden_size, spec.num_channels);
         let (ph, pw) = spec.patch_size;
-        let patch = w.get_shaped(
-            &format!("{}.weight", names.patch),
-            (h, c, ph, pw),
-            dtype,
-            device,
-        )?;
-        let patch_weight_t = patch.reshape((h, c * ph * pw))?.t()?.contiguous()?;
-        let patch_bias = w.get_shaped(&format!("{}.bias", names.patch), h, dtype, device)?;
+        let patch = PatchEmbed::load(w, &names.patch, h, c, (ph, pw), dtype, device)?;
         let cls_token = match &names.cls_token {
             Some(n) => Some(w.get_shaped(n, (1, 1, h), dtype, device)?),
             None => None,
@@ -122,8 +132,7 @@ impl VitEncoder {
         let final_norm = layer_norm(w, &names.final_norm, h, spec.layer_norm_eps, dtype, device)?;
         Ok(Self {
             spec,
-            patch_weight_t,
-            patch_bias,
+            patch,
             cls_token,
             positions,
             layers,
@@ -154,12 +163,59 @@ impl VitEncoder {
         apply(&self.final_norm, &x)
     }
 
-    /// The patch convolution (kernel = stride = patch, valid): (B, C, H, W) → (B, patches,
-    /// hidden), patches in the conv output's row-major (`flatten(2).transpose(1, 2)`) order.
+    /// The patch convolution: (B, C, H, W) → (B, patches, hidden).
     fn embed_patches(&self, x: &Tensor) -> Result<Tensor> {
+        self.patch.forward(x, self.spec.grid)
+    }
+}
+
+/// A ViT patch embedding: a convolution whose kernel and stride are the patch size, without
+/// padding (`padding="valid"`), flattened to tokens.
+pub(crate) struct PatchEmbed {
+    /// Patch convolution as a matrix (C·ph·pw, hidden): a stride-`patch` convolution is one
+    /// matmul over non-overlapping patches, rows in the kernel's (c, kh, kw) order.
+    weight_t: Tensor,
+    bias: Tensor,
+    patch: (usize, usize),
+    hidden: usize,
+}
+
+impl PatchEmbed {
+    /// Loads `{prefix}.weight` (hidden, channels, ph, pw) and `{prefix}.bias`.
+    pub fn load(
+        w: &WeightFiles,
+        prefix: &str,
+        hidden: usize,
+        channels: usize,
+        patch: (usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (ph, pw) = patch;
+        let weight = w.get_shaped(
+            &format!("{prefix}.weight"),
+            (hidden, channels, ph, pw),
+            dtype,
+            device,
+        )?;
+        Ok(Self {
+            weight_t: weight
+                .reshape((hidden, channels * ph * pw))?
+                .t()?
+                .contiguous()?,
+            bias: w.get_shaped(&format!("{prefix}.bias"), hidden, dtype, device)?,
+            patch,
+            hidden,
+        })
+    }
+
+    /// (B, C, H, W) → (B, gh·gw, hidden) over the first `grid` = (gh, gw) whole patches
+    /// (pixels past them are dropped), in the conv output's row-major
+    /// (`flatten(2).transpose(1, 2)`) order.
+    pub fn forward(&self, x: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
         let (b, c, _, _) = x.dims4()?;
-        let (ph, pw) = self.spec.patch_size;
-        let (gh, gw) = self.spec.grid;
+        let (ph, pw) = self.patch;
+        let (gh, gw) = grid;
         // (B, C, gh, ph, gw, pw) → (B, gh, gw, C, ph, pw): one row per patch in the kernel's
         // (c, kh, kw) order.
         let patches = x
@@ -170,9 +226,9 @@ impl VitEncoder {
             .contiguous()?
             .reshape((b * gh * gw, c * ph * pw))?;
         Ok(patches
-            .matmul(&self.patch_weight_t)?
-            .broadcast_add(&self.patch_bias)?
-            .reshape((b, gh * gw, self.spec.hidden_size))?)
+            .matmul(&self.weight_t)?
+            .broadcast_add(&self.bias)?
+            .reshape((b, gh * gw, self.hidden))?)
     }
 }
 

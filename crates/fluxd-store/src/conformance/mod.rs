@@ -1,24 +1,35 @@
 //! The behaviour every [`Store`] backend must show, as async functions over the trait.
 //!
 //! A backend's test file calls each function on a fresh, empty store (the queue functions claim
-//! whatever is pending, so stores must not be shared between them) and [`durability`] with a
-//! function that reopens the same database. The functions panic, like `assert!`, when the backend
+//! whatever is pending, so stores must not be shared between them), [`durability`] with a
+//! function that reopens the same database, and the functions of several stores
+//! ([`claims_across_stores`], [`limit_across_stores`], [`shared_secrets`]) with stores opened
+//! side by side on one fresh database, as several nodes use it. [`FlakyLink`] cuts a backend's
+//! network link for outage tests; [`TestSchema`] is a fresh schema on the test PostgreSQL
+//! server. The functions panic, like `assert!`, when the backend
 //! misbehaves, and return the store's own errors unchanged.
 
 mod keys;
+mod link;
+mod nodes;
 mod outbox;
 mod queue;
+mod test_schema;
 
 use std::future::Future;
 
 use uuid::Uuid;
 
 pub use keys::{finetunes, keys};
+pub use link::FlakyLink;
+pub use nodes::{claims_across_stores, limit_across_stores, shared_secrets};
 pub use outbox::{durability, outbox, retention};
 pub use queue::{
-    active_task_limit, claims_are_exclusive, completions, heartbeat_and_progress,
-    lost_worker_retries, release_on_shutdown, retryable_errors, task_isolation,
+    active_task_limit, claims_are_exclusive, completions, expired_lease_is_reclaimable,
+    heartbeat_and_progress, lost_worker_retries, release_on_shutdown, retryable_errors,
+    task_isolation,
 };
+pub use test_schema::{test_server_url, TestSchema, TEST_POSTGRES_URL};
 
 use crate::{NewKey, NewTask, NewWebhook, ReadyRecord, Result, Store};
 
@@ -39,6 +50,31 @@ pub fn test_s3_url(name: &str) -> Option<String> {
     }
 }
 
+/// Calls macro `$then` with `$args` followed by `;` and the names of every store-only function,
+/// so that [`run_all`] and [`conformance_tests!`](crate::conformance_tests) share one list.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_checks {
+    ($($then:ident)::+ ! ($($args:tt)*)) => {
+        $($then)::+! {
+            $($args)*;
+            keys,
+            finetunes,
+            task_isolation,
+            active_task_limit,
+            claims_are_exclusive,
+            lost_worker_retries,
+            release_on_shutdown,
+            heartbeat_and_progress,
+            completions,
+            retryable_errors,
+            expired_lease_is_reclaimable,
+            retention,
+            outbox
+        }
+    };
+}
+
 /// Runs every store-only function, each on a store from `fresh` (which must hand out empty
 /// stores), closing each store afterwards.
 pub async fn run_all<F, Fut>(fresh: F) -> Result<()>
@@ -47,27 +83,54 @@ where
     Fut: Future<Output = Result<Box<dyn Store>>>,
 {
     macro_rules! each {
-        ($($check:ident),* $(,)?) => {$(
-            let store = fresh().await?;
+        ($fresh:ident; $($check:ident),*) => {$(
+            let store = $fresh().await?;
             $check(store.as_ref()).await?;
             store.close().await;
         )*};
     }
-    each!(
-        keys,
-        finetunes,
-        task_isolation,
-        active_task_limit,
-        claims_are_exclusive,
-        lost_worker_retries,
-        release_on_shutdown,
-        heartbeat_and_progress,
-        completions,
-        retryable_errors,
-        retention,
-        outbox,
-    );
+    crate::__store_checks!(each!(fresh));
     Ok(())
+}
+
+/// A backend's test file in two lines: one `#[tokio::test]` per store-only function, each on a
+/// store from `$fresh`, and one per function of several stores, each on the stores from
+/// `$fresh_many`. Both are async expressions: `$fresh` evaluates to
+/// `Result<(G, Box<dyn Store>), StoreError>` and `$fresh_many` to
+/// `Result<(G, Vec<Box<dyn Store>>), StoreError>` (stores side by side on one new database),
+/// where the guard `G` keeps that database (a temporary directory, say) until the test ends.
+#[macro_export]
+macro_rules! conformance_tests {
+    (fresh: $fresh:expr, fresh_many: $fresh_many:expr $(,)?) => {
+        $crate::__store_checks!($crate::conformance_tests!(@one $fresh));
+        $crate::conformance_tests!(
+            @many $fresh_many;
+            claims_across_stores,
+            limit_across_stores,
+            shared_secrets
+        );
+    };
+    (@one $fresh:expr; $($check:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() -> ::std::result::Result<(), $crate::StoreError> {
+            let (_guard, store) = $fresh.await?;
+            $crate::conformance::$check(store.as_ref()).await?;
+            store.close().await;
+            Ok(())
+        }
+    )*};
+    (@many $fresh_many:expr; $($check:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() -> ::std::result::Result<(), $crate::StoreError> {
+            let (_guard, stores) = $fresh_many.await?;
+            let refs: Vec<&dyn $crate::Store> = stores.iter().map(|s| s.as_ref()).collect();
+            $crate::conformance::$check(&refs).await?;
+            for store in stores {
+                store.close().await;
+            }
+            Ok(())
+        }
+    )*};
 }
 
 /// A tenant with one key.

@@ -385,3 +385,33 @@ pub async fn retryable_errors(store: &dyn Store) -> Result<()> {
     assert_eq!(sent[0].task_id, task.id);
     Ok(())
 }
+
+/// A lease that runs out on the clock (not a zero lease) makes the task claimable again, with
+/// one more attempt; until then it is not, and afterwards the first worker can write nothing.
+pub async fn expired_lease_is_reclaimable(store: &dyn Store) -> Result<()> {
+    let key = tenant_with_key(store, "alice").await?;
+    let task = task_for(&key, "slow worker");
+    store.insert_task(task.clone()).await?;
+    let lease = Duration::from_millis(300);
+    let first = claim_run(store, "w1", lease).await?;
+    assert_eq!(first.id, task.id);
+    assert_eq!(store.claim_next("w2", LONG).await?, None, "leased");
+    store.heartbeat(task.id, "w1", lease).await?;
+    tokio::time::sleep(lease * 2).await;
+    let second = claim_run(store, "w2", LONG).await?;
+    assert_eq!((second.id, second.attempts), (task.id, 2));
+    assert_lease_lost(store.heartbeat(task.id, "w1", LONG).await, "late heartbeat");
+    let late = store
+        .complete_ready(task.id, "w1", ready("samples/late.jpeg"), None)
+        .await;
+    assert_lease_lost(late, "late completion");
+    store
+        .complete_ready(task.id, "w2", ready("samples/w2.jpeg"), None)
+        .await?;
+    let record = store.get_task("alice", task.id).await?;
+    assert_eq!(
+        record.map(|r| r.state),
+        Some(TaskState::Ready(ready("samples/w2.jpeg")))
+    );
+    Ok(())
+}

@@ -1,18 +1,12 @@
 //! Fine-tune records: a tenant's LoRA files, optionally shared with other tenants.
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
-use crate::sqlite::{keys, map_sqlx, rows};
+use crate::sql::records::{self, finetune_columns as columns};
+use crate::sql::rows;
+use crate::sqlite::{keys, map_sqlx};
 use crate::time::to_millis;
 use crate::{FinetuneRecord, StoreError};
-
-/// The columns [`record`] reads, as a literal for `concat!`.
-macro_rules! columns {
-    () => {
-        "tenant, id, format, rank, alpha, base_hidden, trigger_word, comment, blob_key, \
-         size_bytes, sha256, created_at, shared"
-    };
-}
 
 pub(super) async fn insert(
     conn: &mut SqliteConnection,
@@ -73,7 +67,7 @@ pub(super) async fn get(
     .await
     .map_err(map_sqlx)?;
     if let Some(row) = own {
-        return record(&row).map(Some);
+        return records::finetune(&row).map(Some);
     }
     // Tenant names cannot contain '/', so the first one ends the owner's name.
     let Some((owner, name)) = finetune_id.split_once('/') else {
@@ -90,7 +84,7 @@ pub(super) async fn get(
     .fetch_optional(pool)
     .await
     .map_err(map_sqlx)?;
-    shared.as_ref().map(record).transpose()
+    shared.as_ref().map(records::finetune).transpose()
 }
 
 pub(super) async fn delete(
@@ -107,25 +101,5 @@ pub(super) async fn delete(
     .fetch_optional(conn)
     .await
     .map_err(map_sqlx)?;
-    deleted.as_ref().map(record).transpose()
-}
-
-fn record(row: &SqliteRow) -> Result<FinetuneRecord, StoreError> {
-    let size: i64 = rows::get(row, "size_bytes")?;
-    Ok(FinetuneRecord {
-        tenant: rows::get(row, "tenant")?,
-        id: rows::get(row, "id")?,
-        format: rows::get(row, "format")?,
-        rank: rows::count(row, "rank")?,
-        alpha: rows::get(row, "alpha")?,
-        base_hidden: rows::opt_count(row, "base_hidden")?,
-        trigger_word: rows::get(row, "trigger_word")?,
-        comment: rows::get(row, "comment")?,
-        blob_key: rows::get(row, "blob_key")?,
-        size_bytes: u64::try_from(size)
-            .map_err(|_| StoreError::Corrupt(format!("fine-tune size {size}")))?,
-        sha256: rows::get(row, "sha256")?,
-        created_at: rows::time(row, "created_at")?,
-        shared: rows::get(row, "shared")?,
-    })
+    deleted.as_ref().map(records::finetune).transpose()
 }

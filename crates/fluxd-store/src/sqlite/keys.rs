@@ -4,7 +4,9 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use crate::apikey::{self, KeyMaterial};
-use crate::sqlite::{map_sqlx, rows};
+use crate::sql::records::{self, key_columns};
+use crate::sql::rows;
+use crate::sqlite::map_sqlx;
 use crate::time::now_millis;
 use crate::{KeyInfo, KeyRecord, NewKey, StoreError, DEFAULT_MAX_ACTIVE_TASKS};
 
@@ -61,7 +63,6 @@ pub(super) async fn authenticate(
     let Some(prefix) = apikey::lookup_prefix(key) else {
         return Ok(None);
     };
-    let presented = apikey::hash(key);
     let candidates = sqlx::query(
         "SELECT id, tenant, key_hash, max_active_tasks FROM api_keys \
          WHERE prefix = $1 AND revoked_at IS NULL",
@@ -70,17 +71,7 @@ pub(super) async fn authenticate(
     .fetch_all(pool)
     .await
     .map_err(map_sqlx)?;
-    for row in &candidates {
-        let stored: String = rows::get(row, "key_hash")?;
-        if apikey::hashes_match(&presented, &stored) {
-            return Ok(Some(KeyInfo {
-                key_id: rows::uuid(row, "id")?,
-                tenant: rows::get(row, "tenant")?,
-                max_active_tasks: rows::count(row, "max_active_tasks")?,
-            }));
-        }
-    }
-    Ok(None)
+    records::matching_key(&candidates, key)
 }
 
 pub(super) async fn revoke(conn: &mut SqliteConnection, key_id: Uuid) -> Result<bool, StoreError> {
@@ -109,26 +100,14 @@ pub(super) async fn set_max_active_tasks(
 }
 
 pub(super) async fn list(pool: &SqlitePool, tenant: &str) -> Result<Vec<KeyRecord>, StoreError> {
-    let found = sqlx::query(
-        "SELECT id, tenant, label, prefix, max_active_tasks, created_at, revoked_at \
-         FROM api_keys WHERE tenant = $1 ORDER BY created_at, id",
-    )
+    let found = sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM api_keys WHERE tenant = $1 ORDER BY created_at, id"
+    ))
     .bind(tenant)
     .fetch_all(pool)
     .await
     .map_err(map_sqlx)?;
-    found
-        .iter()
-        .map(|row| {
-            Ok(KeyRecord {
-                key_id: rows::uuid(row, "id")?,
-                tenant: rows::get(row, "tenant")?,
-                label: rows::get(row, "label")?,
-                prefix: rows::get(row, "prefix")?,
-                max_active_tasks: rows::count(row, "max_active_tasks")?,
-                created_at: rows::time(row, "created_at")?,
-                revoked_at: rows::opt_time(row, "revoked_at")?,
-            })
-        })
-        .collect()
+    found.iter().map(records::key_record).collect()
 }

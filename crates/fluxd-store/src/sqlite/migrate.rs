@@ -3,45 +3,41 @@
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 
+use crate::sql::{
+    pending_migrations, Migrations, CURRENT_VERSION, MIGRATIONS_TABLE, RECORD_VERSION,
+};
 use crate::sqlite::map_sqlx;
 use crate::time::now_millis;
 use crate::StoreError;
 
 /// Every schema version, in order. Append; never edit a released one.
-const MIGRATIONS: &[(i64, &str)] = &[
+const MIGRATIONS: Migrations = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_key_load.sql")),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_shared_secrets.sql"),
+    ),
 ];
 
 /// Brings the schema to the newest version. `BEGIN IMMEDIATE` takes the write lock first, so two
 /// processes opening the same new file cannot both apply a migration.
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_sqlx)?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (\
-            version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(map_sqlx)?;
-    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+    sqlx::raw_sql(MIGRATIONS_TABLE)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+    let current: Option<i64> = sqlx::query_scalar(CURRENT_VERSION)
         .fetch_one(&mut *tx)
         .await
         .map_err(map_sqlx)?;
-    let current = current.unwrap_or(0);
-    let supported = MIGRATIONS.last().map_or(0, |(version, _)| *version);
-    if current > supported {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            supported,
-        });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+    for (version, sql) in pending_migrations(MIGRATIONS, current)? {
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+        sqlx::query(RECORD_VERSION)
             .bind(version)
             .bind(now_millis())
             .execute(&mut *tx)

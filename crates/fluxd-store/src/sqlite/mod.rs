@@ -8,23 +8,23 @@
 mod finetunes;
 mod keys;
 mod migrate;
-mod rows;
+mod secrets;
 mod tasks;
 mod trait_impl;
 mod webhooks;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::error::ErrorKind;
+use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::ConnectOptions;
 use tokio::sync::oneshot;
 
+use crate::sql::{map_error, Transient};
 use crate::{StoreError, DEFAULT_MAX_ATTEMPTS};
 use writer::Writer;
 pub use writer::WriterStats;
@@ -164,40 +164,23 @@ impl SqliteStore {
     }
 }
 
-/// Classifies a driver error for callers: busy and I/O failures are retryable, constraint
-/// violations say what the caller did wrong, anything else is a database bug.
+/// Classifies a driver error for callers (see [`map_error`]).
 pub(crate) fn map_sqlx(err: sqlx::Error) -> StoreError {
-    match err {
-        sqlx::Error::Database(db) => {
-            match db.kind() {
-                ErrorKind::UniqueViolation => return StoreError::Conflict(db.message().to_owned()),
-                ErrorKind::ForeignKeyViolation => {
-                    return StoreError::Invalid(format!(
-                        "refers to a missing row: {}",
-                        db.message()
-                    ))
-                }
-                _ => {}
-            }
-            // SQLite's extended result code; the low byte is the primary code.
-            let primary = db
-                .code()
-                .and_then(|code| code.parse::<i32>().ok())
-                .map(|code| code & 0xff);
-            let source = Arc::new(sqlx::Error::Database(db));
-            match primary {
-                // SQLITE_BUSY, SQLITE_LOCKED
-                Some(5 | 6) => StoreError::Busy(source),
-                // SQLITE_NOMEM, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_PROTOCOL
-                Some(7 | 10 | 13 | 14 | 15) => StoreError::Unavailable(source),
-                _ => StoreError::Database(source),
-            }
-        }
-        sqlx::Error::PoolClosed => StoreError::Closed,
-        err @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed) => {
-            StoreError::Unavailable(Arc::new(err))
-        }
-        other => StoreError::Database(Arc::new(other)),
+    map_error(err, transient)
+}
+
+/// SQLite's transient failures, by the primary result code (the low byte of the extended one).
+fn transient(db: &dyn DatabaseError) -> Transient {
+    let primary = db
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .map(|code| code & 0xff);
+    match primary {
+        // SQLITE_BUSY, SQLITE_LOCKED
+        Some(5 | 6) => Transient::Busy,
+        // SQLITE_NOMEM, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_PROTOCOL
+        Some(7 | 10 | 13 | 14 | 15) => Transient::Unavailable,
+        _ => Transient::No,
     }
 }
 
@@ -216,11 +199,12 @@ mod tests {
                 Box::pin(async move {
                     let row = sqlx::query(sql).fetch_one(c).await.map_err(map_sqlx)?;
                     // journal_mode answers text, the others integers.
-                    let text = rows::get::<String>(&row, "journal_mode").or_else(|_| {
-                        sqlx::Row::try_get::<i64, _>(&row, 0)
-                            .map(|n| n.to_string())
-                            .map_err(map_sqlx)
-                    })?;
+                    let text =
+                        sqlx::Row::try_get::<String, _>(&row, "journal_mode").or_else(|_| {
+                            sqlx::Row::try_get::<i64, _>(&row, 0)
+                                .map(|n| n.to_string())
+                                .map_err(map_sqlx)
+                        })?;
                     Ok(text)
                 })
             })

@@ -3,16 +3,18 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::SqliteExecutor;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::sqlite::{map_sqlx, rows, webhooks};
+use crate::sql::records::{self, claim_columns};
+use crate::sql::rows;
+use crate::sqlite::{map_sqlx, webhooks};
 use crate::time::{duration_millis, now_millis, to_millis};
 use crate::{
-    Claim, ClaimedTask, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook,
-    ReadyRecord, StoreError, TaskRecord, TaskState, TaskStatus,
+    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, ReadyRecord,
+    StoreError, TaskRecord, TaskStatus,
 };
 
 /// The rows a worker may still write: its own, unfinished, lease not run out. `$1` task id,
@@ -287,42 +289,22 @@ pub(super) async fn claim_next(
     lease: Duration,
 ) -> Result<Option<Claim>, StoreError> {
     let now = now_millis();
-    let found = sqlx::query(
+    let found = sqlx::query(concat!(
         "UPDATE tasks SET worker_id = $1, lease_until = $2, attempts = attempts + 1, \
          progress = 0, updated_at = $3 \
          WHERE id = (SELECT id FROM tasks WHERE status = 'Pending' \
                      AND (lease_until IS NULL OR lease_until <= $3) \
                      ORDER BY created_at, id LIMIT 1) \
-         RETURNING id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, \
-                   attempts, max_attempts, created_at",
-    )
+         RETURNING ",
+        claim_columns!()
+    ))
     .bind(worker_id)
     .bind(now.saturating_add(duration_millis(lease)))
     .bind(now)
     .fetch_optional(conn)
     .await
     .map_err(map_sqlx)?;
-    let Some(row) = found else {
-        return Ok(None);
-    };
-    let task = ClaimedTask {
-        id: rows::uuid(&row, "id")?,
-        tenant: rows::get(&row, "tenant")?,
-        key_id: rows::uuid(&row, "key_id")?,
-        params: rows::json(&row, "params")?,
-        finetune_id: rows::get(&row, "finetune_id")?,
-        webhook_url: rows::get(&row, "webhook_url")?,
-        webhook_secret: rows::get(&row, "webhook_secret")?,
-        attempts: rows::count(&row, "attempts")?,
-        max_attempts: rows::count(&row, "max_attempts")?,
-        created_at: rows::time(&row, "created_at")?,
-    };
-    Ok(Some(if task.attempts > task.max_attempts {
-        tracing::warn!(task_id = %task.id, attempts = task.attempts, "task lost its worker too often");
-        Claim::Exhausted(task)
-    } else {
-        Claim::Run(task)
-    }))
+    found.as_ref().map(records::claim).transpose()
 }
 
 pub(super) async fn heartbeat(
@@ -384,8 +366,7 @@ pub(super) async fn complete_ready(
     let query = owned(sql, task_id, worker_id, now_millis())
         .bind(ready.sample_key)
         .bind(ready.prompt_used)
-        // The seed's bits, reinterpreted: SQL integers are signed 64-bit.
-        .bind(i64::from_ne_bytes(ready.seed_used.to_ne_bytes()))
+        .bind(rows::seed_to_sql(ready.seed_used))
         .bind(ready.start_time)
         .bind(ready.end_time);
     execute_owned(&mut *conn, query, task_id).await?;
@@ -474,7 +455,7 @@ pub(super) async fn get(
         .fetch_optional(pool)
         .await
         .map_err(map_sqlx)?;
-    found.as_ref().map(record).transpose()
+    found.as_ref().map(records::task).transpose()
 }
 
 pub(super) async fn expire_finished(
@@ -511,67 +492,4 @@ async fn enqueue_final_webhook(
         webhooks::enqueue(conn, task_id, webhook).await?;
     }
     Ok(())
-}
-
-/// Builds a task record, checking that each status has the columns it needs.
-fn record(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
-    let id = rows::uuid(row, "id")?;
-    let status_text: String = rows::get(row, "status")?;
-    let status = TaskStatus::parse(&status_text)
-        .ok_or_else(|| StoreError::Corrupt(format!("task {id}: status {status_text:?}")))?;
-    let missing =
-        |column: &str| StoreError::Corrupt(format!("task {id}: {status} without {column}"));
-    let details: Option<String> = rows::get(row, "details")?;
-    let reasons = |details: Option<String>| -> Result<Vec<String>, StoreError> {
-        let text = details.ok_or_else(|| missing("details"))?;
-        serde_json::from_str(&text)
-            .map_err(|err| StoreError::Corrupt(format!("task {id}: moderation reasons: {err}")))
-    };
-    let state = match status {
-        TaskStatus::Pending => TaskState::Pending {
-            progress: rows::get(row, "progress")?,
-        },
-        TaskStatus::Ready => {
-            let seed: Option<i64> = rows::get(row, "seed_used")?;
-            TaskState::Ready(ReadyRecord {
-                sample_key: rows::get::<Option<String>>(row, "sample_key")?
-                    .ok_or_else(|| missing("sample_key"))?,
-                prompt_used: rows::get::<Option<String>>(row, "prompt_used")?
-                    .ok_or_else(|| missing("prompt_used"))?,
-                seed_used: u64::from_ne_bytes(
-                    seed.ok_or_else(|| missing("seed_used"))?.to_ne_bytes(),
-                ),
-                start_time: rows::get::<Option<f64>>(row, "start_time")?
-                    .ok_or_else(|| missing("start_time"))?,
-                end_time: rows::get::<Option<f64>>(row, "end_time")?
-                    .ok_or_else(|| missing("end_time"))?,
-            })
-        }
-        TaskStatus::RequestModerated => TaskState::Moderated {
-            kind: ModerationKind::Request,
-            reasons: reasons(details)?,
-        },
-        TaskStatus::ContentModerated => TaskState::Moderated {
-            kind: ModerationKind::Content,
-            reasons: reasons(details)?,
-        },
-        TaskStatus::Error => TaskState::Error {
-            details: details.ok_or_else(|| missing("details"))?,
-        },
-    };
-    Ok(TaskRecord {
-        id,
-        tenant: rows::get(row, "tenant")?,
-        key_id: rows::uuid(row, "key_id")?,
-        params: rows::json(row, "params")?,
-        finetune_id: rows::get(row, "finetune_id")?,
-        webhook_url: rows::get(row, "webhook_url")?,
-        webhook_secret: rows::get(row, "webhook_secret")?,
-        state,
-        attempts: rows::count(row, "attempts")?,
-        max_attempts: rows::count(row, "max_attempts")?,
-        last_error: rows::get(row, "last_error")?,
-        created_at: rows::time(row, "created_at")?,
-        finished_at: rows::opt_time(row, "finished_at")?,
-    })
 }

@@ -6,12 +6,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::sqlite::{finetunes, keys, tasks, webhooks, SqliteStore};
+use crate::secret;
+use crate::sqlite::{finetunes, keys, secrets, tasks, webhooks, SqliteStore};
 use crate::store::Result;
-use crate::types::check_tenant;
+use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
     apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, Store, StoreError, TaskRecord, WebhookDelivery,
+    NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord, WebhookDelivery,
     WebhookRecord,
 };
 
@@ -91,11 +92,7 @@ impl Store for SqliteStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id, progress))]
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()> {
-        if !(0.0..=1.0).contains(&progress) {
-            return Err(StoreError::Invalid(format!(
-                "progress {progress} is not between 0 and 1"
-            )));
-        }
+        check_progress(progress)?;
         let worker_id = worker_id.to_owned();
         self.writer
             .write_one(move |c| Box::pin(tasks::set_progress(c, task_id, worker_id, progress)))
@@ -166,10 +163,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()> {
-        check_tenant(&record.tenant)?;
-        if record.id.is_empty() {
-            return Err(StoreError::Invalid("empty fine-tune id".into()));
-        }
+        check_finetune(&record)?;
         self.writer
             .write(move |c| Box::pin(finetunes::insert(c, record)))
             .await
@@ -241,6 +235,15 @@ impl Store for SqliteStore {
     async fn retry_failed_webhooks(&self, id: Option<Uuid>) -> Result<u64> {
         self.writer
             .write_one(move |c| Box::pin(webhooks::retry_failed(c, id)))
+            .await
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<SharedSecret> {
+        secret::check_name(name)?;
+        let name = name.to_owned();
+        let fresh = secret::generate()?;
+        self.writer
+            .write_one(move |c| Box::pin(secrets::get_or_create(c, name, fresh)))
             .await
     }
 

@@ -5,9 +5,12 @@ use std::time::{Duration, SystemTime};
 use sqlx::sqlite::SqliteConnection;
 use uuid::Uuid;
 
-use crate::sqlite::{map_sqlx, rows};
+use crate::sql::records::{self, delivery_columns, webhook_record_columns};
+use crate::sql::{delivery_found, rows};
+use crate::sqlite::map_sqlx;
 use crate::time::{duration_millis, now_millis, to_millis};
-use crate::{NewWebhook, StoreError, WebhookDelivery, WebhookRecord, WEBHOOK_STATUSES};
+use crate::types::check_webhook_status;
+use crate::{NewWebhook, StoreError, WebhookDelivery, WebhookRecord};
 
 pub(super) async fn enqueue(
     conn: &mut SqliteConnection,
@@ -41,15 +44,15 @@ pub(super) async fn claim_due(
     lease: Duration,
 ) -> Result<Vec<WebhookDelivery>, StoreError> {
     let now = now_millis();
-    let claimed = sqlx::query(
+    let claimed = sqlx::query(concat!(
         "UPDATE webhooks SET worker_id = $1, lease_until = $2, attempts = attempts + 1, \
          updated_at = $3 \
          WHERE id IN (SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= $3 \
                       AND (lease_until IS NULL OR lease_until <= $3) \
                       ORDER BY next_attempt_at, created_at LIMIT $4) \
-         RETURNING id, task_id, webhook_id, url, secret, payload, attempts, created_at, \
-                   next_attempt_at",
-    )
+         RETURNING ",
+        delivery_columns!()
+    ))
     .bind(worker_id)
     .bind(now.saturating_add(duration_millis(lease)))
     .bind(now)
@@ -57,25 +60,7 @@ pub(super) async fn claim_due(
     .fetch_all(conn)
     .await
     .map_err(map_sqlx)?;
-    let mut due = claimed
-        .iter()
-        .map(|row| {
-            let delivery = WebhookDelivery {
-                id: rows::uuid(row, "id")?,
-                task_id: rows::uuid(row, "task_id")?,
-                webhook_id: rows::get(row, "webhook_id")?,
-                url: rows::get(row, "url")?,
-                secret: rows::get(row, "secret")?,
-                payload: rows::get(row, "payload")?,
-                attempts: rows::count(row, "attempts")?,
-                created_at: rows::time(row, "created_at")?,
-            };
-            Ok((rows::get::<i64>(row, "next_attempt_at")?, delivery))
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    // RETURNING has no defined order; hand out the longest-waiting first.
-    due.sort_by_key(|(next, delivery)| (*next, delivery.created_at));
-    Ok(due.into_iter().map(|(_, delivery)| delivery).collect())
+    records::webhook_deliveries(&claimed)
 }
 
 pub(super) async fn delivered(conn: &mut SqliteConnection, id: Uuid) -> Result<(), StoreError> {
@@ -88,7 +73,7 @@ pub(super) async fn delivered(conn: &mut SqliteConnection, id: Uuid) -> Result<(
     .execute(conn)
     .await
     .map_err(map_sqlx)?;
-    found(done.rows_affected(), id)
+    delivery_found(done.rows_affected(), id)
 }
 
 pub(super) async fn failed(
@@ -118,38 +103,21 @@ pub(super) async fn failed(
     .execute(conn)
     .await
     .map_err(map_sqlx)?;
-    found(done.rows_affected(), id)
+    delivery_found(done.rows_affected(), id)
 }
-
-/// The columns of a [`WebhookRecord`].
-const RECORD_COLUMNS: &str =
-    "id, task_id, url, status, attempts, last_error, next_attempt_at, updated_at";
 
 type Query = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
 /// `SELECT` of a [`WebhookRecord`]'s columns with `rest` (a `WHERE` clause and what follows) after
 /// `FROM webhooks`; `rest` is one of this module's constant texts, so the SQL is safe.
 fn select(rest: &'static str) -> Query {
-    let sql = format!("SELECT {RECORD_COLUMNS} FROM webhooks {rest}");
+    let sql = format!("SELECT {} FROM webhooks {rest}", webhook_record_columns!());
     sqlx::query(sqlx::AssertSqlSafe(sql))
 }
 
 async fn records(pool: &sqlx::SqlitePool, query: Query) -> Result<Vec<WebhookRecord>, StoreError> {
     let found = query.fetch_all(pool).await.map_err(map_sqlx)?;
-    found.iter().map(record).collect()
-}
-
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WebhookRecord, StoreError> {
-    Ok(WebhookRecord {
-        id: rows::uuid(row, "id")?,
-        task_id: rows::uuid(row, "task_id")?,
-        url: rows::get(row, "url")?,
-        status: rows::get(row, "status")?,
-        attempts: rows::count(row, "attempts")?,
-        last_error: rows::get(row, "last_error")?,
-        next_attempt_at: rows::time(row, "next_attempt_at")?,
-        updated_at: rows::time(row, "updated_at")?,
-    })
+    found.iter().map(records::webhook_record).collect()
 }
 
 pub(super) async fn for_task(
@@ -165,12 +133,7 @@ pub(super) async fn list(
     status: Option<&str>,
     limit: u32,
 ) -> Result<Vec<WebhookRecord>, StoreError> {
-    if let Some(status) = status.filter(|s| !WEBHOOK_STATUSES.contains(s)) {
-        return Err(StoreError::Invalid(format!(
-            "webhook status {status:?}: expected one of {}",
-            WEBHOOK_STATUSES.join(", ")
-        )));
-    }
+    check_webhook_status(status)?;
     let sql = "WHERE $1 IS NULL OR status = $1 ORDER BY updated_at DESC, id LIMIT $2";
     let query = select(sql).bind(status).bind(rows::int(limit));
     records(pool, query).await
@@ -204,12 +167,4 @@ pub(super) async fn expire_settled(
         .await
         .map_err(map_sqlx)?;
     Ok(())
-}
-
-fn found(rows_affected: u64, id: Uuid) -> Result<(), StoreError> {
-    if rows_affected == 0 {
-        Err(StoreError::NotFound(format!("webhook delivery {id}")))
-    } else {
-        Ok(())
-    }
 }

@@ -24,6 +24,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ask::{ask, stop};
 use crate::sqlite::map_sqlx;
 use crate::sqlite::tasks::{self, Submit};
 use crate::{InsertOutcome, NewTask, StoreError};
@@ -180,18 +181,15 @@ impl Writer {
         limit: u32,
         max_attempts: u32,
     ) -> Result<InsertOutcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let submit = Submit {
-            task,
-            limit,
-            max_attempts,
-            reply,
-        };
-        self.queue
-            .send(Message::Submit(submit))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        ask(&self.queue, |reply| {
+            Message::Submit(Submit {
+                task,
+                limit,
+                max_attempts,
+                reply,
+            })
+        })
+        .await
     }
 
     async fn submit<R: Send + 'static>(
@@ -199,27 +197,20 @@ impl Writer {
         write: WriteFn<R>,
         savepoint: bool,
     ) -> Result<R, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Pending {
-            write: Some(write),
-            savepoint,
-            result: None,
-            reply,
-        };
-        self.queue
-            .send(Message::Write(Box::new(job)))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        ask(&self.queue, |reply| {
+            Message::Write(Box::new(Pending {
+                write: Some(write),
+                savepoint,
+                result: None,
+                reply,
+            }))
+        })
+        .await
     }
 
     /// Lets writes already queued finish, then stops the writer and closes its connection.
     pub(crate) async fn close(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.queue.send(Message::Close(done)).await.is_ok() {
-            // An error means the writer already stopped, which is what we wait for.
-            let _ = wait.await;
-        }
+        stop(&self.queue, Message::Close).await;
     }
 }
 

@@ -15,18 +15,20 @@ use fluxd_api::{StoredTask, WebhookPayload};
 use fluxd_engine::lora::LoraFile;
 use fluxd_engine::safety::{moderate_nsfw_score, SafetyTolerance};
 use fluxd_engine::transformer::FluxConfig;
-use fluxd_engine::EngineError;
 use fluxd_store::{
-    Claim, ClaimedTask, ErrorOutcome, ModerationKind, NewWebhook, ReadyRecord, StoreError,
-    TaskState,
+    Claim, ClaimedTask, ErrorOutcome, ModerationKind, NewWebhook, ReadyRecord, TaskState,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::delivery;
 use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
+use crate::lease::{LeaseClock, Renewal};
 use crate::routes::tasks::body_with_sample;
 use crate::state::AppState;
+use failure::{engine_failure, not_recorded, TaskFailure};
+
+mod failure;
 
 /// Heartbeats per lease: three can be missed (a busy database) before the lease runs out.
 const HEARTBEATS_PER_LEASE: u32 = 4;
@@ -35,42 +37,6 @@ const HEARTBEATS_PER_LEASE: u32 = 4;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Parsed LoRA files kept in memory; each holds the adapter's tensors.
 const LORA_CACHE: usize = 16;
-
-/// A failure of one task.
-#[derive(Debug)]
-struct TaskFailure {
-    /// What the user reads in `details`.
-    details: String,
-    /// Whether running again may help.
-    retryable: bool,
-    /// Stopped by a shutdown: the task goes back to the queue, not to `Error`.
-    cancelled: bool,
-}
-
-impl TaskFailure {
-    fn user(details: impl Into<String>) -> Self {
-        Self {
-            details: details.into(),
-            retryable: false,
-            cancelled: false,
-        }
-    }
-
-    fn retryable(details: impl Into<String>) -> Self {
-        Self {
-            retryable: true,
-            ..Self::user(details)
-        }
-    }
-
-    fn store(err: StoreError) -> Self {
-        tracing::warn!(%err, "store failure while running a task");
-        Self {
-            retryable: err.is_retryable(),
-            ..Self::user("Storage failure while running the task")
-        }
-    }
-}
 
 /// How a task that ran to its end came out.
 enum Outcome {
@@ -131,6 +97,7 @@ pub async fn run_worker(
             break;
         }
         let lease = state.config().task_lease;
+        let claimed_at = tokio::time::Instant::now();
         let claim = match state.store().claim_next(&worker_id, lease).await {
             Ok(claim) => claim,
             Err(err) => {
@@ -152,8 +119,15 @@ pub async fn run_worker(
         let request_id = StoredTask::request_id_of(&claim.task().params).unwrap_or("");
         let span = tracing::info_span!("task", %task_id, request_id = %request_id);
         let cancel = Arc::new(AtomicBool::new(false));
+        let clock = LeaseClock::new(lease, claimed_at);
         let run = handle_claim(
-            &state, &engine, &cfg, &mut cache, &worker_id, claim, &cancel,
+            &state,
+            &engine,
+            &cfg,
+            &mut cache,
+            (&worker_id, clock),
+            claim,
+            &cancel,
         )
         .instrument(span);
         tokio::pin!(run);
@@ -229,7 +203,7 @@ async fn handle_claim(
     engine: &EngineHandle,
     cfg: &FluxConfig,
     cache: &mut LoraCache,
-    worker_id: &str,
+    (worker_id, mut clock): (&str, LeaseClock),
     claim: Claim,
     cancel: &Arc<AtomicBool>,
 ) {
@@ -240,22 +214,42 @@ async fn handle_claim(
                 "The task was interrupted {} times (its worker stopped) and was given up",
                 task.attempts.saturating_sub(1)
             );
-            finish_error(state, &task, worker_id, TaskFailure::user(details)).await;
+            finish_error(
+                state,
+                &task,
+                (worker_id, &clock),
+                TaskFailure::user(details),
+            )
+            .await;
             return;
         }
     };
     tracing::info!(attempt = task.attempts, "running task");
     let started = std::time::Instant::now();
-    match run_task(state, engine, cfg, cache, worker_id, &task, cancel).await {
+    let ran = run_task(
+        state,
+        engine,
+        cfg,
+        cache,
+        (worker_id, &mut clock),
+        &task,
+        cancel,
+    )
+    .await;
+    match ran {
         Ok(Outcome::Moderated { kind, reasons }) => {
-            finish_moderated(state, &task, worker_id, kind, reasons).await;
+            finish_moderated(state, &task, (worker_id, &clock), kind, reasons).await;
         }
         Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
             let webhook = webhook(state, &task, TaskState::Ready(ready.clone())).await;
-            let recorded = state
-                .store()
-                .complete_ready(task.id, worker_id, ready, webhook)
+            let recorded = clock
+                .write(|| {
+                    let (ready, webhook) = (ready.clone(), webhook.clone());
+                    state
+                        .store()
+                        .complete_ready(task.id, worker_id, ready, webhook)
+                })
                 .await;
             state.task_cache().invalidate(task.id);
             match recorded {
@@ -264,9 +258,12 @@ async fn handle_claim(
                     crate::metrics::task_finished("Ready", Some(generation_seconds));
                     state.webhook_wake().notify_one();
                 }
-                Err(err) => tracing::warn!(%err, "could not record the finished task"),
+                Err(lost) => not_recorded("the finished task", &lost),
             }
         }
+        // Nothing to write: the task is someone else's now, or will be once its lease is seen
+        // expired.
+        Err(failure) if failure.let_go => {}
         Err(failure) if failure.cancelled => {
             let released = state.store().release_task(task.id, worker_id).await;
             state.task_cache().invalidate(task.id);
@@ -276,19 +273,28 @@ async fn handle_claim(
                 Err(err) => tracing::warn!(%err, "could not hand the task back"),
             }
         }
-        Err(failure) => finish_error(state, &task, worker_id, failure).await,
+        Err(failure) => finish_error(state, &task, (worker_id, &clock), failure).await,
     }
 }
 
-async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: TaskFailure) {
+async fn finish_error(
+    state: &AppState,
+    task: &ClaimedTask,
+    (worker_id, clock): (&str, &LeaseClock),
+    f: TaskFailure,
+) {
     let final_state = TaskState::Error {
         details: f.details.clone(),
     };
     // The store only queues it when the failure is final (not re-queued).
     let webhook = webhook(state, task, final_state).await;
-    let recorded = state
-        .store()
-        .complete_error(task.id, worker_id, f.details.clone(), f.retryable, webhook)
+    let recorded = clock
+        .write(|| {
+            let (details, webhook) = (f.details.clone(), webhook.clone());
+            state
+                .store()
+                .complete_error(task.id, worker_id, details, f.retryable, webhook)
+        })
         .await;
     state.task_cache().invalidate(task.id);
     match recorded {
@@ -300,14 +306,14 @@ async fn finish_error(state: &AppState, task: &ClaimedTask, worker_id: &str, f: 
             crate::metrics::task_finished("Error", None);
             state.webhook_wake().notify_one();
         }
-        Err(err) => tracing::warn!(%err, "could not record the task's failure"),
+        Err(lost) => not_recorded("the task's failure", &lost),
     }
 }
 
 async fn finish_moderated(
     state: &AppState,
     task: &ClaimedTask,
-    worker_id: &str,
+    (worker_id, clock): (&str, &LeaseClock),
     kind: ModerationKind,
     reasons: Vec<String>,
 ) {
@@ -320,9 +326,13 @@ async fn finish_moderated(
         ModerationKind::Request => "Request Moderated",
         ModerationKind::Content => "Content Moderated",
     };
-    let recorded = state
-        .store()
-        .complete_moderated(task.id, worker_id, kind, reasons, webhook)
+    let recorded = clock
+        .write(|| {
+            let (reasons, webhook) = (reasons.clone(), webhook.clone());
+            state
+                .store()
+                .complete_moderated(task.id, worker_id, kind, reasons, webhook)
+        })
         .await;
     state.task_cache().invalidate(task.id);
     match recorded {
@@ -331,7 +341,7 @@ async fn finish_moderated(
             crate::metrics::task_finished(status, None);
             state.webhook_wake().notify_one();
         }
-        Err(err) => tracing::warn!(%err, "could not record the moderation"),
+        Err(lost) => not_recorded("the moderation", &lost),
     }
 }
 
@@ -380,7 +390,7 @@ async fn run_task(
     engine: &EngineHandle,
     cfg: &FluxConfig,
     cache: &mut LoraCache,
-    worker_id: &str,
+    (worker_id, clock): (&str, &mut LeaseClock),
     task: &ClaimedTask,
     cancel: &Arc<AtomicBool>,
 ) -> Result<Outcome, TaskFailure> {
@@ -397,7 +407,7 @@ async fn run_task(
                 .finetune_id
                 .clone()
                 .unwrap_or_else(|| finetune.id.clone());
-            let lora = finetune_lora(state, cfg, cache, &task.tenant, &id).await?;
+            let lora = finetune_lora(state, cfg, cache, clock, &task.tenant, &id).await?;
             // The contract bounds the strength to 0..=2, well inside f32.
             Some((lora, finetune.strength as f32))
         }
@@ -467,8 +477,7 @@ async fn run_task(
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);
     tokio::pin!(generation);
-    let lease = state.config().task_lease;
-    let mut heartbeat = tokio::time::interval(lease / HEARTBEATS_PER_LEASE);
+    let mut heartbeat = tokio::time::interval(clock.lease() / HEARTBEATS_PER_LEASE);
     heartbeat.tick().await;
     let generated = loop {
         tokio::select! {
@@ -476,16 +485,34 @@ async fn run_task(
             Some(progress) = progress_rx.recv() => {
                 let recorded = state.store().set_progress(task.id, worker_id, progress).await;
                 state.task_cache().invalidate(task.id);
-                if let Err(err) = recorded {
-                    tracing::warn!(%err, "could not record progress");
+                match recorded {
+                    Ok(()) => {}
+                    // Progress is a hint; an outage shows in the heartbeats' warnings.
+                    Err(err) if err.is_retryable() => {
+                        tracing::debug!(%err, "could not record progress");
+                    }
+                    Err(err) => tracing::warn!(%err, "could not record progress"),
                 }
             }
             _ = heartbeat.tick() => {
-                state
-                    .store()
-                    .heartbeat(task.id, worker_id, lease)
-                    .await
-                    .map_err(TaskFailure::store)?;
+                let lease = clock.lease();
+                let renewal = clock
+                    .renew(state.store().heartbeat(task.id, worker_id, lease))
+                    .await;
+                match renewal {
+                    Ok(Renewal::Renewed) => {}
+                    // Soon again, not a quarter lease later: the lease is running down.
+                    Ok(Renewal::Retry) => {
+                        heartbeat.reset_after(clock.retry_delay());
+                    }
+                    Err(lost) => {
+                        // Stop the engine between two steps and wait for it, so that it does
+                        // not go on with a task this worker gave up.
+                        cancel.store(true, Ordering::Relaxed);
+                        let _ = (&mut generation).await;
+                        return Err(TaskFailure::lost(lost));
+                    }
+                }
             }
         }
     };
@@ -525,14 +552,15 @@ async fn finetune_lora(
     state: &AppState,
     cfg: &FluxConfig,
     cache: &mut LoraCache,
+    clock: &LeaseClock,
     tenant: &str,
     id: &str,
 ) -> Result<Arc<LoraFile>, TaskFailure> {
-    let record = state
-        .store()
-        .get_finetune(tenant, id)
+    // Through the lease clock: a database outage is retried while the lease lasts.
+    let record = clock
+        .write(|| state.store().get_finetune(tenant, id))
         .await
-        .map_err(TaskFailure::store)?
+        .map_err(TaskFailure::lost)?
         .ok_or_else(|| {
             TaskFailure::user(format!(
                 "Finetune {id:?} no longer exists (deleted after the task was submitted)"
@@ -591,20 +619,6 @@ async fn load_lora(
     crate::import::validate_lora(path, cfg).await.map_err(|e| {
         TaskFailure::user(format!("The fine-tune cannot be used with this model: {e}"))
     })
-}
-
-fn engine_failure(err: EngineError) -> TaskFailure {
-    match err {
-        EngineError::InvalidInput(msg) => TaskFailure::user(format!("Invalid request: {msg}")),
-        EngineError::Cancelled => TaskFailure {
-            cancelled: true,
-            ..TaskFailure::user("Stopped by a shutdown")
-        },
-        other => {
-            tracing::error!(err = %other, "generation failed");
-            TaskFailure::user("Generation failed inside the engine; the operator's logs say why")
-        }
-    }
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
