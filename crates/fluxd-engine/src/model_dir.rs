@@ -9,6 +9,13 @@
 //!   its root. They are used when the diffusers folder for that component is absent, or when the
 //!   caller names them explicitly.
 //!
+//! A transformer file may be a ComfyUI checkpoint that bundles the text encoders and the VAE
+//! under ComfyUI's key prefixes (`comfy/sd.py` saving, `supported_models.py` Flux:
+//! `model.diffusion_model.`, `text_encoders.clip_l.transformer.`,
+//! `text_encoders.t5xxl.transformer.`, `vae.`). The weights of every component it holds then
+//! come from it; tokenizers, the scheduler and the encoders' `config.json` still come from the
+//! folder (checkpoints carry no configs).
+//!
 //! Single files named explicitly (`--transformer`, `--t5`, `--clip`) may be safetensors or GGUF,
 //! told apart by their first bytes, not their extension. The folder still gives the configs
 //! (`transformer/config.json`, `text_encoder_2/config.json`, ...), tokenizers, scheduler and VAE.
@@ -25,15 +32,25 @@ pub enum TransformerSource {
     /// A BFL/ComfyUI single file.
     BflFile(PathBuf),
     /// A GGUF file in city96's FLUX layout (BFL names, quantized blocks).
-    Gguf(PathBuf),
+    Gguf {
+        /// The file.
+        file: PathBuf,
+        /// The model folder's `transformer/config.json`, if it has one: it gives the RoPE axes
+        /// and must agree with the file's shapes.
+        folder_config: Option<PathBuf>,
+    },
 }
 
 impl TransformerSource {
-    /// A single transformer file, GGUF or safetensors by its content.
-    pub fn file(path: &Path) -> Result<Self> {
+    /// A single transformer file, GGUF or safetensors by its content; `folder_config` as in
+    /// [`TransformerSource::Gguf`].
+    pub fn file(path: &Path, folder_config: Option<PathBuf>) -> Result<Self> {
         let path = source_file(path, "transformer weights")?;
         Ok(if crate::gguf::is_gguf(&path)? {
-            Self::Gguf(path)
+            Self::Gguf {
+                file: path,
+                folder_config,
+            }
         } else {
             Self::BflFile(path)
         })
@@ -47,6 +64,90 @@ pub enum VaeSource {
     Diffusers(PathBuf),
     /// A BFL `ae.safetensors`.
     BflFile(PathBuf),
+    /// The LDM-named VAE inside a checkpoint that bundles several components.
+    Bundled(BundledWeights),
+}
+
+/// One component's tensors inside a checkpoint that bundles several, under a key prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundledWeights {
+    /// The checkpoint.
+    pub file: PathBuf,
+    /// The component's key prefix, e.g. `text_encoders.t5xxl.transformer.`.
+    pub prefix: String,
+}
+
+/// ComfyUI's key prefix of CLIP-L in a FLUX checkpoint (transformers `CLIPTextModel` names
+/// follow it).
+pub const COMFY_CLIP_L_PREFIX: &str = "text_encoders.clip_l.transformer.";
+/// ComfyUI's key prefix of T5-XXL in a FLUX checkpoint (transformers `T5EncoderModel` names).
+pub const COMFY_T5XXL_PREFIX: &str = "text_encoders.t5xxl.transformer.";
+/// ComfyUI's key prefix of the VAE in a checkpoint (LDM names, as BFL's `ae.safetensors`).
+pub const COMFY_VAE_PREFIX: &str = "vae.";
+
+/// A tensor every CLIP text model has (transformers names): what finds its key prefix.
+pub const CLIP_KEY: &str = "text_model.embeddings.token_embedding.weight";
+/// A tensor every T5 encoder has (transformers names): what finds its key prefix.
+pub const T5_KEY: &str = "encoder.final_layer_norm.weight";
+
+/// The components a ComfyUI checkpoint holds besides the transformer, found by the tensor each
+/// must have. A file that is not safetensors (or not readable) bundles nothing.
+pub fn bundled_components(file: &Path) -> Bundled {
+    let Ok(files) = crate::weights::WeightFiles::open(&[file.to_path_buf()]) else {
+        return Bundled::default();
+    };
+    let found = |prefix: &str, key: &str| {
+        files
+            .contains(&format!("{prefix}{key}"))
+            .then(|| BundledWeights {
+                file: file.to_path_buf(),
+                prefix: prefix.to_string(),
+            })
+    };
+    Bundled {
+        clip: found(COMFY_CLIP_L_PREFIX, CLIP_KEY),
+        t5: found(COMFY_T5XXL_PREFIX, T5_KEY),
+        vae: found(COMFY_VAE_PREFIX, "decoder.conv_in.weight"),
+    }
+}
+
+/// T5 weights from a single file (`--t5`): a file of T5 tensors alone (transformers names, as
+/// ComfyUI's `t5xxl_fp16.safetensors` and `t5xxl_fp8_e4m3fn*.safetensors`; llama.cpp's
+/// `t5encoder` names, as city96's GGUF files), or a checkpoint holding it under a key prefix.
+pub fn t5_weights_file(file: &Path) -> Result<BundledWeights> {
+    encoder_file(file, T5_KEY, "T5 encoder weights")
+}
+
+/// CLIP-L weights from a single file (`--clip`): transformers `CLIPTextModel` names, alone (as
+/// ComfyUI's `clip_l.safetensors`) or under a key prefix, in safetensors or GGUF.
+pub fn clip_weights_file(file: &Path) -> Result<BundledWeights> {
+    encoder_file(file, CLIP_KEY, "CLIP text encoder weights")
+}
+
+/// A text encoder's weights in `file` (safetensors or GGUF, by content), under whatever prefix
+/// precedes `probe`, a tensor the encoder must have (none found: no prefix, and the loader
+/// says what is missing).
+fn encoder_file(file: &Path, probe: &str, what: &str) -> Result<BundledWeights> {
+    let file = source_file(file, what)?;
+    let tensors = crate::tensor_source::FileTensors::open(&file)?;
+    let prefix = tensors
+        .names()
+        .into_iter()
+        .find_map(|n| n.strip_suffix(probe))
+        .unwrap_or_default()
+        .to_string();
+    Ok(BundledWeights { file, prefix })
+}
+
+/// What a checkpoint bundles besides the transformer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundled {
+    /// CLIP-L's weights.
+    pub clip: Option<BundledWeights>,
+    /// T5-XXL's weights.
+    pub t5: Option<BundledWeights>,
+    /// The VAE's weights.
+    pub vae: Option<BundledWeights>,
 }
 
 /// The resolved locations of every component of a FLUX.1 model.
@@ -60,26 +161,22 @@ pub struct ModelPaths {
     pub tokenizer: PathBuf,
     /// T5 tokenizer folder.
     pub tokenizer_2: PathBuf,
-    /// CLIP text encoder folder.
+    /// CLIP text encoder folder (its `config.json`, and its weights unless `clip_weights`).
     pub text_encoder: PathBuf,
-    /// T5 encoder folder.
+    /// T5 encoder folder (its `config.json`, and its weights unless `t5_weights`).
     pub text_encoder_2: PathBuf,
+    /// CLIP's weights from a single file or a checkpoint instead of `text_encoder/`.
+    pub clip_weights: Option<BundledWeights>,
+    /// T5's weights from a single file or a checkpoint instead of `text_encoder_2/`.
+    pub t5_weights: Option<BundledWeights>,
     /// The transformer.
     pub transformer: TransformerSource,
-    /// `transformer/config.json`, if the folder has it (it gives a single file's RoPE axes and
-    /// is checked against its shapes).
-    pub transformer_config: Option<PathBuf>,
-    /// The T5 encoder from a single file (GGUF or safetensors) instead of `text_encoder_2/`'s
-    /// weights; `text_encoder_2/config.json` still gives its config when present.
-    pub t5_file: Option<PathBuf>,
-    /// The CLIP text encoder from a single file instead of `text_encoder/`'s weights.
-    pub clip_file: Option<PathBuf>,
     /// The VAE.
     pub vae: VaeSource,
 }
 
 /// Names under which BFL publishes its single-file transformers, tried in order.
-const BFL_TRANSFORMER_FILES: &[&str] = &[
+pub const BFL_TRANSFORMER_FILES: &[&str] = &[
     "flux1-dev.safetensors",
     "flux1-schnell.safetensors",
     "flux1-krea-dev.safetensors",
@@ -106,8 +203,10 @@ impl ModelPaths {
                 })
             }
         };
+        let folder_config =
+            Some(root.join("transformer").join("config.json")).filter(|p| p.is_file());
         let transformer = match transformer {
-            Some(file) => TransformerSource::file(file)?,
+            Some(file) => TransformerSource::file(file, folder_config)?,
             None if root.join("transformer").is_dir() => {
                 TransformerSource::Diffusers(root.join("transformer"))
             }
@@ -124,13 +223,18 @@ impl ModelPaths {
                     ),
                 })?,
         };
-        let vae = match vae {
-            Some(file) => source_file(file, "VAE weights").map(VaeSource::BflFile)?,
-            None if root.join("vae").is_dir() => VaeSource::Diffusers(root.join("vae")),
-            None if root.join("ae.safetensors").is_file() => {
+        let bundled = match &transformer {
+            TransformerSource::BflFile(file) => bundled_components(file),
+            TransformerSource::Diffusers(_) | TransformerSource::Gguf { .. } => Bundled::default(),
+        };
+        let vae = match (vae, bundled.vae.clone()) {
+            (Some(file), _) => source_file(file, "VAE weights").map(VaeSource::BflFile)?,
+            (None, Some(inside)) => VaeSource::Bundled(inside),
+            (None, None) if root.join("vae").is_dir() => VaeSource::Diffusers(root.join("vae")),
+            (None, None) if root.join("ae.safetensors").is_file() => {
                 VaeSource::BflFile(root.join("ae.safetensors"))
             }
-            None => {
+            (None, None) => {
                 return Err(EngineError::UnknownLayout {
                     path: root.to_path_buf(),
                     msg: "no vae/ folder and no ae.safetensors".into(),
@@ -138,7 +242,6 @@ impl ModelPaths {
             }
         };
         let scheduler = root.join("scheduler").join("scheduler_config.json");
-        let transformer_config = root.join("transformer").join("config.json");
         Ok(Self {
             root: root.to_path_buf(),
             scheduler_config: scheduler.is_file().then_some(scheduler),
@@ -146,26 +249,25 @@ impl ModelPaths {
             tokenizer_2: sub("tokenizer_2", "T5 tokenizer folder")?,
             text_encoder: sub("text_encoder", "CLIP text encoder folder")?,
             text_encoder_2: sub("text_encoder_2", "T5 text encoder folder")?,
+            clip_weights: bundled.clip,
+            t5_weights: bundled.t5,
             transformer,
-            transformer_config: transformer_config.is_file().then_some(transformer_config),
-            t5_file: None,
-            clip_file: None,
             vae,
         })
     }
 
     /// Takes the T5 and/or CLIP encoder from single files (GGUF or safetensors) instead of the
-    /// folder's weights.
+    /// folder's weights (or a checkpoint's).
     pub fn with_text_encoder_files(
         mut self,
         t5: Option<&Path>,
         clip: Option<&Path>,
     ) -> Result<Self> {
         if let Some(f) = t5 {
-            self.t5_file = Some(source_file(f, "T5 encoder weights")?);
+            self.t5_weights = Some(t5_weights_file(f)?);
         }
         if let Some(f) = clip {
-            self.clip_file = Some(source_file(f, "CLIP text encoder weights")?);
+            self.clip_weights = Some(clip_weights_file(f)?);
         }
         Ok(self)
     }
@@ -173,23 +275,32 @@ impl ModelPaths {
     /// Total size in bytes of the weight files (for memory reports).
     pub fn weight_bytes(&self) -> u64 {
         let mut dirs = Vec::new();
-        let mut files = Vec::new();
-        for (file, dir) in [
-            (&self.clip_file, &self.text_encoder),
-            (&self.t5_file, &self.text_encoder_2),
+        let mut files = std::collections::BTreeSet::new();
+        for (dir, bundled) in [
+            (&self.text_encoder, &self.clip_weights),
+            (&self.text_encoder_2, &self.t5_weights),
         ] {
-            match file {
-                Some(f) => files.push(f.clone()),
+            match bundled {
+                Some(b) => {
+                    files.insert(b.file.clone());
+                }
                 None => dirs.push(dir.clone()),
             }
         }
         match &self.transformer {
             TransformerSource::Diffusers(d) => dirs.push(d.clone()),
-            TransformerSource::BflFile(f) | TransformerSource::Gguf(f) => files.push(f.clone()),
+            TransformerSource::BflFile(f) | TransformerSource::Gguf { file: f, .. } => {
+                files.insert(f.clone());
+            }
         }
         match &self.vae {
             VaeSource::Diffusers(d) => dirs.push(d.clone()),
-            VaeSource::BflFile(f) => files.push(f.clone()),
+            VaeSource::BflFile(f) => {
+                files.insert(f.clone());
+            }
+            VaeSource::Bundled(b) => {
+                files.insert(b.file.clone());
+            }
         }
         for d in dirs {
             if let Ok(rd) = std::fs::read_dir(&d) {

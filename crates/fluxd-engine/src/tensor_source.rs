@@ -2,6 +2,8 @@
 //! files, GGUF files, tensors in memory) and the renaming views put in front of them, so each
 //! model's loader is written once against its own names.
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
@@ -14,8 +16,8 @@ pub(crate) trait TensorSource {
     /// Tensor `name`, which must have `shape`, as `dtype` on `device`.
     fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
 
-    /// A linear layer's `(out, in)` weight: dense, or quantized where the container stores it
-    /// so (products then run on the quantized blocks).
+    /// A linear layer's `(out, in)` weight as the container holds it: dense in `dtype`, GGML
+    /// blocks (GGUF; products run on them) or fp8 with its scale (upcast per product).
     fn get_weight(
         &self,
         name: &str,
@@ -33,6 +35,21 @@ pub(crate) trait TensorSource {
 impl TensorSource for WeightFiles {
     fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         self.get_shaped(name, shape, dtype, device)
+    }
+
+    /// fp8 weights as stored (with their scale), the others dense in `dtype`.
+    fn get_weight(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<LinearWeight> {
+        self.check_shape(name, shape)?;
+        Ok(match self.get_fp8(name, device)? {
+            Some(w) => LinearWeight::Fp8(w),
+            None => LinearWeight::Dense(self.get(name, dtype, device)?),
+        })
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -84,5 +101,40 @@ impl TensorSource for Renamed<'_> {
 
     fn contains(&self, name: &str) -> bool {
         self.inner.contains(&(self.rename)(name))
+    }
+}
+
+/// The tensors of one weight file, safetensors or GGUF, told apart by its first bytes.
+pub(crate) enum FileTensors {
+    /// A safetensors file.
+    Safetensors(WeightFiles),
+    /// A GGUF file.
+    Gguf(GgufFile),
+}
+
+impl FileTensors {
+    /// Opens (maps) `file`.
+    pub fn open(file: &Path) -> Result<Self> {
+        Ok(if crate::gguf::is_gguf(file)? {
+            Self::Gguf(GgufFile::open(file)?)
+        } else {
+            Self::Safetensors(WeightFiles::open(&[file.to_path_buf()])?)
+        })
+    }
+
+    /// The names of its tensors.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Self::Safetensors(w) => w.names().collect(),
+            Self::Gguf(g) => g.names().collect(),
+        }
+    }
+
+    /// The file as a tensor source.
+    pub fn source(&self) -> &dyn TensorSource {
+        match self {
+            Self::Safetensors(w) => w,
+            Self::Gguf(g) => g,
+        }
     }
 }

@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use fluxd_engine::lora::{write_random_lora, LoraFormat};
 use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
-use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Timings};
-use fluxd_engine::transformer::{bench_model_forward, FluxTransformer};
+use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, LoadOptions, Timings};
+use fluxd_engine::transformer::{bench_model_forward, FluxTransformer, WeightsDtype};
 
 use crate::device::{parse_cpu_kernels, parse_device, parse_dtype, peak_rss_bytes};
 
@@ -90,10 +90,8 @@ fn run_transformer(args: &BenchArgs, file: &std::path::Path) -> Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
     let t0 = Instant::now();
-    let mut model = match TransformerSource::file(file)? {
-        TransformerSource::Gguf(f) => FluxTransformer::load_gguf(&f, None, dtype, &device)?,
-        _ => FluxTransformer::load_bfl(file, dtype, &device)?,
-    };
+    let source = TransformerSource::file(file, None)?;
+    let mut model = FluxTransformer::load(&source, dtype, &device, WeightsDtype::Auto)?;
     model.set_cpu_kernels(parse_cpu_kernels(&args.cpu_kernels)?)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let img = (args.width / 16) * (args.height / 16);
@@ -133,8 +131,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
     let paths = ModelPaths::resolve(model, args.transformer.as_deref(), None)?;
     let t0 = Instant::now();
-    let mut pipe = FluxPipeline::load(&paths, &device, dtype, |_| {})?;
-    pipe.set_cpu_kernels(parse_cpu_kernels(&args.cpu_kernels)?)?;
+    let opts = LoadOptions {
+        cpu_kernels: parse_cpu_kernels(&args.cpu_kernels)?,
+        ..LoadOptions::new(&device, dtype)
+    };
+    let mut pipe = FluxPipeline::load_with(&paths, &opts, |_| {})?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let p = GenerateParams {
         prompt: "a benchmark prompt about a red fox in the snow".into(),

@@ -4,43 +4,43 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::serve::UpsamplerArgs;
+use crate::hub::{self, Fetch, SingleFiles};
+use crate::serve::{block_on, UpsamplerArgs};
 use anyhow::{bail, Context, Result};
-use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::memory_plan::ExtraComponents;
 use fluxd_engine::pipeline::{
     FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH, LOAD_STAGES,
 };
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
-use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
+use fluxd_engine::redux::{decode_image_prompt, ReduxModel, ReduxPaths};
 use fluxd_engine::safety::{moderate_nsfw_score, ImageClassifier, PromptPolicy, SafetyTolerance};
 
-use crate::device::{parse_cpu_kernels, parse_device, parse_dtype, peak_rss_bytes};
+use crate::device::peak_rss_bytes;
+use crate::placement::{plan_and_check, PlacementArgs};
 use crate::progress::bar;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors)
+    /// or a Hugging Face repo id (`black-forest-labs/FLUX.1-dev[@rev]`, fetched into the HF
+    /// cache; a local path that exists wins).
     #[arg(long, env = "FLUXD_MODEL")]
     model: PathBuf,
-    /// Transformer from a single file instead of the folder's `transformer/`: a BFL/ComfyUI
-    /// safetensors file or a GGUF file (city96's `flux1-dev-Q8_0.gguf` ...), told apart by
-    /// content.
+    /// Transformer from a single file instead of the folder's `transformer/`: BFL/ComfyUI
+    /// safetensors (fp8 included) or a GGUF file (city96's `flux1-dev-Q8_0.gguf` ...), told
+    /// apart by content, or `owner/repo:file` on the Hugging Face Hub.
     #[arg(long)]
     transformer: Option<PathBuf>,
     /// T5 encoder from a single file instead of the folder's `text_encoder_2/` weights: a GGUF
     /// file (city96's `t5-v1_1-xxl-encoder-Q8_0.gguf` ...) or safetensors with transformers
-    /// names (ComfyUI's `t5xxl_fp16.safetensors`).
+    /// names (ComfyUI's `t5xxl_fp16.safetensors`), or `owner/repo:file` on the Hub.
     #[arg(long)]
     t5: Option<PathBuf>,
     /// CLIP text encoder from a single file (safetensors or GGUF with transformers names, e.g.
-    /// ComfyUI's `clip_l.safetensors`) instead of the folder's `text_encoder/` weights.
+    /// ComfyUI's `clip_l.safetensors`, or `owner/repo:file` on the Hub) instead of the folder's
+    /// `text_encoder/` weights.
     #[arg(long)]
     clip: Option<PathBuf>,
-    /// CPU kernels of quantized (GGUF) layers: `exact` (weights expanded to f32 tile by tile;
-    /// the dequantized model's result) or `int8` (candle's integer kernels where it has them,
-    /// Q4_K and Q8_0; faster, activations rounded to 8 bits as in ggml).
-    #[arg(long, default_value = "exact")]
-    cpu_kernels: String,
     /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
     #[arg(long)]
     vae: Option<PathBuf>,
@@ -102,12 +102,8 @@ pub struct GenerateArgs {
     /// Write load, text-encoding, per-step and decode times (ms) and peak RSS to this JSON file.
     #[arg(long)]
     timings_json: Option<PathBuf>,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu", env = "FLUXD_DEVICE")]
-    device: String,
-    /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
-    #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
-    dtype: String,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 /// A refused prompt or image: `main` turns it into exit status 3.
@@ -120,11 +116,7 @@ fn upsample(args: &GenerateArgs, prompt: &str) -> Result<String> {
     let Some(upsampler) = args.upsampler.build()? else {
         bail!("--prompt-upsampling needs --upsampler-url and --upsampler-model");
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    Ok(runtime.block_on(upsampler.upsample(prompt, args.seed))?)
+    block_on(async { Ok(upsampler.upsample(prompt, args.seed).await?) })
 }
 
 /// Image prompts with more pixels than this are refused before decoding.
@@ -137,25 +129,37 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             args.output.display()
         );
     };
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
-    let paths = ModelPaths::resolve(
-        &args.model,
-        args.transformer.as_deref(),
-        args.vae.as_deref(),
-    )
-    .and_then(|p| p.with_text_encoder_files(args.t5.as_deref(), args.clip.as_deref()))
-    .context("locating the model")?;
+    let opts = args.placement.load_options()?;
+    let (device, dtype) = (opts.device.clone(), opts.dtype);
+    let files = SingleFiles {
+        transformer: args.transformer.as_deref(),
+        vae: args.vae.as_deref(),
+        t5: args.t5.as_deref(),
+        clip: args.clip.as_deref(),
+    };
+    let paths = block_on(hub::model_paths(&args.model, files, Fetch::Allowed))?;
+    let redux_paths = match &args.redux_model {
+        Some(redux) => Some(
+            ReduxPaths::resolve(redux, args.siglip.as_deref())
+                .with_context(|| format!("the Redux model {}", redux.display()))?,
+        ),
+        None => None,
+    };
+    let extra = ExtraComponents {
+        redux: redux_paths.clone(),
+        safety_checker: args.safety_checker.clone(),
+    };
+    let workload = extra.workload(args.width, args.height, args.max_sequence_length)?;
+    plan_and_check(&paths, &args.placement, &opts, workload, &extra)?;
 
     let t0 = Instant::now();
     let load_bar = bar(LOAD_STAGES.len() as u64, "load");
-    let mut pipeline = FluxPipeline::load(&paths, &device, dtype, |stage| {
+    let mut pipeline = FluxPipeline::load_with(&paths, &opts, |stage| {
         load_bar.set_message(stage.to_string());
         load_bar.inc(1);
     })
     .context("loading the model")?;
     load_bar.finish_and_clear();
-    pipeline.set_cpu_kernels(parse_cpu_kernels(&args.cpu_kernels)?)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
     let mut loras = Vec::new();
@@ -216,10 +220,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         max_sequence_length: args.max_sequence_length,
     };
     let t_redux = Instant::now();
-    let image_tokens = match (&args.redux_model, &args.image_prompt) {
+    let image_tokens = match (&redux_paths, &args.image_prompt) {
         (Some(redux), Some(image)) => {
-            let model = ReduxModel::load(redux, args.siglip.as_deref(), dtype, &device)
-                .with_context(|| format!("loading the Redux model {}", redux.display()))?;
+            let model =
+                ReduxModel::load_paths(redux, dtype, &device).context("loading the Redux model")?;
             let bytes =
                 std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
             let rgb = decode_image_prompt(&bytes, IMAGE_PROMPT_MAX_PIXELS)
@@ -282,8 +286,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "decode_ms": t.decode_ms,
             "peak_rss_bytes": peak_rss_bytes(),
             "weight_bytes": paths.weight_bytes(),
-            "device": args.device,
-            "dtype": args.dtype,
+            "device": args.placement.device,
+            "dtype": args.placement.dtype,
             "width": params.width,
             "height": params.height,
             "steps": params.steps,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use fluxd_engine::lora::{inspect, LoraFile};
-use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
-use fluxd_engine::transformer::FluxConfig;
+use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::transformer::FluxTransformer;
 
 #[derive(Debug, Subcommand)]
 pub enum LoraCommand {
@@ -31,15 +31,7 @@ pub fn run(cmd: LoraCommand) -> Result<()> {
             let mut report = serde_json::to_value(&summary)?;
             if let Some(model) = &args.model {
                 let paths = ModelPaths::resolve(model, None, None)?;
-                let cfg = match &paths.transformer {
-                    TransformerSource::Diffusers(dir) => {
-                        FluxConfig::from_file(&dir.join("config.json"))?
-                    }
-                    TransformerSource::BflFile(f) | TransformerSource::Gguf(f) => anyhow::bail!(
-                        "--model with a BFL single file: pass the diffusers folder ({})",
-                        f.display()
-                    ),
-                };
+                let cfg = FluxTransformer::config_of(&paths.transformer)?;
                 let fits = match LoraFile::load_for(&args.file, &cfg) {
                     Ok(l) => serde_json::json!({"fits": true, "modules_matched": l.modules.len()}),
                     Err(e) => serde_json::json!({"fits": false, "error": e.to_string()}),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use fluxd_engine::memory_plan::ExtraComponents;
 use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
+use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
 use fluxd_engine::redux::ReduxPaths;
 use fluxd_engine::safety::PromptPolicy;
 use fluxd_engine::tiny_model::{TinyPreset, SAFETY_CHECKER_DIR};
@@ -22,39 +24,45 @@ use fluxd_store::{Store, DEFAULT_MAX_ATTEMPTS};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::device::{parse_cpu_kernels, parse_device, parse_dtype};
+use crate::hub::{self, Fetch, SingleFiles};
 use crate::location::StoreLocation;
+use crate::placement::{plan_and_check, PlacementArgs};
 use crate::serve::{parse_duration, UpsamplerArgs};
 
 /// Which model to serve.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
-    /// Without it, a tiny random model is created in <data-dir>/tiny-model and served.
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors)
+    /// or a Hugging Face repo id (`black-forest-labs/FLUX.1-dev[@rev]`, fetched into the HF
+    /// cache; a local path that exists wins). Without it, a tiny random model is created in
+    /// <data-dir>/tiny-model and served.
     #[arg(long, env = "FLUXD_MODEL")]
     pub model: Option<PathBuf>,
-    /// Transformer from a single file instead of the folder's `transformer/`: a BFL/ComfyUI
-    /// safetensors file or a GGUF file (city96's `flux1-dev-Q8_0.gguf` ...), told apart by
-    /// content.
+    /// Transformer from a single file instead of the folder's `transformer/`: BFL/ComfyUI
+    /// safetensors (fp8 included) or a GGUF file (city96's `flux1-dev-Q8_0.gguf` ...), told
+    /// apart by content, or `owner/repo:file` on the Hugging Face Hub.
     #[arg(long, requires = "model")]
     pub transformer: Option<PathBuf>,
     /// T5 encoder from a single file instead of the folder's `text_encoder_2/` weights: a GGUF
     /// file (city96's `t5-v1_1-xxl-encoder-Q8_0.gguf` ...) or safetensors with transformers
-    /// names (ComfyUI's `t5xxl_fp16.safetensors`).
+    /// names (ComfyUI's `t5xxl_fp16.safetensors`), or `owner/repo:file` on the Hub.
     #[arg(long, requires = "model")]
     pub t5: Option<PathBuf>,
     /// CLIP text encoder from a single file (safetensors or GGUF with transformers names, e.g.
-    /// ComfyUI's `clip_l.safetensors`) instead of the folder's `text_encoder/` weights.
+    /// ComfyUI's `clip_l.safetensors`, or `owner/repo:file` on the Hub) instead of the folder's
+    /// `text_encoder/` weights.
     #[arg(long, requires = "model")]
     pub clip: Option<PathBuf>,
-    /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
+    /// VAE from a single BFL `ae.safetensors` (or `owner/repo:file`) instead of the folder's
+    /// `vae/`.
     #[arg(long, requires = "model")]
     pub vae: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    /// The model's files: the given folder, or the data directory's tiny model (made once).
-    pub fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
+    /// The model's files: the given folder or Hub repository (fetched into the Hugging Face
+    /// cache), or the data directory's tiny model (made once).
+    pub async fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
         let root = match &self.model {
             Some(root) => root.clone(),
             None => {
@@ -70,30 +78,46 @@ impl ModelArgs {
                 dir
             }
         };
-        ModelPaths::resolve(&root, self.transformer.as_deref(), self.vae.as_deref())
-            .and_then(|p| p.with_text_encoder_files(self.t5.as_deref(), self.clip.as_deref()))
-            .with_context(|| format!("reading the model folder {}", root.display()))
+        hub::model_paths(&root, self.single_files(), Fetch::Allowed).await
+    }
+
+    /// The components given as single files.
+    fn single_files(&self) -> SingleFiles<'_> {
+        SingleFiles {
+            transformer: self.transformer.as_deref(),
+            vae: self.vae.as_deref(),
+            t5: self.t5.as_deref(),
+            clip: self.clip.as_deref(),
+        }
     }
 
     /// The transformer config of the model (what LoRA files are checked against), read from its
-    /// files without loading any weight: `transformer/config.json`, or the tensor shapes in the
-    /// header of a BFL single file or a GGUF file. Without `--model`, the tiny model's, which is
-    /// what a node without `--model` serves (nothing is written).
-    pub fn transformer_config(&self) -> Result<FluxConfig> {
+    /// files without loading any weight: `transformer/config.json`, or the tensor shapes in a
+    /// BFL single file's or a GGUF file's header. A Hub repository gives only its `transformer/config.json` (an
+    /// API node fetches no weights); a Hub file named with `--transformer` is fetched. Without
+    /// `--model`, the tiny model's, which is what a node without `--model` serves (nothing is
+    /// written).
+    pub async fn transformer_config(&self) -> Result<FluxConfig> {
         let Some(root) = &self.model else {
             return Ok(TinyPreset::Tiny.transformer_config());
         };
-        let paths = ModelPaths::resolve(root, self.transformer.as_deref(), self.vae.as_deref())
+        if let Some(file) = &self.transformer {
+            let file = hub::weight_file(file, Fetch::Allowed).await?;
+            // A local folder's config gives a GGUF file's RoPE axes (a Hub name's is not fetched:
+            // FLUX.1's head size tells them).
+            let folder_config =
+                Some(root.join("transformer").join("config.json")).filter(|p| p.is_file());
+            let source = TransformerSource::file(&file, folder_config)?;
+            return Ok(FluxTransformer::config_of(&source)?);
+        }
+        if let Some(config) =
+            hub::repo_file(root, "transformer/config.json", Fetch::Allowed).await?
+        {
+            return Ok(FluxConfig::from_file(&config)?);
+        }
+        let paths = ModelPaths::resolve(root, None, self.vae.as_deref())
             .with_context(|| format!("reading the model folder {}", root.display()))?;
-        let cfg = match &paths.transformer {
-            TransformerSource::Diffusers(dir) => FluxConfig::from_file(&dir.join("config.json"))?,
-            TransformerSource::BflFile(file) => FluxTransformer::bfl_config(file)?,
-            // A GGUF header holds every shape; no tensor data is read.
-            TransformerSource::Gguf(file) => {
-                FluxTransformer::gguf_config(file, paths.transformer_config.as_deref())?
-            }
-        };
-        Ok(cfg)
+        Ok(FluxTransformer::config_of(&paths.transformer)?)
     }
 }
 
@@ -103,17 +127,8 @@ impl ModelArgs {
 pub struct EngineArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu", env = "FLUXD_DEVICE")]
-    pub device: String,
-    /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
-    #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
-    pub dtype: String,
-    /// CPU kernels of quantized (GGUF) layers: `exact` (weights expanded to f32 tile by tile;
-    /// the dequantized model's result) or `int8` (candle's integer kernels where it has them,
-    /// Q4_K and Q8_0; faster, activations rounded to 8 bits as in ggml).
-    #[arg(long, default_value = "exact", env = "FLUXD_CPU_KERNELS")]
-    pub cpu_kernels: String,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// NSFW image classifier (a transformers ViTForImageClassification folder, e.g.
     /// Falconsai/nsfw_image_detection) that checks every image against the request's
     /// `safety_tolerance`. Default: `safety_checker/` inside the `--model` folder, if there is
@@ -127,12 +142,17 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// Starts the engine thread, which loads the model (and `redux`, and the image classifier)
-    /// in the background; the handle's state says when it is ready.
-    pub fn spawn(&self, data: &DataDir, redux: Option<&ReduxArg<'_>>) -> Result<EngineHandle> {
-        let paths = self.model.resolve(data)?;
-        let device = parse_device(&self.device)?;
-        let dtype = parse_dtype(&self.dtype)?;
+    /// Makes the memory plan for the API's largest request (refusing, before anything is
+    /// loaded, a model that does not fit), then starts the engine thread, which loads the model
+    /// (and `redux`, and the image classifier) in the background; the handle's state says when
+    /// it is ready.
+    pub async fn spawn(
+        &self,
+        data: &DataDir,
+        redux: Option<&ReduxArg<'_>>,
+    ) -> Result<EngineHandle> {
+        let paths = self.model.resolve(data).await?;
+        let opts = self.placement.load_options()?;
         let redux = match redux {
             Some(ReduxArg { model, siglip }) => Some(
                 ReduxPaths::resolve(model, *siglip)
@@ -141,13 +161,19 @@ impl EngineArgs {
             None => None,
         };
         let safety_checker = self.safety_checker(&paths.root);
+        let extra = ExtraComponents {
+            redux: redux.clone(),
+            safety_checker: safety_checker.clone(),
+        };
+        let side = fluxd_api::limits::SIDE_MAX as usize;
+        let workload = extra.workload(side, side, DEFAULT_MAX_SEQUENCE_LENGTH)?;
+        plan_and_check(&paths, &self.placement, &opts, workload, &extra)?;
         let models = EngineModels {
             flux: paths,
             redux,
             safety_checker,
-            cpu_kernels: parse_cpu_kernels(&self.cpu_kernels)?,
         };
-        let (engine, _engine_thread) = spawn_engine(models, device, dtype)?;
+        let (engine, _engine_thread) = spawn_engine(models, opts)?;
         Ok(engine)
     }
 

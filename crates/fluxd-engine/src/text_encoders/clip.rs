@@ -9,7 +9,8 @@ use serde::Deserialize;
 use super::encoder_layer::{EncoderLayer, LayerDims, LayerNames, Scale, CLIP_LAYER_SUFFIXES};
 use super::{apply, check_ids, layer_norm, read_config, Act};
 use crate::error::{EngineError, Result};
-use crate::tensor_source::{Renamed, TensorSource};
+use crate::model_dir::{clip_weights_file, BundledWeights, CLIP_KEY};
+use crate::tensor_source::{FileTensors, Renamed, TensorSource};
 use crate::tiny_init::{write_json, write_safetensors, InitRng, TensorMap};
 use crate::weights::WeightFiles;
 
@@ -103,55 +104,49 @@ pub struct ClipTextEncoder {
 impl ClipTextEncoder {
     /// Loads `config.json` and `model.safetensors` (or a sharded index) from `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = ClipConfig::from_dir(dir)?;
-        let w = WeightFiles::open_dir(dir, &["model"])?;
-        Self::load_from(cfg, &dir.join("config.json"), &w, dtype, device)
+        Self::load_weights(dir, &WeightFiles::open_dir(dir, &["model"])?, dtype, device)
     }
 
-    /// Loads a single-file CLIP text model (safetensors or GGUF, told apart by content) with
-    /// transformers names under any prefix (ComfyUI's `clip_l.safetensors` has none), configured
-    /// by `config_dir/config.json` (FLUX.1's `text_encoder/`).
-    pub fn load_file(
-        file: &Path,
-        config_dir: &Path,
+    /// Loads CLIP's weights from a single file or a checkpoint (`--clip`, a ComfyUI checkpoint):
+    /// transformers names under `b.prefix`, in safetensors or GGUF (told apart by content),
+    /// configured by `dir/config.json` (FLUX.1's `text_encoder/`).
+    pub fn load_bundled(
+        dir: &Path,
+        b: &BundledWeights,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        const PROBE: &str = "text_model.embeddings.token_embedding.weight";
-        let cfg = ClipConfig::from_dir(config_dir)?;
-        let cfg_path = config_dir.join("config.json");
-        let load = |src: &dyn TensorSource, names: Vec<&str>| -> Result<Self> {
-            let prefix = names
-                .iter()
-                .find_map(|n| n.strip_suffix(PROBE))
-                .ok_or_else(|| EngineError::UnknownLayout {
-                    path: file.to_path_buf(),
-                    msg: format!("no `{PROBE}` under any prefix: not a CLIP text model"),
-                })?;
-            let rename = |n: &str| format!("{prefix}{n}");
-            let src = Renamed {
-                inner: src,
-                rename: &rename,
-            };
-            Self::load_from(cfg.clone(), &cfg_path, &src, dtype, device)
+        let file = FileTensors::open(&b.file)?;
+        let rename = |n: &str| format!("{}{n}", b.prefix);
+        let src = Renamed {
+            inner: file.source(),
+            rename: &rename,
         };
-        if crate::gguf::is_gguf(file)? {
-            let g = crate::gguf::GgufFile::open(file)?;
-            return load(&g, g.names().collect());
+        if !src.contains(CLIP_KEY) {
+            return Err(EngineError::UnknownLayout {
+                path: b.file.clone(),
+                msg: format!("no `{CLIP_KEY}` under any prefix: not a CLIP text model"),
+            });
         }
-        let w = WeightFiles::open(&[file.to_path_buf()])?;
-        load(&w, w.names().collect())
+        Self::load_weights(dir, &src, dtype, device)
     }
 
-    /// Loads transformers-named tensors from `w` for `cfg` (read from `cfg_path`).
-    fn load_from(
-        cfg: ClipConfig,
-        cfg_path: &Path,
+    /// [`Self::load_bundled`] on a file of CLIP's tensors under any prefix
+    /// ([`clip_weights_file`]).
+    pub fn load_file(file: &Path, dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_bundled(dir, &clip_weights_file(file)?, dtype, device)
+    }
+
+    /// Loads with the `config.json` of `dir` and transformers `CLIPTextModel` tensor names from
+    /// `w` (e.g. a checkpoint's CLIP seen through its prefix).
+    pub(crate) fn load_weights(
+        dir: &Path,
         w: &dyn TensorSource,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let act = Act::parse(&cfg.hidden_act, cfg_path)?;
+        let cfg = ClipConfig::from_dir(dir)?;
+        let act = Act::parse(&cfg.hidden_act, &dir.join("config.json"))?;
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let p = "text_model";
         let token_embedding = w.get(
@@ -302,6 +297,19 @@ fn tiny_config_json(vocab_size: usize) -> serde_json::Value {
     })
 }
 
+/// The linear layers of one CLIP encoder layer (transformers names under
+/// `text_model.encoder.layers.{i}`), as (name, out, in) for width `h` and MLP width `f`.
+pub(crate) fn layer_linears(h: usize, f: usize) -> [(&'static str, usize, usize); 6] {
+    [
+        ("self_attn.q_proj", h, h),
+        ("self_attn.k_proj", h, h),
+        ("self_attn.v_proj", h, h),
+        ("self_attn.out_proj", h, h),
+        ("mlp.fc1", f, h),
+        ("mlp.fc2", h, f),
+    ]
+}
+
 /// Writes a tiny random `CLIPTextModel` (`config.json` + `model.safetensors`) into `dir`, in the
 /// layout transformers saves, so that transformers loads it with no missing or unexpected keys.
 pub fn write_tiny_clip(dir: &Path, vocab_size: usize, seed: u64) -> Result<()> {
@@ -322,14 +330,7 @@ pub fn write_tiny_clip(dir: &Path, vocab_size: usize, seed: u64) -> Result<()> {
     );
     for i in 0..cfg.num_hidden_layers {
         let l = format!("{p}.encoder.layers.{i}");
-        for (name, o, inp) in [
-            ("self_attn.q_proj", h, h),
-            ("self_attn.k_proj", h, h),
-            ("self_attn.v_proj", h, h),
-            ("self_attn.out_proj", h, h),
-            ("mlp.fc1", f, h),
-            ("mlp.fc2", h, f),
-        ] {
+        for (name, o, inp) in layer_linears(h, f) {
             t.insert(format!("{l}.{name}.weight"), rng.linear_weight(o, inp)?);
             t.insert(
                 format!("{l}.{name}.bias"),

@@ -10,6 +10,7 @@ mod clip;
 pub(crate) mod encoder_layer;
 mod t5;
 
+pub(crate) use clip::layer_linears as clip_layer_linears;
 pub use clip::{write_tiny_clip, ClipConfig, ClipTextEncoder};
 pub use t5::{write_tiny_t5, T5Config, T5TextEncoder};
 
@@ -113,7 +114,8 @@ pub(crate) fn check_model_type(
 }
 
 /// A linear layer `out × in` (with bias if `bias`) read from `{prefix}.weight` / `{prefix}.bias`;
-/// the weight stays quantized where the file stores it so.
+/// the weight stays quantized where the file stores it so (fp8 is upcast here, see
+/// [`LinearWeight::upcast_fp8`]).
 pub(crate) fn linear(
     w: &dyn TensorSource,
     prefix: &str,
@@ -123,7 +125,9 @@ pub(crate) fn linear(
     dtype: DType,
     dev: &Device,
 ) -> Result<Linear> {
-    let weight = w.get_weight(&format!("{prefix}.weight"), &[out, inp], dtype, dev)?;
+    let weight = w
+        .get_weight(&format!("{prefix}.weight"), &[out, inp], dtype, dev)?
+        .upcast_fp8(dtype)?;
     let bias = if bias {
         Some(w.get(&format!("{prefix}.bias"), &[out], dtype, dev)?)
     } else {
@@ -142,7 +146,7 @@ pub(crate) struct Linear {
 
 impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward_t(x)?;
+        let y = self.weight.forward_t(x, x.dtype())?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

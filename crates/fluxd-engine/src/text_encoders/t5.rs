@@ -12,8 +12,9 @@ use super::clip::ids_u32;
 use super::{check_ids, linear, read_config, softmax_f32, Act, Linear};
 use crate::error::{EngineError, Result};
 use crate::gguf::{self, GgufFile};
+use crate::model_dir::{t5_weights_file, BundledWeights, T5_KEY};
 use crate::quant::LinearWeight;
-use crate::tensor_source::{Renamed, TensorSource};
+use crate::tensor_source::{FileTensors, Renamed, TensorSource};
 use crate::tiny_init::{write_json, write_sharded, InitRng, TensorMap};
 use crate::weights::WeightFiles;
 
@@ -188,89 +189,82 @@ impl T5TextEncoder {
     /// Loads `config.json` and the weights (`model.safetensors` or sharded with
     /// `model.safetensors.index.json`) from `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = T5Config::from_dir(dir)?;
-        let w = WeightFiles::open_dir(dir, &["model"])?;
-        Self::load_from(cfg, &dir.join("config.json"), &w, dtype, device)
+        Self::load_weights(dir, &WeightFiles::open_dir(dir, &["model"])?, dtype, device)
     }
 
-    /// Loads a single-file encoder, told apart by content: a GGUF file with llama.cpp's
-    /// `t5encoder` names (city96's `t5-v1_1-xxl-encoder-gguf`) or transformers names, or a
-    /// safetensors file with transformers names (ComfyUI's `t5xxl_fp16.safetensors`), any name
-    /// prefix allowed. The config is `config_dir/config.json` when given (FLUX.1's
-    /// `text_encoder_2/`), else a GGUF file's own metadata.
+    /// Loads with the `config.json` of `dir` and transformers `T5EncoderModel` tensor names from
+    /// `w` (e.g. a checkpoint's T5 seen through its prefix).
+    pub(crate) fn load_weights(
+        dir: &Path,
+        w: &dyn TensorSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = T5Config::from_dir(dir)?;
+        Self::load_from(cfg, &dir.join("config.json"), w, dtype, device)
+    }
+
+    /// Loads T5's weights from a single file or a checkpoint (`--t5`, a ComfyUI checkpoint),
+    /// told apart by content: a GGUF file with llama.cpp's `t5encoder` names (city96's
+    /// `t5-v1_1-xxl-encoder-gguf`), or transformers names under `b.prefix` in GGUF or
+    /// safetensors (ComfyUI's `t5xxl_fp16.safetensors`). The config is `config_dir/config.json`
+    /// when given (FLUX.1's `text_encoder_2/`), else a GGUF file's own metadata.
+    pub fn load_bundled(
+        b: &BundledWeights,
+        config_dir: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let folder = config_dir.filter(|d| d.join("config.json").is_file());
+        let file = FileTensors::open(&b.file)?;
+        if let FileTensors::Gguf(g) = &file {
+            tracing::info!(
+                file = %b.file.display(),
+                types = %g.type_summary(),
+                "loading a GGUF T5 encoder"
+            );
+            if g.contains("enc.blk.0.attn_q.weight") {
+                let (cfg, cfg_path) = match folder {
+                    Some(d) => (T5Config::from_dir(d)?, d.join("config.json")),
+                    None => (T5Config::from_gguf(g)?, b.file.clone()),
+                };
+                let rename = |n: &str| gguf::t5::llama_name(n).unwrap_or_else(|| n.to_string());
+                let src = Renamed {
+                    inner: g,
+                    rename: &rename,
+                };
+                return Self::load_from(cfg, &cfg_path, &src, dtype, device);
+            }
+        }
+        let rename = |n: &str| format!("{}{n}", b.prefix);
+        let src = Renamed {
+            inner: file.source(),
+            rename: &rename,
+        };
+        if !src.contains(T5_KEY) {
+            return Err(EngineError::UnknownLayout {
+                path: b.file.clone(),
+                msg: format!(
+                    "not a T5 encoder: no `{T5_KEY}` (transformers names) under any prefix, nor \
+                     llama.cpp's `t5encoder` names (`enc.blk.0.attn_q.weight`, `token_embd.weight`)"
+                ),
+            });
+        }
+        let dir = folder.ok_or_else(|| EngineError::MissingFile {
+            path: b.file.with_file_name("config.json"),
+            what: "T5 config (the model folder's text_encoder_2/config.json)".into(),
+        })?;
+        Self::load_weights(dir, &src, dtype, device)
+    }
+
+    /// [`Self::load_bundled`] on a file of T5's tensors ([`t5_weights_file`]).
     pub fn load_file(
         file: &Path,
         config_dir: Option<&Path>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let folder = match config_dir.filter(|d| d.join("config.json").is_file()) {
-            Some(d) => Some((T5Config::from_dir(d)?, d.join("config.json"))),
-            None => None,
-        };
-        let no_config = || EngineError::MissingFile {
-            path: file.with_file_name("config.json"),
-            what: "T5 config (the model folder's text_encoder_2/config.json)".into(),
-        };
-        if crate::gguf::is_gguf(file)? {
-            let g = GgufFile::open(file)?;
-            tracing::info!(
-                file = %file.display(),
-                types = %g.type_summary(),
-                "loading a GGUF T5 encoder"
-            );
-            if g.contains("enc.blk.0.attn_q.weight") {
-                let (cfg, cfg_path) = match folder {
-                    Some(f) => f,
-                    None => (T5Config::from_gguf(&g)?, file.to_path_buf()),
-                };
-                let rename = |n: &str| gguf::t5::llama_name(n).unwrap_or_else(|| n.to_string());
-                let src = Renamed {
-                    inner: &g,
-                    rename: &rename,
-                };
-                return Self::load_from(cfg, &cfg_path, &src, dtype, device);
-            }
-            let (cfg, cfg_path) = folder.ok_or_else(no_config)?;
-            let names: Vec<&str> = g.names().collect();
-            return Self::load_prefixed(cfg, &cfg_path, file, &g, &names, dtype, device);
-        }
-        let (cfg, cfg_path) = folder.ok_or_else(no_config)?;
-        let w = WeightFiles::open(&[file.to_path_buf()])?;
-        let names: Vec<&str> = w.names().collect();
-        Self::load_prefixed(cfg, &cfg_path, file, &w, &names, dtype, device)
-    }
-
-    /// Loads transformers names behind whatever prefix the file puts before `encoder.block.0`.
-    fn load_prefixed(
-        cfg: T5Config,
-        cfg_path: &Path,
-        file: &Path,
-        src: &dyn TensorSource,
-        names: &[&str],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        const PROBE: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
-        let prefix = names
-            .iter()
-            .find_map(|n| n.strip_suffix(PROBE))
-            .ok_or_else(|| EngineError::UnknownLayout {
-                path: file.to_path_buf(),
-                msg: format!("no `{PROBE}` under any prefix: not a T5 encoder"),
-            })?
-            .to_string();
-        let rename = |n: &str| format!("{prefix}{n}");
-        Self::load_from(
-            cfg,
-            cfg_path,
-            &Renamed {
-                inner: src,
-                rename: &rename,
-            },
-            dtype,
-            device,
-        )
+        Self::load_bundled(&t5_weights_file(file)?, config_dir, dtype, device)
     }
 
     /// Loads transformers-named tensors from `w` for the encoder `cfg` (read from `cfg_path`).
@@ -299,7 +293,9 @@ impl T5TextEncoder {
         } else {
             "shared.weight"
         };
-        let embed = w.get_weight(embed_name, &[cfg.vocab_size, d], dtype, device)?;
+        let embed = w
+            .get_weight(embed_name, &[cfg.vocab_size, d], dtype, device)?
+            .upcast_fp8(dtype)?;
         let rel_bias = w.get(
             "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
             &[cfg.relative_attention_num_buckets, cfg.num_heads],
@@ -358,11 +354,10 @@ impl T5TextEncoder {
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, l) = check_ids(input_ids, None)?;
         let ids = ids_u32(input_ids, self.cfg.vocab_size)?.to_device(&self.device)?;
-        let mut x = self
-            .embed
-            .rows(&ids.flatten_all()?)?
-            .to_dtype(self.dtype)?
-            .reshape((b, l, self.cfg.d_model))?;
+        let mut x =
+            self.embed
+                .rows(&ids.flatten_all()?, self.dtype)?
+                .reshape((b, l, self.cfg.d_model))?;
         let bias = self.position_bias(l)?;
         for blk in &self.blocks {
             let h = self.rms_norm(&x, &blk.ln_attn)?;

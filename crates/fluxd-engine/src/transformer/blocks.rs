@@ -37,7 +37,7 @@ impl QkNorm {
     }
 }
 
-/// Loads `{name}.weight` `(out, in)` (dense or quantized, as stored) and `{name}.bias` `(out,)`.
+/// Loads `{name}.weight` `(out, in)` (dense, quantized or fp8, as stored) and `{name}.bias` `(out,)`.
 pub(crate) fn load_linear(
     src: &dyn TensorSource,
     name: &str,
@@ -48,7 +48,7 @@ pub(crate) fn load_linear(
 ) -> Result<FluxLinear> {
     let w = src.get_weight(&format!("{name}.weight"), &[out, inp], dt, dev)?;
     let b = src.get(&format!("{name}.bias"), &[out], dt, dev)?;
-    FluxLinear::with_weight(w, Some(b))
+    FluxLinear::with_weight(w, Some(b), dt)
 }
 
 /// One double-stream block (BFL `DoubleStreamBlock`, diffusers `FluxTransformerBlock`).

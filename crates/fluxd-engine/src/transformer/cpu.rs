@@ -47,7 +47,7 @@ fn matmul_wt(
     let x = x.get(..rows * inp).ok_or_else(|| {
         EngineError::InvalidInput(format!("{rows}x{inp} input in a buffer of {len}"))
     })?;
-    lin.weight().matmul_f32_into(x, rows, dst, dst_rs)?;
+    lin.stored_weight().matmul_f32_into(x, rows, dst, dst_rs)?;
     let x = View::rm(x, rows, inp)?;
     for a in lin.adapters() {
         let r = a.down.dims()[0];

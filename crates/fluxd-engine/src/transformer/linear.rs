@@ -2,14 +2,20 @@
 //!
 //! Adapters are applied on the fly, `y = x·Wᵀ + b + Σ scale·(x·downᵀ)·upᵀ` (the LoRA forward of
 //! BFL `modules/lora.py` and kohya `networks/lora_flux.py`), so a fine-tune can be set and
-//! cleared per request without touching, copying or re-rounding the base weights. The base
-//! weight may be dense or quantized ([`LinearWeight`]); adapters run beside it either way, so a
-//! LoRA on a GGUF model never dequantizes, merges or requantizes anything.
+//! cleared per request without touching, copying or re-rounding the base weights.
+//!
+//! The base weight is held in one of several storage kinds ([`LinearWeight`]): dense in the
+//! compute dtype, GGML blocks from a GGUF file computed on as they are, or fp8 with a
+//! per-tensor scale, upcast to the compute dtype for each product (candle has no fp8 GEMM).
+//! Adapters always run in the compute dtype beside it, so a LoRA on a quantized model never
+//! dequantizes, merges or requantizes anything.
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::quant::{CpuKernels, LinearWeight};
+use crate::fp8::Fp8Weight;
+use crate::quant::CpuKernels;
+pub use crate::quant::LinearWeight;
 
 /// A low-rank update `scale · up · down` of a linear layer's weight.
 #[derive(Debug, Clone)]
@@ -29,37 +35,49 @@ pub struct LowRank {
 #[derive(Debug, Clone)]
 pub struct FluxLinear {
     weight: LinearWeight,
+    /// The dtype products are computed in (the dense weight's, the bias's).
+    dtype: DType,
     bias: Option<Tensor>,
     adapters: Vec<LowRank>,
 }
 
 impl FluxLinear {
-    /// A layer from a dense `(out, in)` weight and an optional `(out,)` bias.
+    /// A layer from a dense `(out, in)` weight and an optional `(out,)` bias; it computes in the
+    /// weight's dtype.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Self::with_weight(LinearWeight::Dense(weight), bias)
+        let dtype = weight.dtype();
+        Self::with_weight(LinearWeight::Dense(weight), bias, dtype)
     }
 
-    /// A layer from a dense or quantized `(out, in)` weight and an optional `(out,)` bias.
-    pub fn with_weight(weight: LinearWeight, bias: Option<Tensor>) -> Result<Self> {
+    /// A layer from a weight in any storage kind, computing in `dtype` (the bias's dtype).
+    pub fn with_weight(weight: LinearWeight, bias: Option<Tensor>, dtype: DType) -> Result<Self> {
         let (out, inp) = weight.dims()?;
         if let Some(b) = &bias {
             if b.dims() != [out] {
                 return Err(EngineError::InvalidInput(format!(
-                    "bias of shape {:?} for a weight of shape [{out}, {inp}]",
+                    "bias of shape {:?} for a weight of shape {:?}",
                     b.dims(),
+                    [out, inp]
                 )));
             }
         }
         Ok(Self {
             weight,
+            dtype,
             bias,
             adapters: Vec::new(),
         })
     }
 
-    /// The `(out, in)` weight.
-    pub fn weight(&self) -> &LinearWeight {
+    /// The base weight as held.
+    pub fn stored_weight(&self) -> &LinearWeight {
         &self.weight
+    }
+
+    /// The `(out, in)` weight in the compute dtype: the held tensor when dense, a fresh
+    /// expansion of this one layer otherwise.
+    pub fn weight(&self) -> Result<Tensor> {
+        self.weight.to_dense(self.dtype)
     }
 
     /// Switches the CPU kernels of a quantized weight ([`CpuKernels`]).
@@ -67,14 +85,22 @@ impl FluxLinear {
         self.weight.set_cpu_kernels(kernels)
     }
 
-    /// The dtype the layer computes in.
-    pub fn dtype(&self) -> DType {
-        self.weight.dtype()
-    }
-
     /// The device the layer lives on.
     pub fn device(&self) -> Device {
         self.weight.device()
+    }
+
+    /// Stores the weight in fp8 (per-tensor scale) if it is dense; see [`Fp8Weight::quantize`].
+    pub fn store_fp8(&mut self) -> Result<()> {
+        if let LinearWeight::Dense(w) = &self.weight {
+            self.weight = LinearWeight::Fp8(Fp8Weight::quantize(w)?);
+        }
+        Ok(())
+    }
+
+    /// The dtype products are computed in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The bias, if any.
@@ -111,7 +137,7 @@ impl FluxLinear {
                 self.in_features()
             )));
         }
-        let dtype = self.weight.dtype();
+        let dtype = self.dtype;
         let device = &self.weight.device();
         self.adapters.push(LowRank {
             down: adapter
@@ -140,7 +166,7 @@ impl FluxLinear {
 
     /// `x·Wᵀ + b (+ adapters)` on the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.weight.forward_t(x)?;
+        let mut y = self.weight.forward_t(x, self.dtype)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

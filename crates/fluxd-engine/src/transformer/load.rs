@@ -12,9 +12,41 @@ use candle_core::{DType, Device, Tensor};
 use super::config::FluxConfig;
 use super::names::{diffusers_source, DiffusersSource};
 use crate::error::{EngineError, Result};
+use crate::fp8::Fp8Weight;
+use crate::quant::LinearWeight;
 pub(crate) use crate::tensor_source::TensorSource;
 use crate::tiny_init::TensorMap;
 use crate::weights::WeightFiles;
+
+/// A source whose dense linear weights are held in fp8: fp8 ones as stored, the dense others
+/// quantized one tensor at a time as they are read (`--weights-dtype fp8`). GGML blocks (GGUF)
+/// stay as they are: they are smaller than fp8 already.
+pub(crate) struct StoreFp8<'a>(pub &'a dyn TensorSource);
+
+impl TensorSource for StoreFp8<'_> {
+    fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        self.0.get(name, shape, dtype, device)
+    }
+
+    fn get_weight(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<LinearWeight> {
+        // Read in f32, so that fp8 rounds the stored values rather than a copy in `dtype`.
+        Ok(match self.0.get_weight(name, shape, DType::F32, device)? {
+            LinearWeight::Dense(w) => LinearWeight::Fp8(Fp8Weight::quantize(&w)?),
+            LinearWeight::Quantized(q) => LinearWeight::Quantized(q.computing_in(dtype)),
+            fp8 @ LinearWeight::Fp8(_) => fp8,
+        })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
 
 /// The ComfyUI prefix of BFL names in checkpoint files that bundle the whole model.
 pub(crate) const COMFY_PREFIX: &str = "model.diffusion_model.";
@@ -145,4 +177,23 @@ impl TensorSource for MapSource<'_> {
     fn contains(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
+}
+
+/// How the transformer's linear weights are held in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightsDtype {
+    /// fp8 weights stay fp8 (upcast per layer at compute time); all others are converted to the
+    /// compute dtype.
+    #[default]
+    Auto,
+    /// Every linear weight is held in fp8 (per-tensor scale), converted one tensor at a time as
+    /// it is read: half the memory of bf16, a quarter of f32.
+    Fp8,
+}
+
+/// The config and key prefix of a BFL/ComfyUI single file, from its header.
+pub(crate) fn bfl_config(files: &WeightFiles, file: &Path) -> Result<(FluxConfig, String)> {
+    let prefix = detect_bfl_prefix(files, file)?;
+    let name = |k: &str| format!("{prefix}{k}");
+    Ok((FluxConfig::infer_bfl(files, file, &name)?, prefix))
 }
