@@ -16,8 +16,8 @@ in LDM names, the same tensors as the folder's, so the folder's VAE is used) and
 OUT_DIR/cases.json with the sha256 of every input file.
 
 diffusers' own BFL conversion (`convert_flux_transformer_checkpoint_to_diffusers`) hard-codes
-FLUX.1's width 3072, so the BFL -> diffusers names are mapped here for any width, following that
-function's mapping.
+FLUX.1's width 3072, so the BFL -> diffusers names are mapped for any width, following that
+function's mapping (`transformer_fixtures.bfl_to_diffusers`).
 """
 
 import json
@@ -30,7 +30,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from model_hashes import sha256
-from transformer_fixtures import forward, forward_inputs
+from transformer_fixtures import forward, forward_inputs, transformer_from_bfl
 
 LAYOUTS = ["kijai", "comfy_scaled", "comfy_scaled_input"]
 COMFY_MODEL = "model.diffusion_model."
@@ -61,71 +61,6 @@ def fp8_roundtrip(w):
     return (w * (1.0 / scale)).to(torch.float8_e4m3fn).float() * scale
 
 
-def bfl_to_diffusers(sd, hidden, mlp):
-    """BFL FLUX names -> FluxTransformer2DModel names (diffusers single_file_utils mapping)."""
-    d = {}
-
-    def lin(src, dst):
-        for s in ("weight", "bias"):
-            d[f"{dst}.{s}"] = sd.pop(f"{src}.{s}")
-
-    def split(src, dsts, sizes):
-        for s in ("weight", "bias"):
-            for part, dst in zip(torch.split(sd.pop(f"{src}.{s}"), sizes, dim=0), dsts):
-                d[f"{dst}.{s}"] = part
-
-    lin("img_in", "x_embedder")
-    lin("txt_in", "context_embedder")
-    lin("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1")
-    lin("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2")
-    lin("vector_in.in_layer", "time_text_embed.text_embedder.linear_1")
-    lin("vector_in.out_layer", "time_text_embed.text_embedder.linear_2")
-    if "guidance_in.in_layer.weight" in sd:
-        lin("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1")
-        lin("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2")
-    doubles = sorted({int(k.split(".")[1]) for k in sd if k.startswith("double_blocks.")})
-    singles = sorted({int(k.split(".")[1]) for k in sd if k.startswith("single_blocks.")})
-    for i in doubles:
-        b, t = f"double_blocks.{i}", f"transformer_blocks.{i}"
-        lin(f"{b}.img_mod.lin", f"{t}.norm1.linear")
-        lin(f"{b}.txt_mod.lin", f"{t}.norm1_context.linear")
-        split(f"{b}.img_attn.qkv", [f"{t}.attn.to_q", f"{t}.attn.to_k", f"{t}.attn.to_v"], [hidden] * 3)
-        split(f"{b}.txt_attn.qkv",
-              [f"{t}.attn.add_q_proj", f"{t}.attn.add_k_proj", f"{t}.attn.add_v_proj"], [hidden] * 3)
-        d[f"{t}.attn.norm_q.weight"] = sd.pop(f"{b}.img_attn.norm.query_norm.scale")
-        d[f"{t}.attn.norm_k.weight"] = sd.pop(f"{b}.img_attn.norm.key_norm.scale")
-        d[f"{t}.attn.norm_added_q.weight"] = sd.pop(f"{b}.txt_attn.norm.query_norm.scale")
-        d[f"{t}.attn.norm_added_k.weight"] = sd.pop(f"{b}.txt_attn.norm.key_norm.scale")
-        lin(f"{b}.img_attn.proj", f"{t}.attn.to_out.0")
-        lin(f"{b}.txt_attn.proj", f"{t}.attn.to_add_out")
-        lin(f"{b}.img_mlp.0", f"{t}.ff.net.0.proj")
-        lin(f"{b}.img_mlp.2", f"{t}.ff.net.2")
-        lin(f"{b}.txt_mlp.0", f"{t}.ff_context.net.0.proj")
-        lin(f"{b}.txt_mlp.2", f"{t}.ff_context.net.2")
-    for i in singles:
-        b, t = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
-        split(f"{b}.linear1", [f"{t}.attn.to_q", f"{t}.attn.to_k", f"{t}.attn.to_v", f"{t}.proj_mlp"],
-              [hidden, hidden, hidden, mlp])
-        lin(f"{b}.linear2", f"{t}.proj_out")
-        lin(f"{b}.modulation.lin", f"{t}.norm.linear")
-        d[f"{t}.attn.norm_q.weight"] = sd.pop(f"{b}.norm.query_norm.scale")
-        d[f"{t}.attn.norm_k.weight"] = sd.pop(f"{b}.norm.key_norm.scale")
-    lin("final_layer.linear", "proj_out")
-    for s in ("weight", "bias"):
-        shift, scale = sd.pop(f"final_layer.adaLN_modulation.1.{s}").chunk(2, dim=0)
-        d[f"norm_out.linear.{s}"] = torch.cat([scale, shift], dim=0)
-    if sd:
-        sys.exit(f"unmapped BFL tensors: {sorted(sd)}")
-    return d
-
-
-def transformer_from(sd, config):
-    model = FluxTransformer2DModel.from_config(config)
-    hidden = config["num_attention_heads"] * config["attention_head_dim"]
-    model.load_state_dict(bfl_to_diffusers(sd, hidden, hidden * 4), strict=True)
-    return model.eval()
-
-
 def main():
     src, out_dir = sys.argv[1:3]
     os.makedirs(out_dir, exist_ok=True)
@@ -147,7 +82,7 @@ def main():
     weights["weights_fp8"] = {k: fp8_roundtrip(v) if v.dim() == 2 else v
                               for k, v in weights["original"].items()}
     for key, sd in weights.items():
-        tensors[f"out_{key}"] = forward(transformer_from(dict(sd), config), tensors)
+        tensors[f"out_{key}"] = forward(transformer_from_bfl(sd, config), tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, "forward.safetensors"))
 
     # A pipeline run on the full checkpoint's upcast weights.
@@ -155,7 +90,7 @@ def main():
     ckpt = load_file(ckpt_path)
     pipe = FluxPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    pipe.transformer = transformer_from(upcast(ckpt, COMFY_MODEL), config)
+    pipe.transformer = transformer_from_bfl(upcast(ckpt, COMFY_MODEL), config)
     clip = upcast(ckpt, "text_encoders.clip_l.transformer.")
     # transformers 5's CLIPTextModel names its modules without the files' `text_model.` prefix
     # (its loader renames on load); a plain state dict needs the module's own names.

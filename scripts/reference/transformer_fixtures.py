@@ -25,10 +25,11 @@ OUT = os.path.join(ROOT, "crates/fluxd-engine/tests/fixtures/transformer/tiny_fo
 SEED = 1234
 
 
-def forward_inputs(in_channels, joint_attention_dim, pooled_projection_dim):
-    """Inputs of one forward, batch 2: a 64x48 px image (8x6 latents, packed 2x2 -> 4 rows x 3
-    cols = 12 tokens) and 8 text tokens, drawn from torch's generator seeded 0."""
-    rows, cols, txt_len, batch = 4, 3, 8, 2
+def forward_inputs(in_channels, joint_attention_dim, pooled_projection_dim, rows=4, cols=3):
+    """Inputs of one forward, batch 2: an image of `rows` x `cols` packed latent tokens (4 x 3: a
+    64x48 px image, 8x6 latents packed 2x2) and 8 text tokens, drawn from torch's generator
+    seeded 0."""
+    txt_len, batch = 8, 2
     g = torch.Generator().manual_seed(0)
     img = torch.randn(batch, rows * cols, in_channels, generator=g)
     txt = torch.randn(batch, txt_len, joint_attention_dim, generator=g)
@@ -44,14 +45,84 @@ def forward_inputs(in_channels, joint_attention_dim, pooled_projection_dim):
     }
 
 
-def forward(model, t):
-    """`model` (a FluxTransformer2DModel) on the inputs of `forward_inputs`."""
+def forward(model, t, lora_scale=None):
+    """`model` (a FluxTransformer2DModel) on the inputs of `forward_inputs`, its LoRA adapters
+    (if any) at `lora_scale`."""
+    kwargs = {} if lora_scale is None else {"joint_attention_kwargs": {"scale": lora_scale}}
     with torch.no_grad():
         return model(
             hidden_states=t["img"], encoder_hidden_states=t["txt"], pooled_projections=t["pooled"],
             timestep=t["timestep"], img_ids=t["img_ids"], txt_ids=t["txt_ids"],
-            guidance=t["guidance"], return_dict=False,
+            guidance=t["guidance"], return_dict=False, **kwargs,
         )[0]
+
+
+def bfl_to_diffusers(sd, hidden, mlp):
+    """BFL FLUX names -> FluxTransformer2DModel names (`sd` is consumed), following diffusers'
+    `convert_flux_transformer_checkpoint_to_diffusers` (loaders/single_file_utils.py), which
+    hard-codes FLUX.1's width 3072: here `hidden` and `mlp` give the widths."""
+    d = {}
+
+    def lin(src, dst):
+        for s in ("weight", "bias"):
+            d[f"{dst}.{s}"] = sd.pop(f"{src}.{s}")
+
+    def split(src, dsts, sizes):
+        for s in ("weight", "bias"):
+            for part, dst in zip(torch.split(sd.pop(f"{src}.{s}"), sizes, dim=0), dsts):
+                d[f"{dst}.{s}"] = part
+
+    lin("img_in", "x_embedder")
+    lin("txt_in", "context_embedder")
+    lin("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1")
+    lin("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2")
+    lin("vector_in.in_layer", "time_text_embed.text_embedder.linear_1")
+    lin("vector_in.out_layer", "time_text_embed.text_embedder.linear_2")
+    if "guidance_in.in_layer.weight" in sd:
+        lin("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1")
+        lin("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2")
+    doubles = sorted({int(k.split(".")[1]) for k in sd if k.startswith("double_blocks.")})
+    singles = sorted({int(k.split(".")[1]) for k in sd if k.startswith("single_blocks.")})
+    for i in doubles:
+        b, t = f"double_blocks.{i}", f"transformer_blocks.{i}"
+        lin(f"{b}.img_mod.lin", f"{t}.norm1.linear")
+        lin(f"{b}.txt_mod.lin", f"{t}.norm1_context.linear")
+        split(f"{b}.img_attn.qkv", [f"{t}.attn.to_q", f"{t}.attn.to_k", f"{t}.attn.to_v"], [hidden] * 3)
+        split(f"{b}.txt_attn.qkv",
+              [f"{t}.attn.add_q_proj", f"{t}.attn.add_k_proj", f"{t}.attn.add_v_proj"], [hidden] * 3)
+        d[f"{t}.attn.norm_q.weight"] = sd.pop(f"{b}.img_attn.norm.query_norm.scale")
+        d[f"{t}.attn.norm_k.weight"] = sd.pop(f"{b}.img_attn.norm.key_norm.scale")
+        d[f"{t}.attn.norm_added_q.weight"] = sd.pop(f"{b}.txt_attn.norm.query_norm.scale")
+        d[f"{t}.attn.norm_added_k.weight"] = sd.pop(f"{b}.txt_attn.norm.key_norm.scale")
+        lin(f"{b}.img_attn.proj", f"{t}.attn.to_out.0")
+        lin(f"{b}.txt_attn.proj", f"{t}.attn.to_add_out")
+        lin(f"{b}.img_mlp.0", f"{t}.ff.net.0.proj")
+        lin(f"{b}.img_mlp.2", f"{t}.ff.net.2")
+        lin(f"{b}.txt_mlp.0", f"{t}.ff_context.net.0.proj")
+        lin(f"{b}.txt_mlp.2", f"{t}.ff_context.net.2")
+    for i in singles:
+        b, t = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+        split(f"{b}.linear1", [f"{t}.attn.to_q", f"{t}.attn.to_k", f"{t}.attn.to_v", f"{t}.proj_mlp"],
+              [hidden, hidden, hidden, mlp])
+        lin(f"{b}.linear2", f"{t}.proj_out")
+        lin(f"{b}.modulation.lin", f"{t}.norm.linear")
+        d[f"{t}.attn.norm_q.weight"] = sd.pop(f"{b}.norm.query_norm.scale")
+        d[f"{t}.attn.norm_k.weight"] = sd.pop(f"{b}.norm.key_norm.scale")
+    lin("final_layer.linear", "proj_out")
+    for s in ("weight", "bias"):
+        shift, scale = sd.pop(f"final_layer.adaLN_modulation.1.{s}").chunk(2, dim=0)
+        d[f"norm_out.linear.{s}"] = torch.cat([scale, shift], dim=0)
+    if sd:
+        sys.exit(f"unmapped BFL tensors: {sorted(sd)}")
+    return d
+
+
+def transformer_from_bfl(sd, config):
+    """A FluxTransformer2DModel of `config` (f32, eval) holding the BFL-named state dict `sd`."""
+    model = FluxTransformer2DModel.from_config(config)
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    model.load_state_dict(bfl_to_diffusers(dict(sd), hidden, hidden * 4), strict=True)
+    return model.eval()
 
 
 def main():

@@ -13,8 +13,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, max_level_diff, Suite};
+use candle_core::{DType, Device};
+use common::{fixture_forward, max_abs_diff, max_level_diff, Suite};
 use fluxd_engine::fp8::{
     write_fp8_reference_models, REFERENCE_CHECKPOINT, REFERENCE_MODEL_DIR, REFERENCE_ORIGINAL,
 };
@@ -46,21 +46,6 @@ fn files() -> &'static Path {
     })
 }
 
-fn forward(model: &FluxTransformer, fx: &fluxd_engine::weights::WeightFiles) -> Tensor {
-    let t = |n: &str| common::tensor(fx, n);
-    model
-        .forward(
-            &t("img"),
-            &t("img_ids"),
-            &t("txt"),
-            &t("txt_ids"),
-            &t("timestep"),
-            Some(&t("guidance")),
-            &t("pooled"),
-        )
-        .expect("forward")
-}
-
 fn fp8_linears(model: &mut FluxTransformer) -> usize {
     model
         .linear_names()
@@ -88,7 +73,7 @@ fn fp8_transformers_match_diffusers_on_their_upcast_weights() {
     let ours =
         FluxTransformer::load_bfl(&files().join(REFERENCE_ORIGINAL), DType::F32, &Device::Cpu)
             .expect("f32");
-    let d = max_abs_diff(&forward(&ours, &fx), &original);
+    let d = max_abs_diff(&fixture_forward(&ours, &fx), &original);
     eprintln!("f32 original: fluxd vs diffusers max|Δ| {d:e}");
     assert!(d <= FORWARD_TOL, "f32 original differs by {d}");
     for layout in SUITE.meta()["layouts"].as_array().expect("layouts") {
@@ -102,7 +87,7 @@ fn fp8_transformers_match_diffusers_on_their_upcast_weights() {
             "{layout}: every linear stays fp8"
         );
         let reference = common::tensor(&fx, &format!("out_{layout}"));
-        let ours = forward(&model, &fx);
+        let ours = fixture_forward(&model, &fx);
         let d = max_abs_diff(&ours, &reference);
         let fp8_effect = max_abs_diff(&reference, &original);
         let scale = max_abs_diff(&original, &original.zeros_like().expect("zeros"));
@@ -133,7 +118,7 @@ fn weights_dtype_fp8_stores_a_f32_model_in_fp8() {
     let n = model.linear_names().len();
     assert_eq!(fp8_linears(&mut model), n);
     let d = max_abs_diff(
-        &forward(&model, &fx),
+        &fixture_forward(&model, &fx),
         &common::tensor(&fx, "out_weights_fp8"),
     );
     eprintln!("--weights-dtype fp8 vs diffusers on the same fp8 weights: max|Δ| {d:e}");
@@ -157,12 +142,16 @@ fn lora_runs_beside_fp8_weights() {
     let lora_path = files().join("lora.safetensors");
     write_random_lora(&lora_path, LoraFormat::Kohya, fp8.config(), 4, 3, &|_| true).expect("lora");
     let lora = LoraFile::load_for(&lora_path, fp8.config()).expect("lora");
-    let base = forward(&fp8, &fx);
+    let base = fixture_forward(&fp8, &fx);
     fluxd_engine::lora::set_loras(&mut fp8, &[(&lora, 0.0)]).expect("set");
-    assert_eq!(max_abs_diff(&forward(&fp8, &fx), &base), 0.0, "strength 0");
+    assert_eq!(
+        max_abs_diff(&fixture_forward(&fp8, &fx), &base),
+        0.0,
+        "strength 0"
+    );
     fluxd_engine::lora::set_loras(&mut fp8, &[(&lora, 1.3)]).expect("set");
     fluxd_engine::lora::set_loras(&mut dense, &[(&lora, 1.3)]).expect("set");
-    let (a, b) = (forward(&fp8, &fx), forward(&dense, &fx));
+    let (a, b) = (fixture_forward(&fp8, &fx), fixture_forward(&dense, &fx));
     let moved = max_abs_diff(&a, &base);
     let d = max_abs_diff(&a, &b);
     eprintln!("LoRA on fp8: moves the output by {moved:e}; fp8 vs dense upcast base {d:e}");

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use common::{
-    assert_sha256, dtype, engine_path, fixtures, max_abs_diff, open_tensors, read_json,
-    scratch_dir, tensor, EnginePath, Tol,
+    assert_sha256, dtype, engine_path, fixture_forward, fixtures, max_abs_diff, open_tensors,
+    read_json, scratch_dir, tensor, EnginePath, Tol,
 };
 use fluxd_engine::gguf::{self, quantize_model, write_gguf, GgufTensor, QuantPolicy};
 use fluxd_engine::lora::{set_loras, write_reference_loras, LoraFile};
@@ -126,23 +126,6 @@ fn check(what: &str, err: f32, effect: f32, tol: Tol<f32>) {
     }
 }
 
-/// One forward on the fixture's inputs, in this path's dtype; the output as f32.
-fn forward(model: &FluxTransformer, fx: &fluxd_engine::weights::WeightFiles) -> Tensor {
-    let t = |n: &str| tensor(fx, n).to_dtype(dtype()).expect("dtype");
-    model
-        .forward(
-            &t("img"),
-            &t("img_ids"),
-            &t("txt"),
-            &t("txt_ids"),
-            &t("timestep"),
-            Some(&t("guidance")),
-            &t("pooled"),
-        )
-        .and_then(|out| Ok(out.to_dtype(DType::F32)?))
-        .expect("forward")
-}
-
 fn load(inputs: &Inputs, ty: &str) -> FluxTransformer {
     let config = inputs.path("model/transformer/config.json");
     FluxTransformer::load_gguf(
@@ -162,7 +145,7 @@ fn every_type_matches_the_dequantized_reference() {
     assert_eq!(types.len(), gguf::TYPES.len(), "every type has a fixture");
     for (ty, case) in types {
         let model = load(&inputs, ty);
-        let out = forward(&model, &fx);
+        let out = fixture_forward(&model, &fx);
         let err = rel_err(&out, &tensor(&fx, &format!("out_{ty}")));
         let effect = case["quantization_effect"]["rel"].as_f64().expect("rel") as f32;
         check(ty, err, effect, FORWARD);
@@ -178,9 +161,9 @@ fn int8_kernels_stay_near_the_reference() {
     let fx = open_tensors(&fixtures("gguf").join("transformer.safetensors"));
     for ty in ["Q8_0", "Q4_K", "Q6_K"] {
         let mut model = load(&inputs, ty);
-        let exact = forward(&model, &fx);
+        let exact = fixture_forward(&model, &fx);
         model.set_cpu_kernels(CpuKernels::Int8).expect("int8");
-        let out = forward(&model, &fx);
+        let out = fixture_forward(&model, &fx);
         if engine_path() == EnginePath::Gpu {
             assert_eq!(max_abs_diff(&out, &exact), 0.0, "{ty}: GPU path");
             continue;
@@ -200,7 +183,7 @@ fn int8_kernels_stay_near_the_reference() {
             );
         }
         model.set_cpu_kernels(CpuKernels::Exact).expect("exact");
-        assert_eq!(max_abs_diff(&forward(&model, &fx), &exact), 0.0);
+        assert_eq!(max_abs_diff(&fixture_forward(&model, &fx), &exact), 0.0);
     }
 }
 
@@ -214,11 +197,11 @@ fn lora_beside_quantized_weights_matches_the_reference() {
     for ty in lora_meta["types"].as_array().expect("types") {
         let ty = ty.as_str().expect("type");
         let mut model = load(&inputs, ty);
-        let base = forward(&model, &fx);
+        let base = fixture_forward(&model, &fx);
         for scale in lora_meta["scales"].as_array().expect("scales") {
             let s = scale.as_f64().expect("scale") as f32;
             set_loras(&mut model, &[(&lora, s)]).expect("set");
-            let out = forward(&model, &fx);
+            let out = fixture_forward(&model, &fx);
             let want = tensor(&fx, &format!("out_{ty}_lora_{scale}"));
             // The LoRA's own effect is not the quantization's: only the tolerance applies.
             check(
@@ -236,7 +219,7 @@ fn lora_beside_quantized_weights_matches_the_reference() {
         }
         // Clearing brings the base back, bit for bit.
         set_loras(&mut model, &[]).expect("clear");
-        assert_eq!(max_abs_diff(&forward(&model, &fx), &base), 0.0);
+        assert_eq!(max_abs_diff(&fixture_forward(&model, &fx), &base), 0.0);
     }
 }
 

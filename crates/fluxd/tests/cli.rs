@@ -54,6 +54,18 @@ fn generate(model: &Path, output: &Path, extra: &[&str]) -> Output {
     generate_seed(model, output, 42, extra)
 }
 
+/// `generate` on the tiny model into the PNG `png`, which must succeed; its RGB pixels.
+fn generated_pixels(png: &Path, extra: &[&str]) -> Vec<u8> {
+    let out = generate(tiny(), png, extra);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        png.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image::open(png).expect("png").to_rgb8().into_raw()
+}
+
 fn generate_seed(model: &Path, output: &Path, seed: u64, extra: &[&str]) -> Output {
     let seed = seed.to_string();
     let mut args = vec![
@@ -512,17 +524,8 @@ fn generate_refuses_before_loading_when_the_plan_does_not_fit() {
 fn fp8_files_and_text_encoders_on_the_cpu() {
     use fluxd_engine::fp8::{write_fp8_transformer, Fp8Layout};
     let dir = scratch("fp8");
-    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8().into_raw();
-    let run = |name: &str, extra: &[&str]| {
-        let png = dir.join(format!("{name}.png"));
-        let out = generate(tiny(), &png, extra);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pixels(&png)
-    };
+    let run =
+        |name: &str, extra: &[&str]| generated_pixels(&dir.join(format!("{name}.png")), extra);
     // Kijai's layout and `--weights-dtype fp8` on the folder's f32 weights.
     let kijai = dir.join("kijai.safetensors");
     write_fp8_transformer(&kijai, &FluxConfig::tiny(), SEED, Fp8Layout::Kijai).expect("fp8");
@@ -745,17 +748,7 @@ fn quantized(dir: &Path, ty: &str) -> (PathBuf, PathBuf) {
 fn gguf_files_generate_and_take_loras() {
     use fluxd_engine::lora::{write_random_lora, LoraFormat};
     let dir = scratch("gguf");
-    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8().into_raw();
-    let run = |name: &str, extra: &[&str]| -> Vec<u8> {
-        let png = dir.join(name);
-        let out = generate(tiny(), &png, extra);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pixels(&png)
-    };
+    let run = |name: &str, extra: &[&str]| generated_pixels(&dir.join(name), extra);
     let base = run("base.png", &[]);
     // F32 GGUF files hold the very same numbers: the very same image. CLIP-L from a single file
     // (ComfyUI's clip_l.safetensors holds the folder's weights under the same names) too.

@@ -73,6 +73,49 @@ fn pad(w: &mut impl Write, len: usize) -> std::io::Result<()> {
     w.write_all(&vec![0u8; len.next_multiple_of(ALIGNMENT) - len])
 }
 
+/// Writes the header of a GGUF file: magic, version, `meta` key/values and the table of
+/// `tensors` (their data to follow in that order, each aligned). Header-only files (the memory
+/// plan's tests) are this alone.
+pub(crate) fn write_header(
+    w: &mut impl Write,
+    meta: &[(String, MetaValue)],
+    tensors: &[GgufTensor],
+) -> std::io::Result<()> {
+    w.write_all(MAGIC)?;
+    w.write_all(&3u32.to_le_bytes())?;
+    w.write_all(&(tensors.len() as u64).to_le_bytes())?;
+    w.write_all(&(meta.len() as u64).to_le_bytes())?;
+    for (key, value) in meta {
+        put_str(w, key)?;
+        match value {
+            MetaValue::U32(v) => {
+                w.write_all(&4u32.to_le_bytes())?;
+                w.write_all(&v.to_le_bytes())?;
+            }
+            MetaValue::F32(v) => {
+                w.write_all(&6u32.to_le_bytes())?;
+                w.write_all(&v.to_le_bytes())?;
+            }
+            MetaValue::Str(s) => {
+                w.write_all(&8u32.to_le_bytes())?;
+                put_str(w, s)?;
+            }
+        }
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        put_str(w, &t.name)?;
+        w.write_all(&(t.shape.len() as u32).to_le_bytes())?;
+        for d in t.shape.iter().rev() {
+            w.write_all(&(*d as u64).to_le_bytes())?;
+        }
+        w.write_all(&type_id(t.ty).to_le_bytes())?;
+        w.write_all(&(offset as u64).to_le_bytes())?;
+        offset += t.bytes().next_multiple_of(ALIGNMENT);
+    }
+    Ok(())
+}
+
 /// Writes a GGUF file: `meta` key/values, then `tensors`, whose bytes `data` makes one at a
 /// time (in the order given).
 pub fn write_gguf(
@@ -97,41 +140,7 @@ pub fn write_gguf(
     let io = |e| EngineError::io(path, e);
     let file = std::fs::File::create(path).map_err(io)?;
     let mut w = BufWriter::new(file);
-    w.write_all(MAGIC).map_err(io)?;
-    w.write_all(&3u32.to_le_bytes()).map_err(io)?;
-    w.write_all(&(tensors.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&(meta.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    for (key, value) in meta {
-        put_str(&mut w, key).map_err(io)?;
-        match value {
-            MetaValue::U32(v) => {
-                w.write_all(&4u32.to_le_bytes()).map_err(io)?;
-                w.write_all(&v.to_le_bytes()).map_err(io)?;
-            }
-            MetaValue::F32(v) => {
-                w.write_all(&6u32.to_le_bytes()).map_err(io)?;
-                w.write_all(&v.to_le_bytes()).map_err(io)?;
-            }
-            MetaValue::Str(s) => {
-                w.write_all(&8u32.to_le_bytes()).map_err(io)?;
-                put_str(&mut w, s).map_err(io)?;
-            }
-        }
-    }
-    let mut offset = 0usize;
-    for t in tensors {
-        put_str(&mut w, &t.name).map_err(io)?;
-        w.write_all(&(t.shape.len() as u32).to_le_bytes())
-            .map_err(io)?;
-        for d in t.shape.iter().rev() {
-            w.write_all(&(*d as u64).to_le_bytes()).map_err(io)?;
-        }
-        w.write_all(&type_id(t.ty).to_le_bytes()).map_err(io)?;
-        w.write_all(&(offset as u64).to_le_bytes()).map_err(io)?;
-        offset += t.bytes().next_multiple_of(ALIGNMENT);
-    }
+    write_header(&mut w, meta, tensors).map_err(io)?;
     let header = usize::try_from(w.stream_position().map_err(io)?)
         .map_err(|_| EngineError::InvalidInput("header too large".into()))?;
     pad(&mut w, header).map_err(io)?;

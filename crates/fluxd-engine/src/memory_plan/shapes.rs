@@ -6,11 +6,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use candle_core::quantized::GgmlDType;
 use safetensors::Dtype as StDtype;
 
 use super::inventory::{Stored, TensorEntry};
 use crate::error::{EngineError, Result};
+use crate::gguf::write::{write_header, GgufTensor, MetaValue};
 use crate::tiny_init::write_json;
 use crate::transformer::names::{diffusers_source, linear_specs, norm_names, DiffusersSource};
 use crate::transformer::FluxConfig;
@@ -284,57 +284,27 @@ fn safetensors_header(tensors: &[TensorEntry]) -> Vec<u8> {
     out
 }
 
-/// GGUF's type ids (ggml.h `ggml_type`).
-fn ggml_type_id(t: GgmlDType) -> u32 {
-    match t {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
-    }
-}
-
 fn gguf_header(tensors: &[TensorEntry], arch: &str) -> Result<Vec<u8>> {
-    let string = |out: &mut Vec<u8>, s: &str| {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    };
-    let mut out = b"GGUF".to_vec();
-    out.extend_from_slice(&3u32.to_le_bytes());
-    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    out.extend_from_slice(&1u64.to_le_bytes());
-    string(&mut out, "general.architecture");
-    out.extend_from_slice(&8u32.to_le_bytes()); // GGUF_TYPE_STRING
-    string(&mut out, arch);
-    let mut offset = 0u64;
-    for t in tensors {
-        let Stored::Gguf(kind) = t.stored else {
-            return Err(EngineError::InvalidInput(format!(
+    let table = tensors
+        .iter()
+        .map(|t| match t.stored {
+            Stored::Gguf(ty) => Ok(GgufTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                ty,
+            }),
+            Stored::Safetensors(_) => Err(EngineError::InvalidInput(format!(
                 "tensor `{}`: a GGUF file holds only GGUF types",
                 t.name
-            )));
-        };
-        string(&mut out, &t.name);
-        out.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
-        // GGUF lists dimensions innermost first.
-        for d in t.shape.iter().rev() {
-            out.extend_from_slice(&(*d as u64).to_le_bytes());
-        }
-        out.extend_from_slice(&ggml_type_id(kind).to_le_bytes());
-        out.extend_from_slice(&offset.to_le_bytes());
-        offset += t.file_bytes().div_ceil(32) * 32;
-    }
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = [(
+        "general.architecture".to_string(),
+        MetaValue::Str(arch.to_string()),
+    )];
+    let mut out = Vec::new();
+    write_header(&mut out, &meta, &table).map_err(|e| EngineError::InvalidInput(e.to_string()))?;
     Ok(out)
 }
 

@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use fluxd_engine::model_dir::ModelPaths;
 use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, TextEmbeddings, Timings};
 use fluxd_engine::tiny_model::{write_tiny_model, TinyPreset};
+use fluxd_engine::transformer::FluxTransformer;
 use fluxd_engine::weights::WeightFiles;
 use image::RgbImage;
 use serde_json::Value;
@@ -108,6 +109,25 @@ pub fn png(path: &Path) -> RgbImage {
 /// One tensor of a fixture file, as f32 on the CPU where every comparison happens.
 pub fn tensor(files: &WeightFiles, name: &str) -> Tensor {
     files.get(name, DType::F32, &Device::Cpu).expect(name)
+}
+
+/// One transformer forward on a fixture file's inputs (`img`, `img_ids`, `txt`, `txt_ids`,
+/// `timestep`, `guidance`, `pooled`, as `transformer_fixtures.forward_inputs` draws them), in
+/// this path's dtype ([`dtype`]); the output as f32.
+pub fn fixture_forward(model: &FluxTransformer, fx: &WeightFiles) -> Tensor {
+    let t = |n: &str| tensor(fx, n).to_dtype(dtype()).expect("dtype");
+    let out = model
+        .forward(
+            &t("img"),
+            &t("img_ids"),
+            &t("txt"),
+            &t("txt_ids"),
+            &t("timestep"),
+            Some(&t("guidance")),
+            &t("pooled"),
+        )
+        .expect("forward");
+    out.to_dtype(DType::F32).expect("f32")
 }
 
 /// The tensors of one fixture file.
