@@ -317,57 +317,27 @@ impl FluxConfig {
     /// as the model folder's `config.json` (`folder`, read from `folder_path`): block counts and
     /// widths must agree; the folder's config is the one to use (it alone holds the RoPE axes).
     pub fn check_agrees(&self, folder: &Self, file: &Path, folder_path: &Path) -> Result<()> {
-        let mut diffs = Vec::new();
-        let mut cmp = |what: &str, file_v: String, folder_v: String| {
-            if file_v != folder_v {
-                diffs.push(format!("{what}: file {file_v}, config {folder_v}"));
-            }
+        // What the weights' shapes fix, as (name, value) of a config.
+        let facts = |c: &Self| {
+            [
+                ("num_layers", c.num_layers),
+                ("num_single_layers", c.num_single_layers),
+                ("hidden size", c.hidden()),
+                ("attention_head_dim", c.attention_head_dim),
+                ("in_channels", c.in_channels),
+                ("out channels", c.out_features()),
+                ("joint_attention_dim", c.joint_attention_dim),
+                ("pooled_projection_dim", c.pooled_projection_dim),
+            ]
+            .map(|(what, v)| (what, v.to_string()))
+            .into_iter()
+            .chain([("guidance_embeds", c.guidance_embeds.to_string())])
         };
-        cmp(
-            "num_layers",
-            self.num_layers.to_string(),
-            folder.num_layers.to_string(),
-        );
-        cmp(
-            "num_single_layers",
-            self.num_single_layers.to_string(),
-            folder.num_single_layers.to_string(),
-        );
-        cmp(
-            "hidden size",
-            self.hidden().to_string(),
-            folder.hidden().to_string(),
-        );
-        cmp(
-            "attention_head_dim",
-            self.attention_head_dim.to_string(),
-            folder.attention_head_dim.to_string(),
-        );
-        cmp(
-            "in_channels",
-            self.in_channels.to_string(),
-            folder.in_channels.to_string(),
-        );
-        cmp(
-            "out channels",
-            self.out_features().to_string(),
-            folder.out_features().to_string(),
-        );
-        cmp(
-            "joint_attention_dim",
-            self.joint_attention_dim.to_string(),
-            folder.joint_attention_dim.to_string(),
-        );
-        cmp(
-            "pooled_projection_dim",
-            self.pooled_projection_dim.to_string(),
-            folder.pooled_projection_dim.to_string(),
-        );
-        cmp(
-            "guidance_embeds",
-            self.guidance_embeds.to_string(),
-            folder.guidance_embeds.to_string(),
-        );
+        let diffs: Vec<String> = facts(self)
+            .zip(facts(folder))
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((what, a), (_, b))| format!("{what}: file {a}, config {b}"))
+            .collect();
         if diffs.is_empty() {
             return Ok(());
         }
