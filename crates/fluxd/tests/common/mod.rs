@@ -526,3 +526,28 @@ pub fn sample_bytes(server: &Server, done: &Value) -> Vec<u8> {
     assert_eq!(image.status, 200);
     image.body
 }
+
+/// Splits an `http://authority/target` URL.
+pub fn split_url(url: &str) -> (&str, &str) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    rest.split_at(rest.find('/').unwrap_or(rest.len()))
+}
+
+/// GETs an `http://` URL without a key.
+pub fn download(url: &str) -> Reply {
+    let (authority, target) = split_url(url);
+    request(authority, "GET", target, None, b"")
+}
+
+/// The object under `key` in the blob store at `blobs` (a bucket, say), read with fluxd's own
+/// client.
+pub fn object(blobs: &str, key: &str) -> Vec<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(async { fluxd_store::BlobStore::from_url(blobs)?.get(key).await })
+        .expect("the object is in the store")
+        .to_vec()
+}
