@@ -1,5 +1,6 @@
 """The table of scripts/load.sh from wrk's JSON summaries (scripts/load/wrk.lua), the ratios
-fluxd/bare and the goals of issues 4 and 11 (the Postgres rows: scripts/load.sh --postgres). Usage: report.py WORK CONNECTIONS DURATION RATE [JSON_OUT]"""
+fluxd/bare and the goals of issues 4 and 11 (the Postgres rows: scripts/load.sh --postgres).
+Usage: report.py WORK CONNECTIONS DURATION RATE [JSON_OUT]"""
 
 import json
 import os

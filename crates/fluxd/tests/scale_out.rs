@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -147,17 +147,7 @@ fn two_api_nodes_and_two_workers_survive_a_kill_and_a_partition() {
 
     // An operator's machine makes the key and the fine-tune, straight into the shared stores.
     let cli = dir.join("cli");
-    let out = fluxd(&[
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--data-dir",
-        s(&cli),
-        "--database",
-        &database,
-    ]);
-    let key = out.lines().last().expect("key line").trim().to_owned();
+    let key = create_key_with(&cli, "acme", &["--database", &database]);
     import_lora(
         &cli,
         "acme",
@@ -182,14 +172,8 @@ fn two_api_nodes_and_two_workers_survive_a_kill_and_a_partition() {
     // A's log.
     let (a_data, b_data) = (dir.join("worker-a"), dir.join("worker-b"));
     let a_logs = [logs_dir.join("a-0.log"), logs_dir.join("a-1.log")];
-    let mut a = worker(
-        &a_data,
-        &database,
-        &blobs,
-        &public_url,
-        KILLED_LEASE,
-        &a_logs[0],
-    );
+    let start_a = |log: &Path| worker(&a_data, &database, &blobs, &public_url, KILLED_LEASE, log);
+    let mut a = start_a(&a_logs[0]);
     let killed = submit(&nodes[0], &key, &task_body(0, LONG_STEPS, &hooks));
     tasks.push((0, killed.clone()));
     wait_until_running(&nodes[0], &key, &killed);
@@ -212,14 +196,7 @@ fn two_api_nodes_and_two_workers_survive_a_kill_and_a_partition() {
     let cut_at = Instant::now();
 
     // While B is cut off, A comes back and the short tasks arrive, in turn at both nodes.
-    let mut a = worker(
-        &a_data,
-        &database,
-        &blobs,
-        &public_url,
-        KILLED_LEASE,
-        &a_logs[1],
-    );
+    let mut a = start_a(&a_logs[1]);
     for n in 2..TASKS {
         let id = submit(&nodes[n % 2], &key, &task_body(n, SHORT_STEPS, &hooks));
         tasks.push((n, id));
@@ -302,26 +279,17 @@ fn two_api_nodes_and_two_workers_survive_a_kill_and_a_partition() {
         .map(|(n, id)| (id.as_str(), *n))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let deliveries = loop {
-        let deliveries = receiver.deliveries();
-        let verified: HashSet<&str> = deliveries
-            .iter()
-            .filter(|d| d["ok"] == true && d["answered"] == 200)
-            .filter_map(|d| d["task_id"].as_str())
-            .collect();
-        if hooked.keys().all(|id| verified.contains(id)) {
-            break deliveries;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "webhooks missing: {:?}",
-            hooked
-                .keys()
-                .filter(|id| !verified.contains(*id))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let deliveries = receiver.wait_for_verified(hooked.keys().copied(), deadline);
+    let verified = verified_tasks(&deliveries);
+    let missing: Vec<usize> = hooked
+        .iter()
+        .filter(|(id, _)| !verified.contains(*id))
+        .map(|(_, n)| *n)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "webhooks never delivered for hooks {missing:?}"
+    );
     let bad: Vec<&Value> = deliveries.iter().filter(|d| d["ok"] != true).collect();
     assert!(bad.is_empty(), "deliveries failing verification: {bad:?}");
     assert!(
