@@ -2,7 +2,8 @@
 //! (`fluxd worker`) as separate processes on one PostgreSQL database and one S3 bucket (the
 //! servers `scripts/test.sh` starts). Tasks go round-robin to both nodes, some with webhooks to
 //! a receiver that checks both signatures independently of fluxd; one worker is `kill -9`ed
-//! mid-task and started again, the other is cut off from the database mid-task for a while.
+//! mid-task and started again, the other is cut off from the database mid-task for a while (a
+//! partition: its connections stay open, nothing passes).
 //! Every task must end `Ready` exactly once (one recorded completion, one run unless its worker
 //! was killed), be readable and downloadable through either node, have its image in the bucket,
 //! and have its webhook delivered, verified, at least once.
@@ -182,8 +183,8 @@ fn two_api_nodes_and_two_workers_survive_a_kill_and_a_partition() {
     assert_eq!(log_lines(&a_logs[..1], &killed, "running task"), 1);
     assert_eq!(log_lines(&a_logs[..1], &killed, "task ready"), 0);
 
-    // Worker B reaches the database through a link the test cuts while B runs a long task of
-    // its own (the only worker left, it runs it).
+    // Worker B reaches the database through a link the test pauses while B runs a long task
+    // of its own (the only worker left, it runs it).
     let link = FlakyLink::start(schema.server_addr().expect("the server's address"))
         .expect("a link to the server");
     let via_link = schema.url_via(Some(link.addr()));
@@ -192,7 +193,7 @@ fn two_api_nodes_and_two_workers_survive_a_kill_and_a_partition() {
     let kept = submit(&nodes[1], &key, &task_body(1, LONG_STEPS, &hooks));
     tasks.push((1, kept.clone()));
     wait_until_running(&nodes[1], &key, &kept);
-    link.cut();
+    link.pause();
     let cut_at = Instant::now();
 
     // While B is cut off, A comes back and the short tasks arrive, in turn at both nodes.
@@ -202,7 +203,7 @@ fn two_api_nodes_and_two_workers_survive_a_kill_and_a_partition() {
         tasks.push((n, id));
     }
     std::thread::sleep(OUTAGE.saturating_sub(cut_at.elapsed()));
-    link.restore();
+    link.resume();
     let outage = cut_at.elapsed();
 
     // Every task ends Ready, readable through both nodes, its image the bucket's object
