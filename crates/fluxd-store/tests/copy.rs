@@ -295,7 +295,7 @@ async fn copy_and_check(
     assert_eq!(total(&again, |c| c.already_there), before.len() as u64);
     assert_eq!(again.blobs.map(|b| b.already_there), Some(3));
     assert!(again.to_string().contains("nothing new to copy"), "{again}");
-    target.finish().await;
+    target.close().await;
 
     let target = open_store(to_url).await?;
     check_behaviour(target.as_ref(), made).await?;
@@ -410,7 +410,7 @@ async fn an_interrupted_copy_finishes_when_run_again() -> Result {
         copy::dump(&to_url).await?,
         copy::dump(&sqlite_url(&path)).await?
     );
-    target.finish().await;
+    target.close().await;
     let target = open_store(&to_url).await?;
     assert!(target.authenticate(&made.key.key).await?.is_some());
     store.close().await;

@@ -15,6 +15,7 @@ mod model;
 mod node;
 mod progress;
 mod serve;
+mod store;
 mod webhooks;
 mod worker;
 
@@ -62,6 +63,9 @@ enum Command {
     /// See webhook deliveries and send given-up ones again.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Work on the store as a whole: copy a deployment to another store.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Whether log lines get ANSI colours: only on a terminal, and never with `NO_COLOR` set to
@@ -94,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Finetunes(cmd) => finetunes::run(cmd),
         Command::Webhooks(cmd) => webhooks::run(cmd),
+        Command::Store(cmd) => store::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,7 +19,7 @@ pub use records::{KeyRow, Record, RecordKind, SecretRow, TaskRow, TenantRow, Web
 pub use run::{copy, CopyReport, Counts};
 
 use crate::url::DatabaseUrl;
-use crate::{PostgresStore, Result, SqliteStore, StoreError};
+use crate::{PostgresStore, Result, SqliteStore, Store, StoreError};
 
 /// Records read per page (and imported per transaction).
 pub const PAGE: u32 = 500;
@@ -47,7 +47,7 @@ pub trait Snapshot: Send {
 
 /// A store that records can be copied into.
 #[async_trait]
-pub trait StoreCopy: Send + Sync {
+pub trait StoreCopy: Store {
     /// Inserts each record unless a row with its key (id, name) is there already, in one
     /// transaction, and says which it did for each, in order. Records must come in
     /// [`RecordKind::ALL`]'s order across calls (a task after its key).
@@ -57,9 +57,6 @@ pub trait StoreCopy: Send + Sync {
     /// SQLite file's canonical path; the PostgreSQL server, database and schema), to refuse a
     /// copy onto itself.
     async fn identity(&self) -> Result<String>;
-
-    /// Closes the store (see [`Store::close`](crate::Store::close)).
-    async fn finish(&self);
 }
 
 /// Opens a read-only snapshot of the store at `url`, which must exist and be at this build's

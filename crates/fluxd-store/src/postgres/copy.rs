@@ -12,7 +12,7 @@ use crate::copy::{check_source_version, Imported, Record, RecordKind, Snapshot, 
 use crate::postgres::{map_pg, migrate, PostgresStore};
 use crate::sql::CURRENT_VERSION;
 use crate::url::DatabaseUrl;
-use crate::{Result, Store, StoreError};
+use crate::{Result, StoreError};
 
 /// What identifies a database: the server (its start time and port), the database and the
 /// schema the `search_path` puts first.
@@ -123,9 +123,5 @@ impl StoreCopy for PostgresStore {
             .await
             .map_err(map_pg)?;
         Ok(format!("postgres:{id}"))
-    }
-
-    async fn finish(&self) {
-        self.close().await;
     }
 }

@@ -10,7 +10,7 @@ use crate::copy::sql::{insert_record, page_query};
 use crate::copy::{check_source_version, Imported, Record, RecordKind, Snapshot, StoreCopy};
 use crate::sql::CURRENT_VERSION;
 use crate::sqlite::{map_sqlx, migrate, SqliteStore};
-use crate::{Result, Store, StoreError};
+use crate::{Result, StoreError};
 
 /// An SQLite file opened read-only (the driver cannot write through it), inside one read
 /// transaction: WAL keeps its view fixed while others write.
@@ -132,9 +132,5 @@ impl StoreCopy for SqliteStore {
                 .await
                 .map_err(map_sqlx)?;
         file_identity(Path::new(&file))
-    }
-
-    async fn finish(&self) {
-        self.close().await;
     }
 }
