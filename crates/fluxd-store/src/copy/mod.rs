@@ -99,7 +99,7 @@ pub(crate) fn check_source_version(current: Option<i64>, supported: i64) -> Resu
         Some(found) if found > supported => Err(StoreError::SchemaTooNew { found, supported }),
         Some(found) => Err(StoreError::Invalid(format!(
             "the source database is at schema version {found}, this build's is {supported}: \
-             start any fluxd command on it once (e.g. `fluxd keys list`) to migrate it, then copy"
+             open it once with this build (e.g. `fluxd webhooks list` on it) to migrate it, then copy"
         ))),
         None => Err(StoreError::Invalid(
             "the source database has no fluxd schema".into(),
