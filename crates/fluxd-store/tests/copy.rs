@@ -145,26 +145,16 @@ async fn populate(store: &dyn Store, blobs: &BlobStore) -> Result<Made> {
             Some(hook(id, 1)),
         )
         .await?;
-    let id = claim(store).await?;
-    store
-        .complete_moderated(
-            id,
-            "worker-1",
-            ModerationKind::Request,
-            vec!["term".into()],
-            Some(hook(id, 2)),
-        )
-        .await?;
-    let id = claim(store).await?;
-    store
-        .complete_moderated(
-            id,
-            "worker-1",
-            ModerationKind::Content,
-            vec![],
-            Some(hook(id, 3)),
-        )
-        .await?;
+    for (n, kind, reasons) in [
+        (2, ModerationKind::Request, vec!["term".to_owned()]),
+        (3, ModerationKind::Content, vec![]),
+    ] {
+        let id = claim(store).await?;
+        let webhook = Some(hook(id, n));
+        store
+            .complete_moderated(id, "worker-1", kind, reasons, webhook)
+            .await?;
+    }
     // Running, with a lease and progress.
     let running = claim(store).await?;
     store.set_progress(running, "worker-1", 0.5).await?;

@@ -92,6 +92,41 @@ pub async fn dump(url: &DatabaseUrl) -> Result<Vec<Record>> {
     }
 }
 
+/// Where a [`Snapshot`] is: the kind being read and the key of its last record read, for the
+/// next page query (keyset paging: each page starts after the last key, whatever was inserted
+/// elsewhere meanwhile).
+#[derive(Debug, Default)]
+pub(crate) struct Pager {
+    /// Index into [`RecordKind::ALL`].
+    kind: usize,
+    cursor: (String, String),
+}
+
+impl Pager {
+    /// The kind to read next and the cursor to read after; None once every kind is read.
+    pub(crate) fn next(&self) -> Option<(RecordKind, (String, String))> {
+        RecordKind::ALL
+            .get(self.kind)
+            .map(|kind| (*kind, self.cursor.clone()))
+    }
+
+    /// Takes the page read for [`Pager::next`]: a page with records is the answer (the cursor
+    /// moves past it); an empty one means that kind is done and the next is to be read.
+    pub(crate) fn take(&mut self, page: Vec<Record>) -> Option<Vec<Record>> {
+        match page.last() {
+            Some(last) => {
+                self.cursor = last.cursor();
+                Some(page)
+            }
+            None => {
+                self.kind += 1;
+                self.cursor = Default::default();
+                None
+            }
+        }
+    }
+}
+
 /// A source at another schema version than this build's cannot be read as this build reads.
 pub(crate) fn check_source_version(current: Option<i64>, supported: i64) -> Result<()> {
     match current {

@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::ConnectOptions;
 
 use crate::copy::sql::{insert_record, page_query};
-use crate::copy::{check_source_version, Imported, Record, RecordKind, Snapshot, StoreCopy};
+use crate::copy::{check_source_version, Imported, Pager, Record, Snapshot, StoreCopy};
 use crate::sql::CURRENT_VERSION;
 use crate::sqlite::{map_sqlx, migrate, SqliteStore};
 use crate::{Result, StoreError};
@@ -17,10 +17,7 @@ use crate::{Result, StoreError};
 pub(crate) struct SqliteSnapshot {
     conn: SqliteConnection,
     path: PathBuf,
-    /// Index into [`RecordKind::ALL`] of the kind being read.
-    kind: usize,
-    /// The key of the last record read of that kind.
-    cursor: (String, String),
+    pager: Pager,
 }
 
 /// Opens the snapshot of the database at `path`, which must exist.
@@ -56,32 +53,21 @@ pub(crate) async fn open_snapshot(path: &Path) -> Result<SqliteSnapshot> {
     Ok(SqliteSnapshot {
         conn,
         path: path.to_path_buf(),
-        kind: 0,
-        cursor: Default::default(),
+        pager: Pager::default(),
     })
 }
 
 #[async_trait]
 impl Snapshot for SqliteSnapshot {
     async fn next_page(&mut self, limit: u32) -> Result<Vec<Record>> {
-        while let Some(&kind) = RecordKind::ALL.get(self.kind) {
-            let rows = page_query!(kind, self.cursor.clone(), limit)
+        while let Some((kind, cursor)) = self.pager.next() {
+            let rows = page_query!(kind, cursor, limit)
                 .fetch_all(&mut self.conn)
                 .await
                 .map_err(map_sqlx)?;
-            let page = rows
-                .iter()
-                .map(|row| Record::read(kind, row))
-                .collect::<Result<Vec<_>>>()?;
-            match page.last() {
-                Some(last) => {
-                    self.cursor = last.cursor();
-                    return Ok(page);
-                }
-                None => {
-                    self.kind += 1;
-                    self.cursor = Default::default();
-                }
+            let page = rows.iter().map(|row| Record::read(kind, row));
+            if let Some(page) = self.pager.take(page.collect::<Result<_>>()?) {
+                return Ok(page);
             }
         }
         Ok(Vec::new())
