@@ -37,5 +37,7 @@ cargo test --workspace --locked "$@"
 # f32 CPU kernels off, bf16 tolerances (crates/fluxd-engine/tests/common/mod.rs, EnginePath). The
 # safety classifier is left out: it runs in f32 on every device (fluxd-server's engine.rs), with
 # no CPU-only kernel, so the first run already covers it.
-FLUXD_TEST_PATH=gpu cargo test --locked -p fluxd-engine --test pipeline_reference \
+# --workspace (these test targets exist only in fluxd-engine) keeps the workspace's feature set, so
+# the first run's artifacts are reused instead of candle being compiled again for `-p`'s features.
+FLUXD_TEST_PATH=gpu cargo test --workspace --locked --test pipeline_reference \
   --test lora_reference --test redux_reference
