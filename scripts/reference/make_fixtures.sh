@@ -18,10 +18,14 @@ cargo run --quiet -p fluxd-engine --example write_random_loras -- "$loras"
   "$model" "$loras" "$root/crates/fluxd-engine/tests/fixtures/lora"
 FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/safety_fixtures.py" \
   "$model" "$root/crates/fluxd-engine/tests/fixtures/safety"
+fp8=$(mktemp -d)
+cargo run --quiet -p fluxd-engine --example write_fp8_models -- "$fp8" "$seed"
+FLUXD_TINY_SEED=$seed "$venv/bin/python" "$root/scripts/reference/fp8_fixtures.py" \
+  "$fp8" "$root/crates/fluxd-engine/tests/fixtures/fp8"
 "$venv/bin/python" "$root/scripts/reference/canny_fixtures.py" \
   "$root/crates/fluxd-engine/tests/fixtures/canny"
 depth=$(mktemp -d)/depth-anything
 cargo run --quiet -p fluxd -- model init-tiny-depth "$depth" --seed "$seed"
 "$venv/bin/python" "$root/scripts/reference/depth_fixtures.py" \
   "$depth" "$root/crates/fluxd-engine/tests/fixtures/depth"
-echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety,canny,depth}"
+echo "fixtures written to crates/fluxd-engine/tests/fixtures/{pipeline,redux,lora,safety,fp8,canny,depth}"

@@ -87,6 +87,9 @@ pub enum EngineError {
     /// A request the engine cannot serve (bad size, bad step count...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The model does not fit the memory it may use; the message holds the memory plan.
+    #[error("the model does not fit in memory: {0}")]
+    InsufficientMemory(String),
     /// The caller cancelled the generation between two steps.
     #[error("generation cancelled")]
     Cancelled,

@@ -4,11 +4,15 @@
 //! files), runs the text encoders, the flow-matching transformer and the VAE, and produces the
 //! image diffusers would produce for the same seed. No HTTP and no SQL live here.
 
+#[cfg(test)]
+mod alloc_meter;
 mod attention;
 pub mod control;
 pub mod cpu_kernels;
 pub mod error;
+pub mod fp8;
 pub mod lora;
+pub mod memory_plan;
 pub mod model_dir;
 pub mod noise;
 pub mod pipeline;

@@ -12,12 +12,13 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::lora::LoraFile;
-use crate::model_dir::{ModelPaths, TransformerSource, VaeSource};
+use crate::model_dir::ModelPaths;
 use crate::schedule::{self, SchedulerConfig};
 use crate::text_encoders::{ClipTextEncoder, T5TextEncoder};
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
-use crate::transformer::FluxTransformer;
+use crate::transformer::{FluxTransformer, WeightsDtype};
 use crate::vae::VaeDecoder;
+use crate::weights::WeightFiles;
 use crate::{noise, postprocess};
 
 /// T5 sequence length FluxPipeline uses unless told otherwise.
@@ -123,6 +124,8 @@ pub struct FluxPipeline {
     scheduler: SchedulerConfig,
     device: Device,
     dtype: DType,
+    /// Where CLIP and T5 run (the CPU with `--text-encoders-device cpu`).
+    text_device: Device,
 }
 
 /// The components a pipeline loads, in order, for progress reporting.
@@ -134,6 +137,39 @@ pub const LOAD_STAGES: &[&str] = &[
     "VAE",
 ];
 
+/// Where and how a pipeline's components are loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The transformer's and the VAE's device.
+    pub device: Device,
+    /// Their compute dtype.
+    pub dtype: DType,
+    /// CLIP's and T5's device and dtype, when not the above (e.g. the CPU in f32 beside a GPU:
+    /// only their embeddings move to `device`).
+    pub text_encoders: Option<(Device, DType)>,
+    /// How the transformer's linear weights are held.
+    pub weights: WeightsDtype,
+}
+
+impl LoadOptions {
+    /// Everything on `device` in `dtype`, weights as stored.
+    pub fn new(device: &Device, dtype: DType) -> Self {
+        Self {
+            device: device.clone(),
+            dtype,
+            text_encoders: None,
+            weights: WeightsDtype::Auto,
+        }
+    }
+
+    /// CLIP's and T5's device and dtype.
+    pub fn text_encoders(&self) -> (Device, DType) {
+        self.text_encoders
+            .clone()
+            .unwrap_or_else(|| (self.device.clone(), self.dtype))
+    }
+}
+
 impl FluxPipeline {
     /// Loads every component of the model at `paths` in `dtype` on `device`. `on_stage` is called
     /// before each entry of [`LOAD_STAGES`].
@@ -141,8 +177,19 @@ impl FluxPipeline {
         paths: &ModelPaths,
         device: &Device,
         dtype: DType,
+        on_stage: impl FnMut(&str),
+    ) -> Result<Self> {
+        Self::load_with(paths, &LoadOptions::new(device, dtype), on_stage)
+    }
+
+    /// Loads every component of the model at `paths` as `opts` says.
+    pub fn load_with(
+        paths: &ModelPaths,
+        opts: &LoadOptions,
         mut on_stage: impl FnMut(&str),
     ) -> Result<Self> {
+        let (device, dtype) = (&opts.device, opts.dtype);
+        let (text_device, text_dtype) = opts.text_encoders();
         let scheduler = match &paths.scheduler_config {
             Some(p) => SchedulerConfig::load(p)?,
             None => SchedulerConfig::flux_dev(),
@@ -151,21 +198,29 @@ impl FluxPipeline {
         let clip_tokenizer = ClipTokenizer::from_dir(&paths.tokenizer)?;
         let t5_tokenizer = T5Tokenizer::from_dir(&paths.tokenizer_2)?;
         on_stage(LOAD_STAGES[1]);
-        let clip = ClipTextEncoder::load(&paths.text_encoder, dtype, device)?;
+        let clip = match &paths.clip_weights {
+            Some(b) => ClipTextEncoder::load_weights(
+                &paths.text_encoder,
+                &WeightFiles::open_prefixed(std::slice::from_ref(&b.file), &b.prefix)?,
+                text_dtype,
+                &text_device,
+            )?,
+            None => ClipTextEncoder::load(&paths.text_encoder, text_dtype, &text_device)?,
+        };
         on_stage(LOAD_STAGES[2]);
-        let t5 = T5TextEncoder::load(&paths.text_encoder_2, dtype, device)?;
+        let t5 = match &paths.t5_weights {
+            Some(b) => T5TextEncoder::load_weights(
+                &paths.text_encoder_2,
+                &WeightFiles::open_prefixed(std::slice::from_ref(&b.file), &b.prefix)?,
+                text_dtype,
+                &text_device,
+            )?,
+            None => T5TextEncoder::load(&paths.text_encoder_2, text_dtype, &text_device)?,
+        };
         on_stage(LOAD_STAGES[3]);
-        let transformer = match &paths.transformer {
-            TransformerSource::Diffusers(dir) => {
-                FluxTransformer::load_diffusers(dir, dtype, device)?
-            }
-            TransformerSource::BflFile(file) => FluxTransformer::load_bfl(file, dtype, device)?,
-        };
+        let transformer = FluxTransformer::load(&paths.transformer, dtype, device, opts.weights)?;
         on_stage(LOAD_STAGES[4]);
-        let vae = match &paths.vae {
-            VaeSource::Diffusers(dir) => VaeDecoder::load_diffusers(dir, dtype, device)?,
-            VaeSource::BflFile(file) => VaeDecoder::load_bfl(file, dtype, device)?,
-        };
+        let vae = VaeDecoder::load(&paths.vae, dtype, device)?;
         let cfg = transformer.config();
         if cfg.joint_attention_dim != t5.d_model() {
             return Err(EngineError::UnknownLayout {
@@ -197,6 +252,7 @@ impl FluxPipeline {
             scheduler,
             device: device.clone(),
             dtype,
+            text_device,
         })
     }
 
@@ -268,14 +324,17 @@ impl FluxPipeline {
         max_sequence_length: usize,
     ) -> Result<TextEmbeddings> {
         let clip_ids = self.clip_tokenizer.encode(prompt)?;
-        let clip_ids = Tensor::new(clip_ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let clip_ids = Tensor::new(clip_ids.as_slice(), &self.text_device)?.unsqueeze(0)?;
         let pooled = self.clip.pooled(&clip_ids)?;
         let t5_ids = self.t5_tokenizer.encode(prompt, max_sequence_length)?;
-        let t5_ids = Tensor::new(t5_ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let t5_ids = Tensor::new(t5_ids.as_slice(), &self.text_device)?.unsqueeze(0)?;
         let t5 = self.t5.forward(&t5_ids)?;
+        // Only the embeddings cross to the transformer's device (diffusers:
+        // `prompt_embeds.to(dtype=self.text_encoder_2.dtype, device=device)`, then the
+        // transformer's dtype).
         Ok(TextEmbeddings {
-            t5: t5.to_dtype(self.dtype)?,
-            pooled: pooled.to_dtype(self.dtype)?,
+            t5: t5.to_device(&self.device)?.to_dtype(self.dtype)?,
+            pooled: pooled.to_device(&self.device)?.to_dtype(self.dtype)?,
         })
     }
 

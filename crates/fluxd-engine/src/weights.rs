@@ -2,6 +2,11 @@
 //!
 //! Each file is mapped once; a tensor is copied out of the map only when a model asks for it, so
 //! loading never holds two full copies of a model. Lookups fail with the file and tensor named.
+//!
+//! fp8 tensors (`F8_E4M3`, with ComfyUI's per-tensor scales, see [`crate::fp8`]; `F8_E5M2`) are
+//! dequantized when asked for in another dtype; [`WeightFiles::get_fp8`] hands them out as
+//! stored, for layers that keep fp8 weights in memory. A set opened with a key prefix
+//! ([`WeightFiles::open_prefixed`]) sees one component of a checkpoint that bundles several.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,6 +17,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{EngineError, Result};
+use crate::fp8::{weight_scale_names, Fp8Weight};
 
 struct Entry {
     file: usize,
@@ -31,6 +37,12 @@ pub struct WeightFiles {
 impl WeightFiles {
     /// Maps the given files. Later files do not override earlier ones: a duplicate name is an error.
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        Self::open_prefixed(paths, "")
+    }
+
+    /// Maps the given files and keeps only the tensors whose names start with `prefix`, seen
+    /// without it (e.g. `text_encoders.t5xxl.transformer.` of a ComfyUI checkpoint).
+    pub fn open_prefixed(paths: &[PathBuf], prefix: &str) -> Result<Self> {
         let mut maps = Vec::with_capacity(paths.len());
         let mut entries = HashMap::new();
         for (file_idx, path) in paths.iter().enumerate() {
@@ -45,6 +57,10 @@ impl WeightFiles {
                 })?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
+                let Some(name) = name.strip_prefix(prefix) else {
+                    continue;
+                };
+                let name = name.to_string();
                 let (start, end) = info.data_offsets;
                 if data_start + end > map.len() {
                     return Err(EngineError::BadSafetensors {
@@ -134,11 +150,78 @@ impl WeightFiles {
         self.entries.values().map(|e| e.end - e.start).sum()
     }
 
-    /// Loads a tensor, converted to `dtype` on `device`.
+    /// The dtype a tensor is stored in, if present.
+    pub fn stored_dtype(&self, name: &str) -> Option<StDtype> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    /// Loads a tensor, converted to `dtype` on `device`. fp8 tensors are dequantized (times
+    /// their ComfyUI scale, if the file has one).
     pub fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some(w) = self.get_fp8(name, &Device::Cpu)? {
+            return Ok(w.dequantize(dtype)?.to_device(device)?);
+        }
         let entry = self.entries.get(name).ok_or_else(|| self.missing(name))?;
-        let path = &self.paths[entry.file];
-        let src_dtype = match entry.dtype {
+        let t = match entry.dtype {
+            // Widened on the CPU; candle has no e5m2 dtype to keep it in.
+            StDtype::F8_E5M2 => {
+                let data = crate::fp8::e5m2_to_f16(self.bytes(entry));
+                let t = Tensor::from_vec(data, entry.shape.as_slice(), &Device::Cpu)?;
+                self.release(entry);
+                t
+            }
+            other => self.raw(name, entry, other)?,
+        };
+        let t = if t.dtype() == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        };
+        Ok(t.to_device(device)?)
+    }
+
+    /// An `F8_E4M3` tensor as stored, with its per-tensor scale (`scale_weight` or
+    /// `weight_scale` beside it, 1 without), on `device`; `None` if the tensor is stored in
+    /// another dtype. A scale that is not one number is refused: per-channel or block scales
+    /// are other formats.
+    pub fn get_fp8(&self, name: &str, device: &Device) -> Result<Option<Fp8Weight>> {
+        let entry = self.entries.get(name).ok_or_else(|| self.missing(name))?;
+        if entry.dtype != StDtype::F8_E4M3 {
+            return Ok(None);
+        }
+        let mut scale = 1.0f32;
+        for scale_name in weight_scale_names(name) {
+            let Some(s) = self.entries.get(&scale_name) else {
+                continue;
+            };
+            if s.shape.iter().product::<usize>() != 1 {
+                return Err(EngineError::UnsupportedDtype {
+                    path: self.paths[s.file].clone(),
+                    name: name.to_string(),
+                    dtype: format!(
+                        "F8_E4M3 with a scale `{scale_name}` of shape {:?} (only one scale per \
+                         tensor is supported)",
+                        s.shape
+                    ),
+                });
+            }
+            let s = self.get(&scale_name, DType::F32, &Device::Cpu)?;
+            scale = s.flatten_all()?.to_vec1::<f32>()?[0];
+            if !scale.is_finite() {
+                return Err(EngineError::InvalidInput(format!(
+                    "{}: fp8 scale `{scale_name}` is not a finite number",
+                    self.paths[entry.file].display()
+                )));
+            }
+            break;
+        }
+        let weight = self.raw(name, entry, StDtype::F8_E4M3)?.to_device(device)?;
+        Ok(Some(Fp8Weight { weight, scale }))
+    }
+
+    /// The tensor's bytes as candle's dtype of the same name, on the CPU.
+    fn raw(&self, name: &str, entry: &Entry, st: StDtype) -> Result<Tensor> {
+        let src_dtype = match st {
             StDtype::F32 => DType::F32,
             StDtype::F16 => DType::F16,
             StDtype::BF16 => DType::BF16,
@@ -146,35 +229,37 @@ impl WeightFiles {
             StDtype::U8 => DType::U8,
             StDtype::U32 => DType::U32,
             StDtype::I64 => DType::I64,
+            StDtype::F8_E4M3 => DType::F8E4M3,
             other => {
                 return Err(EngineError::UnsupportedDtype {
-                    path: path.clone(),
+                    path: self.paths[entry.file].clone(),
                     name: name.to_string(),
                     dtype: format!("{other:?}"),
                 })
             }
         };
-        let map = &self.maps[entry.file];
-        let bytes = &map[entry.start..entry.end];
-        let t = Tensor::from_raw_buffer(bytes, src_dtype, &entry.shape, &Device::Cpu)?;
-        // The tensor now owns a copy: drop this range's file pages from our resident set, so
-        // that loading a model never holds the mapped file and the loaded weights at once.
+        let t = Tensor::from_raw_buffer(self.bytes(entry), src_dtype, &entry.shape, &Device::Cpu)?;
+        self.release(entry);
+        Ok(t)
+    }
+
+    fn bytes(&self, entry: &Entry) -> &[u8] {
+        &self.maps[entry.file][entry.start..entry.end]
+    }
+
+    /// Drops a copied-out range's file pages from our resident set, so that loading a model
+    /// never holds the mapped file and the loaded weights at once.
+    fn release(&self, entry: &Entry) {
         // SAFETY: a read-only file mapping; DONTNEED only discards pages, which the kernel reads
-        // back from the file if they are touched again, and `bytes` is not used after this.
+        // back from the file if they are touched again, and no slice of the range is alive.
         #[cfg(unix)]
         let _ = unsafe {
-            map.unchecked_advise_range(
+            self.maps[entry.file].unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
                 entry.start,
                 entry.end - entry.start,
             )
         };
-        let t = if src_dtype == dtype {
-            t
-        } else {
-            t.to_dtype(dtype)?
-        };
-        Ok(t.to_device(device)?)
     }
 
     /// Loads a tensor and checks its shape.

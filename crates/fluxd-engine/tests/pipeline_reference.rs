@@ -309,3 +309,33 @@ fn bf16_matches_diffusers_bf16() {
         "bf16 image differs from diffusers' bf16 by {mean} on average"
     );
 }
+
+#[test]
+fn text_encoders_on_their_own_device_hand_over_embeddings() {
+    // `--text-encoders-device cpu` beside a bf16 model: CLIP and T5 run in f32 on their own
+    // device and only their outputs move to the model's device and dtype — the same embeddings
+    // as the f32 reference, rounded once to bf16.
+    let case = &SUITE.cases()[0];
+    let paths =
+        fluxd_engine::model_dir::ModelPaths::resolve(SUITE.model(), None, None).expect("paths");
+    let opts = fluxd_engine::pipeline::LoadOptions {
+        text_encoders: Some((Device::Cpu, DType::F32)),
+        ..fluxd_engine::pipeline::LoadOptions::new(&Device::Cpu, DType::BF16)
+    };
+    let pipe =
+        fluxd_engine::pipeline::FluxPipeline::load_with(&paths, &opts, |_| {}).expect("load");
+    let p = &case.params;
+    let text = pipe
+        .encode_prompt(&p.prompt, p.max_sequence_length)
+        .expect("encode");
+    assert_eq!(
+        (text.t5.dtype(), text.pooled.dtype()),
+        (DType::BF16, DType::BF16)
+    );
+    let expect = |name: &str| case.tensor(name).to_dtype(DType::BF16).expect("bf16");
+    let t5 = max_abs_diff(&text.t5, &expect("prompt_embeds"));
+    let pooled = max_abs_diff(&text.pooled, &expect("pooled_prompt_embeds"));
+    // One bf16 rounding (2^-8 relative) of values below ~4, on top of TEXT_TOL.
+    eprintln!("f32 encoders, bf16 model: t5 max|Δ| {t5:e}, pooled max|Δ| {pooled:e}");
+    assert!(t5 <= 0.02 && pooled <= 0.02, "t5 {t5}, pooled {pooled}");
+}

@@ -5,10 +5,12 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use fluxd_engine::lora::LoraFile;
 use fluxd_engine::model_dir::ModelPaths;
-use fluxd_engine::pipeline::{FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH};
+use fluxd_engine::pipeline::{
+    FluxPipeline, GenerateParams, LoadOptions, Progress, DEFAULT_MAX_SEQUENCE_LENGTH,
+};
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
 use fluxd_engine::redux::{ReduxModel, ReduxPaths};
 use fluxd_engine::safety::ImageClassifier;
@@ -112,14 +114,13 @@ pub fn config_only(cfg: FluxConfig) -> watch::Receiver<EngineState> {
 /// handle is dropped.
 pub fn spawn_engine(
     models: EngineModels,
-    device: Device,
-    dtype: DType,
+    opts: LoadOptions,
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>), ServerError> {
     let (jobs, rx) = mpsc::channel::<Job>(JOB_QUEUE);
     let (state_tx, state) = watch::channel(EngineState::Loading);
     let thread = std::thread::Builder::new()
         .name("fluxd-engine".into())
-        .spawn(move || engine_main(models, device, dtype, rx, state_tx))
+        .spawn(move || engine_main(models, opts, rx, state_tx))
         .map_err(|e| ServerError::io("starting the engine thread", e))?;
     Ok((EngineHandle { jobs, state }, thread))
 }
@@ -132,14 +133,16 @@ struct Extras {
 
 fn engine_main(
     models: EngineModels,
-    device: Device,
-    dtype: DType,
+    opts: LoadOptions,
     mut jobs: mpsc::Receiver<Job>,
     state: watch::Sender<EngineState>,
 ) {
     let started = std::time::Instant::now();
     let paths = &models.flux;
-    let mut pipeline = match FluxPipeline::load(paths, &device, dtype, |stage| {
+    let (device, dtype) = (opts.device.clone(), opts.dtype);
+    // CLIP and T5 may live on another device (`--text-encoders-device cpu`): they stay there
+    // between requests, and only their embeddings reach the model's device.
+    let mut pipeline = match FluxPipeline::load_with(paths, &opts, |stage| {
         tracing::info!(stage, "loading model");
     }) {
         Ok(pipeline) => pipeline,

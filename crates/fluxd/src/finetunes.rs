@@ -75,6 +75,7 @@ pub fn run(cmd: FinetunesCommand) -> Result<()> {
                 let dir = location.open()?;
                 let cfg = model
                     .transformer_config()
+                    .await
                     .context("reading the transformer config")?;
                 let staged = StagedFile::hash(&file)?;
                 let blobs = location.blobs(&dir)?;

@@ -4,25 +4,30 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::serve::UpsamplerArgs;
+use crate::hub::{self, Fetch};
+use crate::serve::{block_on, UpsamplerArgs};
 use anyhow::{bail, Context, Result};
-use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::memory_plan::ExtraComponents;
 use fluxd_engine::pipeline::{
     FluxPipeline, GenerateParams, Progress, DEFAULT_MAX_SEQUENCE_LENGTH, LOAD_STAGES,
 };
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
-use fluxd_engine::redux::{decode_image_prompt, ReduxModel};
+use fluxd_engine::redux::{decode_image_prompt, ReduxModel, ReduxPaths};
 use fluxd_engine::safety::{moderate_nsfw_score, ImageClassifier, PromptPolicy, SafetyTolerance};
 
-use crate::device::{parse_device, parse_dtype, peak_rss_bytes};
+use crate::device::peak_rss_bytes;
+use crate::placement::{plan_and_check, PlacementArgs};
 use crate::progress::bar;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors)
+    /// or a Hugging Face repo id (`black-forest-labs/FLUX.1-dev[@rev]`, fetched into the HF
+    /// cache; a local path that exists wins).
     #[arg(long, env = "FLUXD_MODEL")]
     model: PathBuf,
-    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    /// Transformer from a single file instead of the folder's `transformer/`: BFL/ComfyUI
+    /// safetensors (fp8 included) or `owner/repo:file` on the Hugging Face Hub.
     #[arg(long)]
     transformer: Option<PathBuf>,
     /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
@@ -86,12 +91,8 @@ pub struct GenerateArgs {
     /// Write load, text-encoding, per-step and decode times (ms) and peak RSS to this JSON file.
     #[arg(long)]
     timings_json: Option<PathBuf>,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu", env = "FLUXD_DEVICE")]
-    device: String,
-    /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
-    #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
-    dtype: String,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 /// A refused prompt or image: `main` turns it into exit status 3.
@@ -104,11 +105,7 @@ fn upsample(args: &GenerateArgs, prompt: &str) -> Result<String> {
     let Some(upsampler) = args.upsampler.build()? else {
         bail!("--prompt-upsampling needs --upsampler-url and --upsampler-model");
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    Ok(runtime.block_on(upsampler.upsample(prompt, args.seed))?)
+    block_on(async { Ok(upsampler.upsample(prompt, args.seed).await?) })
 }
 
 /// Image prompts with more pixels than this are refused before decoding.
@@ -121,18 +118,31 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             args.output.display()
         );
     };
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
-    let paths = ModelPaths::resolve(
+    let opts = args.placement.load_options()?;
+    let (device, dtype) = (opts.device.clone(), opts.dtype);
+    let paths = block_on(hub::model_paths(
         &args.model,
         args.transformer.as_deref(),
         args.vae.as_deref(),
-    )
-    .context("locating the model")?;
+        Fetch::Allowed,
+    ))?;
+    let redux_paths = match &args.redux_model {
+        Some(redux) => Some(
+            ReduxPaths::resolve(redux, args.siglip.as_deref())
+                .with_context(|| format!("the Redux model {}", redux.display()))?,
+        ),
+        None => None,
+    };
+    let extra = ExtraComponents {
+        redux: redux_paths.clone(),
+        safety_checker: args.safety_checker.clone(),
+    };
+    let workload = extra.workload(args.width, args.height, args.max_sequence_length)?;
+    plan_and_check(&paths, &args.placement, &opts, workload, &extra)?;
 
     let t0 = Instant::now();
     let load_bar = bar(LOAD_STAGES.len() as u64, "load");
-    let mut pipeline = FluxPipeline::load(&paths, &device, dtype, |stage| {
+    let mut pipeline = FluxPipeline::load_with(&paths, &opts, |stage| {
         load_bar.set_message(stage.to_string());
         load_bar.inc(1);
     })
@@ -198,10 +208,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         max_sequence_length: args.max_sequence_length,
     };
     let t_redux = Instant::now();
-    let image_tokens = match (&args.redux_model, &args.image_prompt) {
+    let image_tokens = match (&redux_paths, &args.image_prompt) {
         (Some(redux), Some(image)) => {
-            let model = ReduxModel::load(redux, args.siglip.as_deref(), dtype, &device)
-                .with_context(|| format!("loading the Redux model {}", redux.display()))?;
+            let model =
+                ReduxModel::load_paths(redux, dtype, &device).context("loading the Redux model")?;
             let bytes =
                 std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
             let rgb = decode_image_prompt(&bytes, IMAGE_PROMPT_MAX_PIXELS)
@@ -264,8 +274,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "decode_ms": t.decode_ms,
             "peak_rss_bytes": peak_rss_bytes(),
             "weight_bytes": paths.weight_bytes(),
-            "device": args.device,
-            "dtype": args.dtype,
+            "device": args.placement.device,
+            "dtype": args.placement.dtype,
             "width": params.width,
             "height": params.height,
             "steps": params.steps,

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fluxd_engine::model_dir::{ModelPaths, TransformerSource};
+use fluxd_engine::memory_plan::ExtraComponents;
+use fluxd_engine::model_dir::ModelPaths;
+use fluxd_engine::pipeline::DEFAULT_MAX_SEQUENCE_LENGTH;
 use fluxd_engine::redux::ReduxPaths;
 use fluxd_engine::safety::PromptPolicy;
 use fluxd_engine::tiny_model::{TinyPreset, SAFETY_CHECKER_DIR};
@@ -22,28 +24,34 @@ use fluxd_store::{Store, DEFAULT_MAX_ATTEMPTS};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::device::{parse_device, parse_dtype};
+use crate::hub::{self, Fetch};
 use crate::location::StoreLocation;
+use crate::placement::{plan_and_check, PlacementArgs};
 use crate::serve::{parse_duration, UpsamplerArgs};
 
 /// Which model to serve.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors).
-    /// Without it, a tiny random model is created in <data-dir>/tiny-model and served.
+    /// Model folder (diffusers FLUX.1 layout, or one with flux1-dev.safetensors + ae.safetensors)
+    /// or a Hugging Face repo id (`black-forest-labs/FLUX.1-dev[@rev]`, fetched into the HF
+    /// cache; a local path that exists wins). Without it, a tiny random model is created in
+    /// <data-dir>/tiny-model and served.
     #[arg(long, env = "FLUXD_MODEL")]
     pub model: Option<PathBuf>,
-    /// Transformer from a single BFL/ComfyUI file instead of the folder's `transformer/`.
+    /// Transformer from a single file instead of the folder's `transformer/`: BFL/ComfyUI
+    /// safetensors (fp8 included) or `owner/repo:file` on the Hugging Face Hub.
     #[arg(long, requires = "model")]
     pub transformer: Option<PathBuf>,
-    /// VAE from a single BFL `ae.safetensors` instead of the folder's `vae/`.
+    /// VAE from a single BFL `ae.safetensors` (or `owner/repo:file`) instead of the folder's
+    /// `vae/`.
     #[arg(long, requires = "model")]
     pub vae: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    /// The model's files: the given folder, or the data directory's tiny model (made once).
-    pub fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
+    /// The model's files: the given folder or Hub repository (fetched into the Hugging Face
+    /// cache), or the data directory's tiny model (made once).
+    pub async fn resolve(&self, data: &DataDir) -> Result<ModelPaths> {
         let root = match &self.model {
             Some(root) => root.clone(),
             None => {
@@ -59,25 +67,37 @@ impl ModelArgs {
                 dir
             }
         };
-        ModelPaths::resolve(&root, self.transformer.as_deref(), self.vae.as_deref())
-            .with_context(|| format!("reading the model folder {}", root.display()))
+        hub::model_paths(
+            &root,
+            self.transformer.as_deref(),
+            self.vae.as_deref(),
+            Fetch::Allowed,
+        )
+        .await
     }
 
     /// The transformer config of the model (what LoRA files are checked against), read from its
     /// files without loading any weight: `transformer/config.json`, or the tensor shapes in a
-    /// BFL single file's header. Without `--model`, the tiny model's, which is what a node
-    /// without `--model` serves (nothing is written).
-    pub fn transformer_config(&self) -> Result<FluxConfig> {
+    /// BFL single file's header. A Hub repository gives only its `transformer/config.json` (an
+    /// API node fetches no weights); a Hub file named with `--transformer` is fetched. Without
+    /// `--model`, the tiny model's, which is what a node without `--model` serves (nothing is
+    /// written).
+    pub async fn transformer_config(&self) -> Result<FluxConfig> {
         let Some(root) = &self.model else {
             return Ok(TinyPreset::Tiny.transformer_config());
         };
-        let paths = ModelPaths::resolve(root, self.transformer.as_deref(), self.vae.as_deref())
+        if let Some(file) = &self.transformer {
+            let file = hub::weight_file(file, Fetch::Allowed).await?;
+            return Ok(FluxTransformer::bfl_config(&file)?);
+        }
+        if let Some(config) =
+            hub::repo_file(root, "transformer/config.json", Fetch::Allowed).await?
+        {
+            return Ok(FluxConfig::from_file(&config)?);
+        }
+        let paths = ModelPaths::resolve(root, None, self.vae.as_deref())
             .with_context(|| format!("reading the model folder {}", root.display()))?;
-        let cfg = match &paths.transformer {
-            TransformerSource::Diffusers(dir) => FluxConfig::from_file(&dir.join("config.json"))?,
-            TransformerSource::BflFile(file) => FluxTransformer::bfl_config(file)?,
-        };
-        Ok(cfg)
+        Ok(FluxTransformer::config_of(&paths.transformer)?)
     }
 }
 
@@ -87,12 +107,8 @@ impl ModelArgs {
 pub struct EngineArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu", env = "FLUXD_DEVICE")]
-    pub device: String,
-    /// `f32`, `bf16` or `f16` (f32 is the default on CPU; bf16 is for GPUs).
-    #[arg(long, default_value = "f32", env = "FLUXD_DTYPE")]
-    pub dtype: String,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// NSFW image classifier (a transformers ViTForImageClassification folder, e.g.
     /// Falconsai/nsfw_image_detection) that checks every image against the request's
     /// `safety_tolerance`. Default: `safety_checker/` inside the `--model` folder, if there is
@@ -106,12 +122,17 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// Starts the engine thread, which loads the model (and `redux`, and the image classifier)
-    /// in the background; the handle's state says when it is ready.
-    pub fn spawn(&self, data: &DataDir, redux: Option<&ReduxArg<'_>>) -> Result<EngineHandle> {
-        let paths = self.model.resolve(data)?;
-        let device = parse_device(&self.device)?;
-        let dtype = parse_dtype(&self.dtype)?;
+    /// Makes the memory plan for the API's largest request (refusing, before anything is
+    /// loaded, a model that does not fit), then starts the engine thread, which loads the model
+    /// (and `redux`, and the image classifier) in the background; the handle's state says when
+    /// it is ready.
+    pub async fn spawn(
+        &self,
+        data: &DataDir,
+        redux: Option<&ReduxArg<'_>>,
+    ) -> Result<EngineHandle> {
+        let paths = self.model.resolve(data).await?;
+        let opts = self.placement.load_options()?;
         let redux = match redux {
             Some(ReduxArg { model, siglip }) => Some(
                 ReduxPaths::resolve(model, *siglip)
@@ -120,12 +141,19 @@ impl EngineArgs {
             None => None,
         };
         let safety_checker = self.safety_checker(&paths.root);
+        let extra = ExtraComponents {
+            redux: redux.clone(),
+            safety_checker: safety_checker.clone(),
+        };
+        let side = fluxd_api::limits::SIDE_MAX as usize;
+        let workload = extra.workload(side, side, DEFAULT_MAX_SEQUENCE_LENGTH)?;
+        plan_and_check(&paths, &self.placement, &opts, workload, &extra)?;
         let models = EngineModels {
             flux: paths,
             redux,
             safety_checker,
         };
-        let (engine, _engine_thread) = spawn_engine(models, device, dtype)?;
+        let (engine, _engine_thread) = spawn_engine(models, opts)?;
         Ok(engine)
     }
 

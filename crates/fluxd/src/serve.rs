@@ -115,10 +115,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .engine
             .model
             .transformer_config()
+            .await
             .context("reading the model's transformer config")?;
         (None, config_only(cfg))
     } else {
-        let engine = args.engine.spawn(&data, args.node.redux().as_ref())?;
+        let engine = args.engine.spawn(&data, args.node.redux().as_ref()).await?;
         let model = engine.watch();
         (Some(engine), model)
     };
@@ -194,7 +195,7 @@ impl UpsamplerArgs {
 }
 
 /// Shared by the store-only subcommands: runs `f` on a one-thread runtime.
-pub fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+pub fn block_on<T, F: std::future::Future<Output = Result<T>>>(f: F) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

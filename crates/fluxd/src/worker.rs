@@ -46,7 +46,7 @@ async fn work(args: WorkerArgs) -> Result<()> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let engine = args.engine.spawn(&data, args.node.redux().as_ref())?;
+    let engine = args.engine.spawn(&data, args.node.redux().as_ref()).await?;
     let config = args.node.server_config(public_url)?;
     let (state, store) = open_state(&args.data, &data, &args.node, config, engine.watch()).await?;
     let http = match listener {

@@ -418,6 +418,141 @@ fn generate_upsamples_the_prompt_through_the_configured_model() {
     );
 }
 
+#[test]
+fn model_plan_of_the_full_size_model() {
+    // Header-only files with FLUX.1-dev's, T5-XXL's and CLIP-L's real shapes: a plan reads
+    // nothing else.
+    let dir = scratch("plan").join("FLUX.1-dev");
+    fluxd_engine::memory_plan::shapes::write_flux1_dev_headers(&dir).expect("headers");
+    let plan = |memory: &str, extra: &[&str]| {
+        let mut args = vec![
+            "model",
+            "plan",
+            "--model",
+            s(&dir),
+            "--device",
+            "cuda:0",
+            "--dtype",
+            "bf16",
+            "--memory",
+            memory,
+        ];
+        args.extend_from_slice(extra);
+        fluxd(&args)
+    };
+    let out = plan("80GB", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1440x1440"), "{stdout}");
+    assert!(
+        stdout.contains("transformer") && stdout.contains("22.17 GiB"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("T5") && stdout.contains("8.87 GiB"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cuda:0: fits in"), "{stdout}");
+    // A 24 GB card: refused, with the size that would fit (none: the weights alone do not).
+    let out = plan("24GB", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not fit") && err.contains("weights alone"),
+        "{err}"
+    );
+    // T5 on the CPU and the transformer stored in fp8: the GPU holds 11 GiB of weights.
+    let out = plan(
+        "24GB",
+        &[
+            "--text-encoders-device",
+            "cpu",
+            "--cpu-memory",
+            "64GB",
+            "--weights-dtype",
+            "fp8",
+            "--width",
+            "1024",
+            "--height",
+            "1024",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("T5                 cpu"), "{stdout}");
+    assert!(
+        stdout.contains("cpu: fits in 59.60 GiB (--cpu-memory 64GB)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn generate_refuses_before_loading_when_the_plan_does_not_fit() {
+    let dir = scratch("refuse");
+    let png = dir.join("x.png");
+    let out = generate(tiny(), &png, &["--memory", "1MB"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not fit") && err.contains("--memory 1MB"),
+        "{err}"
+    );
+    assert!(!png.exists());
+}
+
+#[test]
+fn fp8_files_and_text_encoders_on_the_cpu() {
+    use fluxd_engine::fp8::{write_fp8_transformer, Fp8Layout};
+    let dir = scratch("fp8");
+    let pixels = |p: &Path| image::open(p).expect("png").to_rgb8().into_raw();
+    let run = |name: &str, extra: &[&str]| {
+        let png = dir.join(format!("{name}.png"));
+        let out = generate(tiny(), &png, extra);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pixels(&png)
+    };
+    // Kijai's layout and `--weights-dtype fp8` on the folder's f32 weights.
+    let kijai = dir.join("kijai.safetensors");
+    write_fp8_transformer(&kijai, &FluxConfig::tiny(), SEED, Fp8Layout::Kijai).expect("fp8");
+    let f32_image = run("f32", &[]);
+    let kijai_image = run("kijai", &["--transformer", s(&kijai)]);
+    let stored = run("stored", &["--weights-dtype", "fp8"]);
+    assert_eq!(kijai_image.len(), f32_image.len());
+    assert_ne!(
+        kijai_image, f32_image,
+        "fp8 weights change the image a little"
+    );
+    assert_eq!(stored.len(), f32_image.len());
+    // A bf16 model with CLIP/T5 in f32 on the CPU: only their embeddings cross over.
+    let split = run(
+        "split",
+        &["--dtype", "bf16", "--text-encoders-device", "cpu"],
+    );
+    let bf16 = run("bf16", &["--dtype", "bf16"]);
+    let mean = split
+        .iter()
+        .zip(&bf16)
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / split.len() as f64;
+    assert!(
+        mean < 4.0,
+        "f32 encoders move the bf16 image by {mean} levels on average"
+    );
+}
+
 /// The engine's reference fixtures (drawn and computed by `scripts/reference/`).
 fn engine_fixture(suite: &str, file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

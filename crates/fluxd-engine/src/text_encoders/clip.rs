@@ -102,9 +102,19 @@ pub struct ClipTextEncoder {
 impl ClipTextEncoder {
     /// Loads `config.json` and `model.safetensors` (or a sharded index) from `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_weights(dir, &WeightFiles::open_dir(dir, &["model"])?, dtype, device)
+    }
+
+    /// Loads with the `config.json` of `dir` and transformers `CLIPTextModel` tensor names from
+    /// `w` (e.g. a checkpoint's CLIP seen through its prefix).
+    pub fn load_weights(
+        dir: &Path,
+        w: &WeightFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let cfg = ClipConfig::from_dir(dir)?;
         let act = Act::parse(&cfg.hidden_act, &dir.join("config.json"))?;
-        let w = WeightFiles::open_dir(dir, &["model"])?;
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let p = "text_model";
         let token_embedding = w.get_shaped(
@@ -132,10 +142,10 @@ impl ClipTextEncoder {
             .map(|i| {
                 let names =
                     LayerNames::under(&format!("{p}.encoder.layers.{i}"), CLIP_LAYER_SUFFIXES);
-                EncoderLayer::load(&w, &names, &dims, dtype, device)
+                EncoderLayer::load(w, &names, &dims, dtype, device)
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_ln = layer_norm(&w, &format!("{p}.final_layer_norm"), h, eps, dtype, device)?;
+        let final_ln = layer_norm(w, &format!("{p}.final_layer_norm"), h, eps, dtype, device)?;
         Ok(Self {
             cfg,
             act,
@@ -255,6 +265,19 @@ fn tiny_config_json(vocab_size: usize) -> serde_json::Value {
     })
 }
 
+/// The linear layers of one CLIP encoder layer (transformers names under
+/// `text_model.encoder.layers.{i}`), as (name, out, in) for width `h` and MLP width `f`.
+pub(crate) fn layer_linears(h: usize, f: usize) -> [(&'static str, usize, usize); 6] {
+    [
+        ("self_attn.q_proj", h, h),
+        ("self_attn.k_proj", h, h),
+        ("self_attn.v_proj", h, h),
+        ("self_attn.out_proj", h, h),
+        ("mlp.fc1", f, h),
+        ("mlp.fc2", h, f),
+    ]
+}
+
 /// Writes a tiny random `CLIPTextModel` (`config.json` + `model.safetensors`) into `dir`, in the
 /// layout transformers saves, so that transformers loads it with no missing or unexpected keys.
 pub fn write_tiny_clip(dir: &Path, vocab_size: usize, seed: u64) -> Result<()> {
@@ -275,14 +298,7 @@ pub fn write_tiny_clip(dir: &Path, vocab_size: usize, seed: u64) -> Result<()> {
     );
     for i in 0..cfg.num_hidden_layers {
         let l = format!("{p}.encoder.layers.{i}");
-        for (name, o, inp) in [
-            ("self_attn.q_proj", h, h),
-            ("self_attn.k_proj", h, h),
-            ("self_attn.v_proj", h, h),
-            ("self_attn.out_proj", h, h),
-            ("mlp.fc1", f, h),
-            ("mlp.fc2", h, f),
-        ] {
+        for (name, o, inp) in layer_linears(h, f) {
             t.insert(format!("{l}.{name}.weight"), rng.linear_weight(o, inp)?);
             t.insert(
                 format!("{l}.{name}.bias"),

@@ -10,6 +10,7 @@ mod clip;
 pub(crate) mod encoder_layer;
 mod t5;
 
+pub(crate) use clip::layer_linears as clip_layer_linears;
 pub use clip::{write_tiny_clip, ClipConfig, ClipTextEncoder};
 pub use t5::{write_tiny_t5, T5Config, T5TextEncoder};
 

@@ -118,9 +118,19 @@ impl T5TextEncoder {
     /// Loads `config.json` and the weights (`model.safetensors` or sharded with
     /// `model.safetensors.index.json`) from `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_weights(dir, &WeightFiles::open_dir(dir, &["model"])?, dtype, device)
+    }
+
+    /// Loads with the `config.json` of `dir` and transformers `T5EncoderModel` tensor names from
+    /// `w` (e.g. a checkpoint's T5 seen through its prefix).
+    pub fn load_weights(
+        dir: &Path,
+        w: &WeightFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let cfg = T5Config::from_dir(dir)?;
         let (gated, act) = cfg.ff_kind(&dir.join("config.json"))?;
-        let w = WeightFiles::open_dir(dir, &["model"])?;
         let (d, inner, ff) = (cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff);
         // The encoder's embedding is tied to `shared`; files hold both or only `shared`.
         let embed_name = if w.contains("encoder.embed_tokens.weight") {
@@ -139,7 +149,7 @@ impl T5TextEncoder {
         for i in 0..cfg.num_layers {
             let b = format!("encoder.block.{i}.layer");
             let lin =
-                |name: &str, o, i| linear(&w, &format!("{b}.{name}"), o, i, false, dtype, device);
+                |name: &str, o, i| linear(w, &format!("{b}.{name}"), o, i, false, dtype, device);
             let (wi_0, wi_1) = if gated {
                 (
                     lin("1.DenseReluDense.wi_0", ff, d)?,

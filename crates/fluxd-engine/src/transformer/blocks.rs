@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::linear::FluxLinear;
+use super::linear::{FluxLinear, LinearWeight};
 use super::load::TensorSource;
 use super::rope::Rope;
 use crate::error::Result;
@@ -46,9 +46,13 @@ pub(crate) fn load_linear(
     dt: DType,
     dev: &Device,
 ) -> Result<FluxLinear> {
-    let w = src.get(&format!("{name}.weight"), &[out, inp], dt, dev)?;
+    let weight_name = format!("{name}.weight");
     let b = src.get(&format!("{name}.bias"), &[out], dt, dev)?;
-    FluxLinear::new(w, Some(b))
+    let w = match src.get_fp8(&weight_name, &[out, inp], dev)? {
+        Some(w8) => LinearWeight::Fp8(w8),
+        None => LinearWeight::Dense(src.get(&weight_name, &[out, inp], dt, dev)?),
+    };
+    FluxLinear::with_weight(w, Some(b), dt)
 }
 
 /// One double-stream block (BFL `DoubleStreamBlock`, diffusers `FluxTransformerBlock`).

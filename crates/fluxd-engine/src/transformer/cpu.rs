@@ -158,7 +158,8 @@ fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
 /// `dst = x · Wᵀ + Σ scale·(x·downᵀ)·upᵀ` (no bias: callers fold it into the next kernel).
 fn matmul_wt(lin: &FluxLinear, x: View<'_>, dst: &mut [f32], dst_rs: usize) -> Result<()> {
     let (out, inp) = (lin.out_features(), lin.in_features());
-    with_data(lin.weight(), |w| {
+    // Dense weights are borrowed; an fp8 weight is upcast here, one layer at a time.
+    with_data(&lin.weight()?, |w| {
         gemm(dst, dst_rs, x, View::rm(w, out, inp)?.t(), false, 1.0, true)
     })?;
     for a in lin.adapters() {

@@ -3,10 +3,42 @@
 //! Adapters are applied on the fly, `y = x·Wᵀ + b + Σ scale·(x·downᵀ)·upᵀ` (the LoRA forward of
 //! BFL `modules/lora.py` and kohya `networks/lora_flux.py`), so a fine-tune can be set and
 //! cleared per request without touching, copying or re-rounding the base weights.
+//!
+//! The base weight is held in one of several storage kinds ([`LinearWeight`]): dense in the
+//! compute dtype, or fp8 with a per-tensor scale, upcast to the compute dtype for each product
+//! (candle has no fp8 GEMM). Adapters always run in the compute dtype beside it.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::fp8::Fp8Weight;
+
+/// How a linear layer's `(out, in)` base weight is held in memory.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// In the compute dtype.
+    Dense(Tensor),
+    /// `float8_e4m3fn` with a per-tensor scale (fp8 checkpoints, `--weights-dtype fp8`).
+    Fp8(Fp8Weight),
+}
+
+impl LinearWeight {
+    /// `(out, in)`.
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Self::Dense(w) => w.dims(),
+            Self::Fp8(w) => w.weight.dims(),
+        }
+    }
+
+    /// Bytes the weight occupies in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Self::Fp8(w) => w.bytes(),
+        }
+    }
+}
 
 /// A low-rank update `scale · up · down` of a linear layer's weight.
 #[derive(Debug, Clone)]
@@ -25,34 +57,73 @@ pub struct LowRank {
 /// A linear layer `y = x·Wᵀ + b` with optional low-rank adapters.
 #[derive(Debug, Clone)]
 pub struct FluxLinear {
-    weight: Tensor,
+    weight: LinearWeight,
+    /// The dtype products are computed in (the dense weight's, the bias's).
+    dtype: DType,
     bias: Option<Tensor>,
     adapters: Vec<LowRank>,
 }
 
 impl FluxLinear {
-    /// A layer from a `(out, in)` weight and an optional `(out,)` bias.
+    /// A layer from a dense `(out, in)` weight and an optional `(out,)` bias; it computes in the
+    /// weight's dtype.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out, _) = weight.dims2()?;
+        let dtype = weight.dtype();
+        Self::with_weight(LinearWeight::Dense(weight), bias, dtype)
+    }
+
+    /// A layer from a weight in any storage kind, computing in `dtype` (the bias's dtype).
+    pub fn with_weight(weight: LinearWeight, bias: Option<Tensor>, dtype: DType) -> Result<Self> {
+        let (out, inp) = match weight.dims() {
+            [o, i] => (*o, *i),
+            other => {
+                return Err(EngineError::InvalidInput(format!(
+                    "a linear weight must be 2-D, got shape {other:?}"
+                )))
+            }
+        };
         if let Some(b) = &bias {
             if b.dims() != [out] {
                 return Err(EngineError::InvalidInput(format!(
                     "bias of shape {:?} for a weight of shape {:?}",
                     b.dims(),
-                    weight.dims()
+                    [out, inp]
                 )));
             }
         }
         Ok(Self {
             weight,
+            dtype,
             bias,
             adapters: Vec::new(),
         })
     }
 
-    /// The `(out, in)` weight.
-    pub fn weight(&self) -> &Tensor {
+    /// The base weight as held.
+    pub fn stored_weight(&self) -> &LinearWeight {
         &self.weight
+    }
+
+    /// The `(out, in)` weight in the compute dtype: the held tensor when dense, a fresh upcast
+    /// of this one layer when fp8.
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Ok(w.clone()),
+            LinearWeight::Fp8(w) => w.dequantize(self.dtype),
+        }
+    }
+
+    /// Stores the weight in fp8 (per-tensor scale) if it is dense; see [`Fp8Weight::quantize`].
+    pub fn store_fp8(&mut self) -> Result<()> {
+        if let LinearWeight::Dense(w) = &self.weight {
+            self.weight = LinearWeight::Fp8(Fp8Weight::quantize(w)?);
+        }
+        Ok(())
+    }
+
+    /// The dtype products are computed in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The bias, if any.
@@ -88,8 +159,11 @@ impl FluxLinear {
                 self.weight.dims()
             )));
         }
-        let dtype = self.weight.dtype();
-        let device = self.weight.device();
+        let dtype = self.dtype;
+        let device = match &self.weight {
+            LinearWeight::Dense(w) => w.device(),
+            LinearWeight::Fp8(w) => w.weight.device(),
+        };
         self.adapters.push(LowRank {
             down: adapter
                 .down
@@ -117,7 +191,7 @@ impl FluxLinear {
 
     /// `x·Wᵀ + b (+ adapters)` on the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.broadcast_matmul(&self.weight.t()?)?;
+        let mut y = x.broadcast_matmul(&self.weight()?.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

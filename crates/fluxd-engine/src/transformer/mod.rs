@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use config::FluxConfig;
 pub use linear::{FluxLinear, LowRank};
-pub(crate) use load::swap_halves;
+pub(crate) use load::{swap_halves, COMFY_PREFIX};
 pub use rope::Rope;
 pub use write::{random_canonical_weights, write_bfl_single_file, write_tiny_diffusers};
 
@@ -31,7 +31,10 @@ use crate::tiny_init::TensorMap;
 use crate::weights::WeightFiles;
 use blocks::{load_linear, Dims, DoubleBlock, SingleBlock};
 use config::TIME_EMBED_DIM;
-use load::{BflSource, DiffusersDirSource, MapSource, TensorSource};
+pub use load::WeightsDtype;
+use load::{bfl_config, BflSource, DiffusersDirSource, MapSource, StoreFp8, TensorSource};
+
+use crate::model_dir::TransformerSource;
 
 /// `MLPEmbedder` (BFL) / `TimestepEmbedding`, `PixArtAlphaTextProjection` (diffusers):
 /// `out_layer(silu(in_layer(x)))`.
@@ -86,44 +89,85 @@ pub struct FluxTransformer {
 }
 
 impl FluxTransformer {
+    /// Loads the transformer from where the model folder says it is, holding linear weights as
+    /// `weights` says.
+    pub fn load(
+        source: &TransformerSource,
+        dtype: DType,
+        device: &Device,
+        weights: WeightsDtype,
+    ) -> Result<Self> {
+        match source {
+            TransformerSource::Diffusers(dir) => {
+                let cfg = FluxConfig::from_file(&dir.join("config.json"))?;
+                let files = WeightFiles::open_dir(dir, &["diffusion_pytorch_model"])?;
+                let map_cfg = cfg.clone();
+                let src = DiffusersDirSource {
+                    weights: &files,
+                    cfg: &map_cfg,
+                    dir: dir.to_path_buf(),
+                };
+                Self::build_as(cfg, &src, dtype, device, weights)
+            }
+            TransformerSource::BflFile(file) => {
+                let files = WeightFiles::open(&[file.to_path_buf()])?;
+                let (cfg, prefix) = bfl_config(&files, file)?;
+                let fp8_files = files.names().any(|n| {
+                    n.starts_with(prefix.as_str())
+                        && files.stored_dtype(n) == Some(safetensors::Dtype::F8_E4M3)
+                });
+                if fp8_files {
+                    let scales = ["scale_input", "input_scale"]
+                        .iter()
+                        .any(|s| files.names().any(|n| n.ends_with(&format!(".{s}"))));
+                    tracing::info!(
+                        file = %file.display(),
+                        "fp8 weights: kept in fp8, upcast per layer to {dtype:?}{}",
+                        if scales {
+                            " (the file's input scales are for fp8 GEMMs and are not used)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                let src = BflSource {
+                    weights: &files,
+                    prefix,
+                };
+                Self::build_as(cfg, &src, dtype, device, weights)
+            }
+        }
+    }
+
     /// Loads a diffusers `transformer/` folder (`config.json` + one or sharded
     /// `diffusion_pytorch_model*.safetensors`).
     pub fn load_diffusers(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = FluxConfig::from_file(&dir.join("config.json"))?;
-        let weights = WeightFiles::open_dir(dir, &["diffusion_pytorch_model"])?;
-        let map_cfg = cfg.clone();
-        let src = DiffusersDirSource {
-            weights: &weights,
-            cfg: &map_cfg,
-            dir: dir.to_path_buf(),
-        };
-        Self::build(cfg, &src, dtype, device)
+        let source = TransformerSource::Diffusers(dir.to_path_buf());
+        Self::load(&source, dtype, device, WeightsDtype::Auto)
     }
 
     /// Loads a BFL single file (`flux1-dev.safetensors`), with or without the ComfyUI
-    /// `model.diffusion_model.` prefix. The config is inferred from tensor shapes.
+    /// `model.diffusion_model.` prefix (a ComfyUI checkpoint may hold more than the
+    /// transformer). The config is inferred from tensor shapes.
     pub fn load_bfl(file: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (weights, prefix, cfg) = Self::open_bfl(file)?;
-        let src = BflSource {
-            weights: &weights,
-            prefix,
-        };
-        Self::build(cfg, &src, dtype, device)
+        let source = TransformerSource::BflFile(file.to_path_buf());
+        Self::load(&source, dtype, device, WeightsDtype::Auto)
+    }
+
+    /// The config of the transformer at `source`, from its `config.json` or its file's header
+    /// (no weights are read).
+    pub fn config_of(source: &TransformerSource) -> Result<FluxConfig> {
+        match source {
+            TransformerSource::Diffusers(dir) => FluxConfig::from_file(&dir.join("config.json")),
+            TransformerSource::BflFile(file) => Self::bfl_config(file),
+        }
     }
 
     /// The config of a BFL single file, inferred from the tensor shapes in its header: no weight
     /// is read (an API node checks LoRA files against it without loading the model).
     pub fn bfl_config(file: &Path) -> Result<FluxConfig> {
-        Ok(Self::open_bfl(file)?.2)
-    }
-
-    /// A BFL single file's weights (mapped, not read), its key prefix and its inferred config.
-    fn open_bfl(file: &Path) -> Result<(WeightFiles, String, FluxConfig)> {
-        let weights = WeightFiles::open(&[file.to_path_buf()])?;
-        let prefix = load::detect_bfl_prefix(&weights, file)?;
-        let name = |k: &str| format!("{prefix}{k}");
-        let cfg = FluxConfig::infer_bfl(&weights, file, &name)?;
-        Ok((weights, prefix, cfg))
+        let files = WeightFiles::open(&[file.to_path_buf()])?;
+        Ok(bfl_config(&files, file)?.0)
     }
 
     /// Builds a model from canonical (BFL-named) tensors held in memory.
@@ -135,6 +179,19 @@ impl FluxTransformer {
     ) -> Result<Self> {
         cfg.validate().map_err(EngineError::InvalidInput)?;
         Self::build(cfg, &MapSource(tensors), dtype, device)
+    }
+
+    fn build_as(
+        cfg: FluxConfig,
+        src: &dyn TensorSource,
+        dt: DType,
+        dev: &Device,
+        weights: WeightsDtype,
+    ) -> Result<Self> {
+        match weights {
+            WeightsDtype::Auto => Self::build(cfg, src, dt, dev),
+            WeightsDtype::Fp8 => Self::build(cfg, &StoreFp8(src), dt, dev),
+        }
     }
 
     fn build(cfg: FluxConfig, src: &dyn TensorSource, dt: DType, dev: &Device) -> Result<Self> {

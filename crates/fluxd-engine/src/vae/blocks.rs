@@ -330,7 +330,7 @@ pub(crate) struct Attention {
 
 /// Score elements computed at once per chunk of queries (128 MiB in f32): a 1024² image has
 /// 16384 latent pixels, whose full score matrix would take 1 GiB.
-const ATTN_CHUNK_ELEMS: usize = 1 << 25;
+pub(crate) const ATTN_CHUNK_ELEMS: usize = 1 << 25;
 
 impl Attention {
     pub(crate) fn load(src: &Source, name: &str, c: usize, groups: usize) -> Result<Self> {

@@ -5,11 +5,11 @@
 //! scaling/shift factors, channel counts read from tensor shapes). The math follows diffusers
 //! `models/autoencoders/vae.py Decoder` and BFL `modules/autoencoder.py Decoder`, which agree.
 
-mod blocks;
+pub(crate) mod blocks;
 mod names;
 mod tiny;
 
-pub use tiny::{write_tiny_ae_bfl, write_tiny_vae};
+pub use tiny::{diffusers_vae_to_ldm, write_tiny_ae_bfl, write_tiny_vae, TINY_VAE_GROUPS};
 
 use std::path::Path;
 
@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
+use crate::model_dir::VaeSource;
 use crate::weights::WeightFiles;
 use blocks::{Conv, GroupNorm, MidBlock, UpBlock};
 use names::{Layout, Source};
@@ -149,13 +150,28 @@ impl VaeDecoder {
     /// counts, level and resnet counts come from tensor shapes, the GroupNorm group count from
     /// the file's metadata key `norm_num_groups` if present (32 otherwise, as in FLUX).
     pub fn load_bfl(file: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_bfl_prefixed(file, "", dtype, device)
+    }
+
+    /// Loads the VAE from where the model folder says it is.
+    pub fn load(source: &VaeSource, dtype: DType, device: &Device) -> Result<Self> {
+        match source {
+            VaeSource::Diffusers(dir) => Self::load_diffusers(dir, dtype, device),
+            VaeSource::BflFile(file) => Self::load_bfl(file, dtype, device),
+            VaeSource::Bundled(b) => Self::load_bfl_prefixed(&b.file, &b.prefix, dtype, device),
+        }
+    }
+
+    /// [`Self::load_bfl`] for the tensors under `prefix` of a file (ComfyUI checkpoints keep the
+    /// same LDM names under `vae.`).
+    fn load_bfl_prefixed(file: &Path, prefix: &str, dtype: DType, device: &Device) -> Result<Self> {
         if !file.is_file() {
             return Err(EngineError::MissingFile {
                 path: file.to_path_buf(),
                 what: "BFL autoencoder".into(),
             });
         }
-        let files = WeightFiles::open(&[file.to_path_buf()])?;
+        let files = WeightFiles::open_prefixed(&[file.to_path_buf()], prefix)?;
         let cfg = infer_ldm_config(&files, file)?;
         let src = Source {
             files: &files,

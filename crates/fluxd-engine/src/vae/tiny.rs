@@ -168,12 +168,11 @@ pub fn write_tiny_vae(dir: &Path, seed: u64) -> Result<()> {
     )
 }
 
-/// Writes the same weights as [`write_tiny_vae`] with `seed`, renamed to BFL's LDM layout
-/// (attention projections as 1×1 convs), as one `ae.safetensors`-style file. Its metadata
-/// records `norm_num_groups`, which [`super::VaeDecoder::load_bfl`] reads.
-pub fn write_tiny_ae_bfl(file: &Path, seed: u64) -> Result<()> {
+/// The tiny VAE's diffusers tensors renamed to BFL's LDM layout (attention projections as 1×1
+/// convs), as `ae.safetensors` and ComfyUI checkpoints (under `vae.`) hold them.
+pub fn diffusers_vae_to_ldm(tensors: TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
-    for (name, t) in tiny_vae_tensors(seed)? {
+    for (name, t) in tensors {
         let ldm = diffusers_to_ldm(&name, BLOCK_OUT.len());
         let t = if name.contains(".attentions.0.to_") && name.ends_with(".weight") {
             let (o, i) = t.dims2()?;
@@ -183,6 +182,18 @@ pub fn write_tiny_ae_bfl(file: &Path, seed: u64) -> Result<()> {
         };
         out.insert(ldm, t);
     }
+    Ok(out)
+}
+
+/// The GroupNorm group count of the tiny VAE, which LDM files record in their metadata
+/// (`norm_num_groups`; FLUX's own is 32, the loader's default).
+pub const TINY_VAE_GROUPS: usize = GROUPS;
+
+/// Writes the same weights as [`write_tiny_vae`] with `seed`, renamed to BFL's LDM layout
+/// (attention projections as 1×1 convs), as one `ae.safetensors`-style file. Its metadata
+/// records `norm_num_groups`, which [`super::VaeDecoder::load_bfl`] reads.
+pub fn write_tiny_ae_bfl(file: &Path, seed: u64) -> Result<()> {
+    let out = diffusers_vae_to_ldm(tiny_vae_tensors(seed)?)?;
     if let Some(parent) = file.parent() {
         std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
     }
