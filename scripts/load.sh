@@ -3,7 +3,10 @@
 # (crates/fluxd-server/examples/bare_axum.rs) measured in the same run with the same load, and the
 # ratios fluxd/bare. Goals (issue 4): durable submit >= 25 % of bare, get_result >= 50 %, p99 < 10 ms.
 #
-# Usage: scripts/load.sh [--json FILE]
+# Usage: scripts/load.sh [--postgres] [--json FILE]
+# --postgres: also the same API node on PostgreSQL (a fresh database on the server of
+# scripts/services/postgres.sh, started if need be, or of $FLUXD_TEST_POSTGRES_URL), in the same
+# run, against the same bare handler; issue 11 sets it the same goals.
 # Env: CONNECTIONS (64), DURATION (10, seconds), WARMUP (2, seconds), THREADS (wrk threads, 2),
 #      RATE (1000: requests/s offered in the latency rounds, below saturation),
 #      KEYS (256 API keys, one tenant, taken in turn by the requests),
@@ -22,11 +25,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 json_out=
+postgres=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --json) json_out=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
-    *) echo "unknown argument $1 (usage: scripts/load.sh [--json FILE])" >&2; exit 2 ;;
+    --postgres) postgres=1; shift ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (usage: scripts/load.sh [--postgres] [--json FILE])" >&2
+       exit 2 ;;
   esac
 done
 CONNECTIONS=${CONNECTIONS:-64}; DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}
@@ -41,64 +47,26 @@ if ! command -v wrk >/dev/null; then
   $sudo apt-get install -y -qq wrk >/dev/null
 fi
 
-echo "building (release)" >&2
-cargo build --quiet --release -p fluxd --bin fluxd -p fluxd-server --example bare_axum \
-  -p fluxd-engine --example write_random_loras
-fluxd=$root/target/release/fluxd
+source scripts/load/common.sh
+build_release
 bare=$root/target/release/examples/bare_axum
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Starts a server in the background ($1: name, rest: command), waits for the `... listening on
-# http://ADDR` line and sets $base.
-start() {
-  local name=$1; shift
-  "$@" >"$work/$name.out" 2>"$work/$name.log" &
-  pids+=("$!")
-  local pid=$! i
-  for i in $(seq 600); do
-    base=$(sed -n 's/^.* listening on \(http:.*\)$/\1/p' "$work/$name.out")
-    [ -n "$base" ] && return 0
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
-}
-
-# Stops the server started last.
-stop_last() {
-  local pid=${pids[-1]}
-  kill -TERM "$pid"; wait "$pid" || true
-  unset 'pids[-1]'
-}
-
 # A fresh data directory ($1) with $KEYS keys of unlimited active tasks (listed in $1.keys, the
-# first in $key) and a fine-tune `load`. Many keys as in service: with one key, each submit's
-# check of that key's unfinished tasks would count every task queued so far in the run.
+# first in $key) and a fine-tune `load`, in the data directory's SQLite store or in the database
+# $2 if given. Many keys as in service: with one key, each submit's check of that key's
+# unfinished tasks would count every task queued so far in the run.
 setup_data() {
-  local data=$1 i
+  local data=$1 i store=(--data-dir "$1")
+  [ -n "${2:-}" ] && store+=(--database "$2")
   for i in $(seq "$KEYS"); do
-    "$fluxd" keys create --tenant load --max-active-tasks "$KEY_LIMIT" --data-dir "$data" \
+    "$fluxd" keys create --tenant load --max-active-tasks "$KEY_LIMIT" "${store[@]}" \
       2>/dev/null | tail -n1
   done >"$data.keys"
   key=$(head -n1 "$data.keys")
   keys_file=$data.keys
   "$root/target/release/examples/write_random_loras" "$work/loras" >/dev/null
   "$fluxd" finetunes import --tenant load --id load "$work/loras/kohya.safetensors" \
-    --data-dir "$data" >/dev/null 2>&1
+    "${store[@]}" >/dev/null 2>&1
 }
 
 # The submit body: the smallest image and one step, so that the worker round's model work is
@@ -149,6 +117,19 @@ curl -sf "$base/metrics" | grep '^fluxd_store_\(commits\|writes\)_total ' >"$wor
   || true
 measure "$base" "/v1/get_result?id=$id" GET fluxd_get
 stop_last
+
+if [ "$postgres" = 1 ]; then
+  # The same API node on PostgreSQL (a fresh database): what each of many nodes does.
+  fresh_postgres fluxd_load
+  setup_data "$work/pg" "$pg_url"
+  start fluxd_pg "$fluxd" serve --data-dir "$work/pg" --database "$pg_url" \
+    --listen 127.0.0.1:0 --no-worker --max-active-tasks 1000000000 \
+    ${serve_args[@]+"${serve_args[@]}"}
+  id=$(submit_one "$base")
+  measure "$base" /v1/flux-pro-finetuned POST pg_submit
+  measure "$base" "/v1/get_result?id=$id" GET pg_get
+  stop_last
+fi
 
 if [ "$WORKER_ROUND" = 1 ]; then
   # The same node with its worker generating all along: one task is made Ready first and polled

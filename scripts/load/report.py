@@ -1,5 +1,6 @@
 """The table of scripts/load.sh from wrk's JSON summaries (scripts/load/wrk.lua), the ratios
-fluxd/bare and the goals of issue 4. Usage: report.py WORK CONNECTIONS DURATION RATE [JSON_OUT]"""
+fluxd/bare and the goals of issues 4 and 11 (the Postgres rows: scripts/load.sh --postgres).
+Usage: report.py WORK CONNECTIONS DURATION RATE [JSON_OUT]"""
 
 import json
 import os
@@ -13,6 +14,8 @@ ROWS = [
     ("fluxd submit (durable)", "fluxd_submit", "bare_submit"),
     ("bare axum GET", "bare_get", None),
     ("fluxd get_result", "fluxd_get", "bare_get"),
+    ("fluxd submit, Postgres", "pg_submit", "bare_submit"),
+    ("fluxd get_result, Postgres", "pg_get", "bare_get"),
     ("fluxd submit, worker on", "worker_submit", "bare_submit"),
     ("fluxd get_result, worker on", "worker_get", "bare_get"),
 ]
@@ -50,12 +53,17 @@ goals = {
     f"p99 < 10 ms at {rate} req/s": max(runs["fluxd_submit.rate"]["p99_us"],
                                         runs["fluxd_get.rate"]["p99_us"]) < 10_000,
 }
+if "pg_submit.sat" in runs:
+    goals["Postgres: durable submit >= 25% of bare"] = runs["pg_submit.sat"]["ratio_vs_bare"] >= 0.25
+    goals["Postgres: get_result >= 50% of bare"] = runs["pg_get.sat"]["ratio_vs_bare"] >= 0.50
+    goals[f"Postgres: p99 < 10 ms at {rate} req/s"] = max(
+        runs["pg_submit.rate"]["p99_us"], runs["pg_get.rate"]["p99_us"]) < 10_000
 if "worker_submit.rate" in runs:
     goals[f"p99 < 10 ms at {rate} req/s, worker on"] = max(
         runs["worker_submit.rate"]["p99_us"], runs["worker_get.rate"]["p99_us"]) < 10_000
 report["goals"] = goals
 for name, ok in goals.items():
-    print(f"goal {name:40} {'met' if ok else 'MISSED'}")
+    print(f"goal {name:50} {'met' if ok else 'MISSED'}")
 group = os.path.join(work, "group_commit.txt")
 if os.path.exists(group) and os.path.getsize(group):
     with open(group) as f:

@@ -32,6 +32,19 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// The data directory at `root`, which must exist; nothing is created in it (a copy reads
+    /// its source without writing to it).
+    pub fn existing(root: impl Into<PathBuf>) -> Result<Self, ServerError> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(ServerError::io(
+                format!("opening the data directory {}", root.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        Ok(Self { root })
+    }
+
     /// Opens (creating if needed) the data directory at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ServerError> {
         let root = root.into();
@@ -73,7 +86,12 @@ impl DataDir {
 
     /// The delivery URL signer, its key created on first use.
     pub fn signer(&self) -> Result<UrlSigner, ServerError> {
-        UrlSigner::load_or_create(&self.root.join("url-signing.key"))
+        UrlSigner::load_or_create(&self.signing_key_path())
+    }
+
+    /// Where the delivery URLs' key is kept (for the directory's own database).
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.root.join("url-signing.key")
     }
 
     /// Scratch space on the same file system as the rest (uploads are renamed, not copied).

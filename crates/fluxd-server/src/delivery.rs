@@ -25,14 +25,7 @@ pub enum Delivery {
     Presigned,
 }
 
-/// The media type of an image file extension the worker writes (`jpeg`, `png`).
-pub fn content_type(ext: &str) -> Option<&'static str> {
-    match ext {
-        "jpeg" => Some("image/jpeg"),
-        "png" => Some("image/png"),
-        _ => None,
-    }
-}
+pub use fluxd_store::image_content_type as content_type;
 
 /// The blob key of the image file `<task id>.<ext>`.
 pub fn sample_key(file: &str) -> String {

@@ -55,30 +55,16 @@ impl UrlSigner {
     /// Reads the key kept at `path` (hex), creating it (mode 0600) on first use, so that URLs stay
     /// valid across restarts.
     pub fn load_or_create(path: &Path) -> Result<Self, ServerError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let bytes = hex::decode(text.trim()).map_err(|e| {
-                    ServerError::Corrupt(format!("{}: not a hex key: {e}", path.display()))
-                })?;
-                let key = <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
-                    ServerError::Corrupt(format!(
-                        "{}: expected a {KEY_LEN}-byte key",
-                        path.display()
-                    ))
-                })?;
-                Ok(Self { key })
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; KEY_LEN];
-                getrandom::fill(&mut key).map_err(|e| {
-                    ServerError::io("generating the URL signing key", std::io::Error::other(e))
-                })?;
-                write_private(path, hex::encode(key).as_bytes())
-                    .map_err(|e| ServerError::io(format!("writing {}", path.display()), e))?;
-                Ok(Self { key })
-            }
-            Err(err) => Err(ServerError::io(format!("reading {}", path.display()), err)),
+        if let Some(key) = read_key_file(path)? {
+            return Ok(Self { key });
         }
+        let mut key = [0u8; KEY_LEN];
+        getrandom::fill(&mut key).map_err(|e| {
+            ServerError::io("generating the URL signing key", std::io::Error::other(e))
+        })?;
+        write_private(path, hex::encode(key).as_bytes())
+            .map_err(|e| ServerError::io(format!("writing {}", path.display()), e))?;
+        Ok(Self { key })
     }
 
     fn mac(&self, file: &str, exp: u64) -> HmacSha256 {
@@ -110,6 +96,41 @@ impl UrlSigner {
         };
         self.mac(file, exp).verify_slice(&sig).is_ok()
     }
+}
+
+/// The key kept at `path` (hex), or None if there is no such file.
+fn read_key_file(path: &Path) -> Result<Option<[u8; KEY_LEN]>, ServerError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(ServerError::io(format!("reading {}", path.display()), err)),
+    };
+    let bytes = hex::decode(text.trim())
+        .map_err(|e| ServerError::Corrupt(format!("{}: not a hex key: {e}", path.display())))?;
+    let key = <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
+        ServerError::Corrupt(format!("{}: expected a {KEY_LEN}-byte key", path.display()))
+    })?;
+    Ok(Some(key))
+}
+
+/// A data directory's key file as the shared secret another database would hold for it, for
+/// `fluxd store copy` to move there: nodes on that database then sign and verify with the same
+/// key, so URLs signed before the move keep verifying. None if the directory has no key file.
+pub fn key_file_as_shared_secret(
+    data: &DataDir,
+) -> Result<Option<fluxd_store::copy::SecretRow>, ServerError> {
+    let path = data.signing_key_path();
+    let Some(key) = read_key_file(&path)? else {
+        return Ok(None);
+    };
+    let created_at = std::fs::metadata(&path)
+        .and_then(|meta| meta.modified())
+        .map_err(|e| ServerError::io(format!("reading {}", path.display()), e))?;
+    Ok(Some(fluxd_store::copy::SecretRow {
+        name: SHARED_KEY_NAME.to_owned(),
+        value: hex::encode(key),
+        created_at,
+    }))
 }
 
 /// The URL signer of this deployment, which every node (API nodes and workers) must share: a URL

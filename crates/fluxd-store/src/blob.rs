@@ -13,8 +13,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    Attribute, Attributes, BackoffConfig, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 
 use crate::StoreError;
@@ -268,6 +268,105 @@ impl BlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+/// What [`BlobStore::copy_to`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCopy {
+    /// The blob was copied, this many bytes.
+    Copied(u64),
+    /// The target already had a blob of that key and size.
+    AlreadyThere,
+    /// The source has no blob of that key.
+    Missing,
+}
+
+impl BlobStore {
+    /// Copies the blob under `key` into `target` under the same key, streamed in parts (never
+    /// whole in memory), unless `target` already has one of the same size: object stores and
+    /// `object_store`'s local files both make a blob appear whole or not at all, so one of the
+    /// right size is a finished copy. With `sha256` (lowercase hex, as a fine-tune record states
+    /// it) the bytes are checked on the way and a mismatch leaves nothing in `target`.
+    pub async fn copy_to(
+        &self,
+        key: &str,
+        target: &BlobStore,
+        sha256: Option<&str>,
+    ) -> Result<BlobCopy, StoreError> {
+        use sha2::{Digest, Sha256};
+        let from = self.path(key)?;
+        let size = match self.inner.head(&from).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(BlobCopy::Missing),
+            Err(err) => return Err(err.into()),
+        };
+        let to = target.path(key)?;
+        match target.inner.head(&to).await {
+            Ok(meta) if meta.size == size => return Ok(BlobCopy::AlreadyThere),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let found = self.inner.get(&from).await?;
+        let mut attributes = Attributes::new();
+        if target.local_root.is_none() {
+            // S3 serves this type back on a presigned GET: keep the source's, or the image's.
+            let content_type = found
+                .attributes
+                .get(&Attribute::ContentType)
+                .cloned()
+                .or_else(|| {
+                    let ext = key.rsplit_once('.').map_or("", |(_, ext)| ext);
+                    image_content_type(ext).map(Into::into)
+                });
+            if let Some(content_type) = content_type {
+                attributes.insert(Attribute::ContentType, content_type);
+            }
+        }
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let upload = target.inner.put_multipart_opts(&to, options).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
+        let mut hasher = Sha256::new();
+        let mut copied = 0u64;
+        let mut chunks = found.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    // Best effort: the failure to report is the read's.
+                    let _ = writer.abort().await;
+                    return Err(err.into());
+                }
+            };
+            writer.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await?;
+            hasher.update(&chunk);
+            copied += chunk.len() as u64;
+            writer.put(chunk);
+        }
+        if let Some(expected) = sha256 {
+            let got = hex::encode(hasher.finalize());
+            if !got.eq_ignore_ascii_case(expected) {
+                let _ = writer.abort().await;
+                return Err(StoreError::Corrupt(format!(
+                    "blob {key}: SHA-256 {got}, its record says {expected}"
+                )));
+            }
+        }
+        writer.finish().await?;
+        target.sync(key).await?;
+        Ok(BlobCopy::Copied(copied))
+    }
+}
+
+/// The media type of an image file extension the worker writes (`jpeg`, `png`).
+pub fn image_content_type(ext: &str) -> Option<&'static str> {
+    match ext {
+        "jpeg" => Some("image/jpeg"),
+        "png" => Some("image/png"),
+        _ => None,
     }
 }
 

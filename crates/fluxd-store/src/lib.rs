@@ -10,6 +10,7 @@ mod apikey;
 mod ask;
 mod blob;
 pub mod conformance;
+pub mod copy;
 mod error;
 mod postgres;
 mod secret;
@@ -22,7 +23,7 @@ mod url;
 mod wakeup;
 
 pub use apikey::KEY_PREFIX;
-pub use blob::BlobStore;
+pub use blob::{image_content_type, BlobCopy, BlobStore};
 pub use error::{Source, StoreError};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use secret::{SharedSecret, SHARED_SECRET_LEN};

@@ -57,7 +57,7 @@ impl StoreLocation {
     }
 
     /// Whether the database is the data directory's own SQLite file (named or not).
-    fn own_database(&self, data: &DataDir) -> bool {
+    pub fn own_database(&self, data: &DataDir) -> bool {
         match &self.database {
             None => true,
             Some(DatabaseUrl::Sqlite(path)) => {

@@ -17,6 +17,7 @@ mod node;
 mod placement;
 mod progress;
 mod serve;
+mod store;
 mod webhooks;
 mod worker;
 
@@ -64,6 +65,9 @@ enum Command {
     /// See webhook deliveries and send given-up ones again.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Work on the store as a whole: copy a deployment to another store.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Whether log lines get ANSI colours: only on a terminal, and never with `NO_COLOR` set to
@@ -96,6 +100,7 @@ fn main() -> std::process::ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Finetunes(cmd) => finetunes::run(cmd),
         Command::Webhooks(cmd) => webhooks::run(cmd),
+        Command::Store(cmd) => store::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

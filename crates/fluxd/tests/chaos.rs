@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -220,19 +220,7 @@ fn kill_9_loses_no_accepted_task_and_no_webhook() {
         .filter(|(n, _)| n % 3 != 2)
         .map(|(n, id)| (id.as_str(), *n))
         .collect();
-    let deliveries = loop {
-        let deliveries = receiver.deliveries();
-        let verified: HashSet<&str> = deliveries
-            .iter()
-            .filter(|d| d["ok"] == true && d["answered"] == 200)
-            .filter_map(|d| d["task_id"].as_str())
-            .collect();
-        let missing = hooked.keys().filter(|id| !verified.contains(*id)).count();
-        if missing == 0 || Instant::now() > deadline {
-            break deliveries;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let deliveries = receiver.wait_for_verified(hooked.keys().copied(), deadline);
     let bad: Vec<&Value> = deliveries.iter().filter(|d| d["ok"] != true).collect();
     let mut accepted_per_task: HashMap<&str, usize> = HashMap::new();
     for d in deliveries.iter().filter(|d| d["answered"] == 200) {

@@ -52,17 +52,7 @@ fn serve_on_postgres_rides_out_a_database_outage() {
         .expect("a link to the server");
     let direct = schema.url();
     let data = scratch("pg-outage");
-    let out = fluxd(&[
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--data-dir",
-        s(&data),
-        "--database",
-        &direct,
-    ]);
-    let key = out.lines().last().expect("key line").trim().to_owned();
+    let key = create_key_with(&data, "acme", &["--database", &direct]);
     import_lora(&data, "acme", "my-finetune", &["--database", &direct]);
     // Through the link; get_result reads the store on every call.
     let via_link = schema.url_via(Some(link.addr()));

@@ -14,7 +14,6 @@ use common::*;
 use fluxd_engine::lora::{write_random_lora, LoraFormat};
 use fluxd_engine::transformer::FluxConfig;
 use fluxd_store::conformance::test_s3_url;
-use fluxd_store::BlobStore;
 use serde_json::{json, Value};
 
 /// An API-only node on `data` with blobs at `blobs`.
@@ -22,17 +21,6 @@ fn api_node(data: &Path, blobs: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--no-worker", "--blobs", blobs, "--webhook-allow-private"];
     args.extend_from_slice(extra);
     Server::start(data, &args)
-}
-
-/// Splits an `http://authority/target` URL.
-fn split_url(url: &str) -> (&str, &str) {
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    rest.split_at(rest.find('/').unwrap_or(rest.len()))
-}
-
-fn download(url: &str) -> Reply {
-    let (authority, target) = split_url(url);
-    request(authority, "GET", target, None, b"")
 }
 
 /// The `result.sample` of the task `id` as `node` answers get_result.
@@ -45,18 +33,6 @@ fn sample_url(node: &Server, key: &str, id: &str) -> String {
         .as_str()
         .expect("sample")
         .to_owned()
-}
-
-/// The object under `key` in the bucket, read with fluxd's own S3 client.
-fn object(blobs: &str, key: &str) -> Vec<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime
-        .block_on(async { BlobStore::from_url(blobs)?.get(key).await })
-        .expect("the object is in the bucket")
-        .to_vec()
 }
 
 #[test]

@@ -1,15 +1,19 @@
-//! A network link to a database server that a test can cut and restore, as a partition or a
-//! server restart does to a real deployment: a TCP forwarder on a loopback port.
+//! A network link to a database server that a test can cut and restore, as a server restart
+//! does to a real deployment, or pause and resume, as a network partition does: a TCP forwarder
+//! on a loopback port.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
+use std::time::Duration;
 
 #[derive(Default)]
 struct Link {
     down: AtomicBool,
+    /// No byte passes, either way, on any connection.
+    paused: AtomicBool,
     stopped: AtomicBool,
     /// Both ends of every forwarded connection, to sever them when the link is cut.
     open: Mutex<Vec<TcpStream>>,
@@ -27,7 +31,8 @@ impl Link {
 
 /// Forwards connections made to [`FlakyLink::addr`] to a server. While cut, open connections
 /// are severed (their reads see the end of the stream, like a server that died) and new ones
-/// are closed as soon as they are accepted.
+/// are closed as soon as they are accepted. While paused, connections stay open but nothing
+/// passes (requests and answers wait, as behind a partition that TCP outlasts) until resumed.
 pub struct FlakyLink {
     addr: SocketAddr,
     link: Arc<Link>,
@@ -72,6 +77,16 @@ impl FlakyLink {
     pub fn restore(&self) {
         self.link.down.store(false, Ordering::Release);
     }
+
+    /// Pauses the link: connections stay open, but no byte passes until [`FlakyLink::resume`].
+    pub fn pause(&self) {
+        self.link.paused.store(true, Ordering::Release);
+    }
+
+    /// Lets the bytes held by [`FlakyLink::pause`] through, and what follows.
+    pub fn resume(&self) {
+        self.link.paused.store(false, Ordering::Release);
+    }
 }
 
 impl Drop for FlakyLink {
@@ -84,7 +99,7 @@ impl Drop for FlakyLink {
 }
 
 /// Connects `client` to `server` with a copying thread each way.
-fn forward(link: &Link, client: TcpStream, server: SocketAddr) -> io::Result<()> {
+fn forward(link: &Arc<Link>, client: TcpStream, server: SocketAddr) -> io::Result<()> {
     let upstream = TcpStream::connect(server)?;
     client.set_nodelay(true)?;
     upstream.set_nodelay(true)?;
@@ -93,16 +108,28 @@ fn forward(link: &Link, client: TcpStream, server: SocketAddr) -> io::Result<()>
         open.push(client.try_clone()?);
         open.push(upstream.try_clone()?);
     }
-    for (mut from, mut to) in [
+    for (from, to) in [
         (client.try_clone()?, upstream.try_clone()?),
         (upstream, client),
     ] {
-        thread::spawn(move || {
-            let _ = io::copy(&mut from, &mut to);
-            // One side ended: end the other, so neither waits on a half-open link.
-            let _ = to.shutdown(Shutdown::Both);
-            let _ = from.shutdown(Shutdown::Both);
-        });
+        let link = Arc::clone(link);
+        thread::spawn(move || copy(&link, from, to));
     }
     Ok(())
+}
+
+/// Copies `from` to `to`, holding what it read while the link is paused.
+fn copy(link: &Link, mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = [0; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        while link.paused.load(Ordering::Acquire) && !link.stopped.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    // One side ended: end the other, so neither waits on a half-open link.
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
 }

@@ -17,6 +17,11 @@ const MIGRATIONS: Migrations = &[(1, include_str!("../../migrations/postgres/000
 /// on a new database must not both apply version 1. (Any constant; this one spells "fluxd".)
 const MIGRATION_LOCK: i64 = 0x66_6c75_7864;
 
+/// The schema version this build writes.
+pub(crate) fn newest() -> i64 {
+    crate::sql::newest(MIGRATIONS)
+}
+
 /// Brings the schema (in the connection's `search_path`) to the newest version. PostgreSQL's DDL
 /// is transactional: a migration applies whole or not at all.
 pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {

@@ -91,6 +91,11 @@ pub(crate) const RECORD_VERSION: &str =
 /// A backend's schema versions, in order: (version, SQL).
 pub(crate) type Migrations = &'static [(i64, &'static str)];
 
+/// The newest version of `all` (0 for none).
+pub(crate) fn newest(all: Migrations) -> i64 {
+    all.last().map_or(0, |(version, _)| *version)
+}
+
 /// The migrations of `all` that a database at version `current` (None: a new database) still
 /// needs, in order; a database written by a newer build is refused.
 pub(crate) fn pending_migrations(
@@ -98,7 +103,7 @@ pub(crate) fn pending_migrations(
     current: Option<i64>,
 ) -> Result<Migrations, StoreError> {
     let current = current.unwrap_or(0);
-    let supported = all.last().map_or(0, |(version, _)| *version);
+    let supported = newest(all);
     if current > supported {
         return Err(StoreError::SchemaTooNew {
             found: current,

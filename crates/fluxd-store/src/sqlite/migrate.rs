@@ -20,6 +20,11 @@ const MIGRATIONS: Migrations = &[
     ),
 ];
 
+/// The schema version this build writes.
+pub(crate) fn newest() -> i64 {
+    crate::sql::newest(MIGRATIONS)
+}
+
 /// Brings the schema to the newest version. `BEGIN IMMEDIATE` takes the write lock first, so two
 /// processes opening the same new file cannot both apply a migration.
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {

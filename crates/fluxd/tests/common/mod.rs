@@ -241,7 +241,15 @@ pub fn try_request_with(
 }
 
 pub fn create_key(data: &Path, tenant: &str) -> String {
-    let out = fluxd(&["keys", "create", "--tenant", tenant, "--data-dir", s(data)]);
+    create_key_with(data, tenant, &[])
+}
+
+/// A key of `tenant`, made with the extra `fluxd keys create` arguments `extra` (a
+/// `--database`, say).
+pub fn create_key_with(data: &Path, tenant: &str, extra: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--tenant", tenant, "--data-dir", s(data)];
+    args.extend_from_slice(extra);
+    let out = fluxd(&args);
     out.lines().last().expect("key line").trim().to_owned()
 }
 
@@ -491,6 +499,32 @@ impl Receiver {
             .map(|l| serde_json::from_str(l).expect("record line"))
             .collect()
     }
+
+    /// Waits until every task in `ids` has a verified delivery that was answered 200, or until
+    /// `deadline`; the deliveries then.
+    pub fn wait_for_verified<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str> + Clone,
+        deadline: std::time::Instant,
+    ) -> Vec<Value> {
+        loop {
+            let deliveries = self.deliveries();
+            let verified = verified_tasks(&deliveries);
+            if ids.clone().all(|id| verified.contains(id)) || std::time::Instant::now() > deadline {
+                return deliveries;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The tasks among the receiver's `deliveries` with a verified delivery answered 200.
+pub fn verified_tasks(deliveries: &[Value]) -> std::collections::HashSet<&str> {
+    deliveries
+        .iter()
+        .filter(|d| d["ok"] == true && d["answered"] == 200)
+        .filter_map(|d| d["task_id"].as_str())
+        .collect()
 }
 
 /// Submits `body` with `key`, asserts it was accepted, and polls it to its final status.
@@ -525,4 +559,29 @@ pub fn sample_bytes(server: &Server, done: &Value) -> Vec<u8> {
     let image = server.get(target, None);
     assert_eq!(image.status, 200);
     image.body
+}
+
+/// Splits an `http://authority/target` URL.
+pub fn split_url(url: &str) -> (&str, &str) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    rest.split_at(rest.find('/').unwrap_or(rest.len()))
+}
+
+/// GETs an `http://` URL without a key.
+pub fn download(url: &str) -> Reply {
+    let (authority, target) = split_url(url);
+    request(authority, "GET", target, None, b"")
+}
+
+/// The object under `key` in the blob store at `blobs` (a bucket, say), read with fluxd's own
+/// client.
+pub fn object(blobs: &str, key: &str) -> Vec<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(async { fluxd_store::BlobStore::from_url(blobs)?.get(key).await })
+        .expect("the object is in the store")
+        .to_vec()
 }
