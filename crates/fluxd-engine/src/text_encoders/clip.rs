@@ -10,6 +10,7 @@ use super::encoder_layer::{EncoderLayer, LayerDims, LayerNames, Scale, CLIP_LAYE
 use super::{apply, check_ids, layer_norm, read_config, Act};
 use crate::error::{EngineError, Result};
 use crate::model_dir::{clip_weights_file, BundledWeights, CLIP_KEY};
+use crate::quant::LinearWeight;
 use crate::tensor_source::{FileTensors, Renamed, TensorSource};
 use crate::tiny_init::{write_json, write_safetensors, InitRng, TensorMap};
 use crate::weights::WeightFiles;
@@ -93,7 +94,9 @@ impl ClipConfig {
 pub struct ClipTextEncoder {
     cfg: ClipConfig,
     act: Act,
-    token_embedding: Tensor,
+    /// The token embedding table (quantized in GGUF files: rows are dequantized as looked up,
+    /// as T5's are).
+    token_embedding: LinearWeight,
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
     final_ln: candle_nn::LayerNorm,
@@ -149,12 +152,14 @@ impl ClipTextEncoder {
         let act = Act::parse(&cfg.hidden_act, &dir.join("config.json"))?;
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let p = "text_model";
-        let token_embedding = w.get(
-            &format!("{p}.embeddings.token_embedding.weight"),
-            &[cfg.vocab_size, h],
-            dtype,
-            device,
-        )?;
+        let token_embedding = w
+            .get_weight(
+                &format!("{p}.embeddings.token_embedding.weight"),
+                &[cfg.vocab_size, h],
+                dtype,
+                device,
+            )?
+            .upcast_fp8(dtype)?;
         let position_embedding = w.get(
             &format!("{p}.embeddings.position_embedding.weight"),
             &[cfg.max_position_embeddings, h],
@@ -206,7 +211,7 @@ impl ClipTextEncoder {
         let ids = ids_u32(input_ids, self.cfg.vocab_size)?.to_device(&self.device)?;
         let tok = self
             .token_embedding
-            .index_select(&ids.flatten_all()?, 0)?
+            .rows(&ids.flatten_all()?, self.dtype)?
             .reshape((b, l, self.cfg.hidden_size))?;
         let mut x = tok.broadcast_add(&self.position_embedding.i(..l)?)?;
         let mask = causal_mask(l, self.dtype, &self.device)?;
