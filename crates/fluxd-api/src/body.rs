@@ -44,9 +44,10 @@ fn not_an_object(input: Value) -> ValidationError {
 
 /// A JSON object body being validated, collecting errors field by field.
 ///
-/// The field methods return the validated value, or a placeholder (the default, `None`, or
-/// `T::default()`) once the field's error is recorded; [`Body::finish`] fails whenever any error
-/// was recorded, so placeholders never leave a parser.
+/// The field methods return the validated value, or a stand-in (the default, `None`, or
+/// `T::default()`) once the field's error is recorded, so validation goes on and reports every bad
+/// field at once as FastAPI does; [`Body::finish`] fails whenever any error was recorded, so a
+/// stand-in never leaves a parser.
 pub(crate) struct Body {
     fields: Vec<(String, Json)>,
     errors: Vec<ValidationError>,
