@@ -33,7 +33,7 @@ cargo build --quiet --release -p fluxd-engine --example write_random_gguf
 bench=scripts/reference/gguf_bench.py
 for ty in $TYPES; do
   d="$work/$ty"; mkdir -p "$d"
-  ./target/release/examples/write_random_gguf "$d/flux.gguf" "$ty" "$DOUBLE" "$SINGLE" 2>/dev/null
+  ./target/release/examples/write_random_gguf flux "$d/flux.gguf" "$ty" "$DOUBLE" "$SINGLE" 2>/dev/null
   for k in exact int8; do
     RAYON_NUM_THREADS=$THREADS ./target/release/fluxd bench --transformer "$d/flux.gguf" \
       --width "$W" --height "$H" --max-sequence-length "$TXT" --runs "$RUNS" --cpu-kernels "$k" \

@@ -7,6 +7,7 @@
 # exports what candle's build scripts read:
 #   CUDA_HOME        the toolkit root (cudarc's linker search path, cudaforge's nvcc)
 #   PATH             with its bin/ first (cudarc runs `nvcc --version` to pick its API version)
+#   CUDAFORGE_THREADS every core unless set: how many nvcc candle-kernels' build runs at once
 #   CUDA_COMPUTE_CAP 90 unless set: candle-kernels then compiles for compute_90a/sm_90a (Hopper:
 #                    H100, H200) and nothing else; there is no GPU here to ask.
 #
@@ -108,3 +109,7 @@ fluxd_cuda_install || return 1 2>/dev/null || exit 1
 export CUDA_HOME="$FLUXD_CUDA_HOME"
 export PATH="$CUDA_HOME/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+# candle-kernels' build script compiles its .cu files through cudaforge, which runs nvcc on half
+# the cores unless told otherwise: one nvcc at a time on a 2-core CI machine, while nothing else can
+# build (candle-core waits for those kernels). Every core, then.
+export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue J): fluxd against diffusers on a random FLUX.1-dev-shaped model,
-# 1024x1024, 28 steps, bf16, in one call of the device tool, then a table.
+# 1024x1024, 28 steps, bf16, in one call of the device tool, then fluxd once more with the same
+# transformer quantized to GGUF Q8_0 (by `fluxd model quantize`, as issue G's users hold it), then
+# a table.
 #
 # Here, first: scripts/gpu-check-prepare.sh (builds the CUDA binary, fetches the wheels, dry-runs
 # this script). On the GPU machine, from the repo root, with target/gpu-carry carried:
@@ -86,6 +88,23 @@ timeout 240 "$py" scripts/gpu/diffusers_bench.py "$work/model" "$W" "$H" "$STEPS
 kill "$sampler" 2>/dev/null || true
 cat "$out/diffusers.json"
 
+# Last, so a slow quantization never costs the bf16 comparison above.
+log "fluxd ${W}x${H}, $STEPS steps, transformer in GGUF Q8_0 on $dev"
+if timeout 150 "$work/fluxd" model quantize "$work/model/transformer" "$work/q8_0.gguf" \
+    --type Q8_0 2> "$out/quantize.log"; then
+    tail -n 1 "$out/quantize.log"
+    sample_mem "$out/fluxd_q8_0_mem.txt" & sampler=$!
+    timeout 200 "$work/fluxd" bench --model "$work/model" --transformer "$work/q8_0.gguf" \
+        --device "$dev" --dtype bf16 --width "$W" --height "$H" --steps "$STEPS" --runs 1 \
+        --max-sequence-length "$MSL" > "$out/fluxd_q8_0.json" 2> "$out/fluxd_q8_0.log" \
+        || { echo "fluxd Q8_0 failed:"; tail -n 30 "$out/fluxd_q8_0.log"; }
+    kill "$sampler" 2>/dev/null || true
+    cat "$out/fluxd_q8_0.json"
+else
+    echo "quantizing failed:"; tail -n 30 "$out/quantize.log"
+fi
+
 log "table ($(uname -n), $mode)"
 "$py" scripts/gpu/table.py "$out/fluxd.json" "$out/diffusers.json" \
-    "$out/fluxd_mem.txt" "$out/diffusers_mem.txt" "$STEPS"
+    "$out/fluxd_mem.txt" "$out/diffusers_mem.txt" "$STEPS" \
+    "$out/fluxd_q8_0.json" "$out/fluxd_q8_0_mem.txt"

@@ -12,7 +12,9 @@ mod read;
 pub mod t5;
 pub mod write;
 
-pub use quantize::{default_output, quantize_model, write_random_flux, QuantizeReport};
+pub use quantize::{
+    default_output, quantize_model, write_random_flux, write_random_t5, QuantizeReport,
+};
 pub use read::GgufFile;
 pub use write::{encode, write_gguf, GgufTensor, MetaValue, QuantPolicy};
 

@@ -268,15 +268,16 @@ fn write_t5(
     convert("T5 encoder", meta, entries, &src, output, on_tensor)
 }
 
-/// Random weights of a FLUX transformer of any size, drawn one tensor at a time (each from its
-/// own stream of `InitRng::new(seed, "transformer/<name>")`, the same distributions as
-/// `transformer::random_canonical_weights`), so that full-size files for benchmarks are written
-/// without holding the model in memory.
-struct RandomFlux {
+/// Random weights for a model of any size, drawn one tensor at a time (each from its own stream
+/// of `InitRng::new(seed, "<model>/<name>")`; for the transformer the same distributions as
+/// `transformer::random_canonical_weights`), so that full-size files for benchmarks and memory
+/// checks are written without holding the model in memory.
+struct RandomWeights {
     seed: u64,
+    model: &'static str,
 }
 
-impl TensorSource for RandomFlux {
+impl TensorSource for RandomWeights {
     fn get(
         &self,
         name: &str,
@@ -284,10 +285,13 @@ impl TensorSource for RandomFlux {
         _: DType,
         _: &Device,
     ) -> Result<candle_core::Tensor> {
-        let mut rng = InitRng::new(self.seed, &format!("transformer/{name}"));
+        let mut rng = InitRng::new(self.seed, &format!("{}/{name}", self.model));
         match shape {
             [out, inp] => rng.linear_weight(*out, *inp),
-            _ if name.ends_with(".scale") => rng.normal_tensor(shape, 1.0, 0.1),
+            // Norm scales near 1: FLUX's RMSNorm `.scale`, T5's `layer_norm.weight`.
+            _ if name.ends_with(".scale") || name.ends_with("norm.weight") => {
+                rng.normal_tensor(shape, 1.0, 0.1)
+            }
             _ => rng.normal_tensor(shape, 0.0, 0.02),
         }
     }
@@ -307,7 +311,24 @@ pub fn write_random_flux(
     on_tensor: &mut dyn FnMut(usize, usize),
 ) -> Result<QuantizeReport> {
     cfg.validate().map_err(EngineError::InvalidInput)?;
-    write_flux(cfg, &RandomFlux { seed }, output, target, on_tensor)
+    let src = RandomWeights {
+        seed,
+        model: "transformer",
+    };
+    write_flux(cfg, &src, output, target, on_tensor)
+}
+
+/// Writes a random T5 encoder of config `cfg` as a llama.cpp `t5encoder` GGUF file (city96's
+/// T5-XXL layout), matrices in `target`, one tensor at a time (full-size checks).
+pub fn write_random_t5(
+    output: &Path,
+    cfg: &T5Config,
+    seed: u64,
+    target: GgmlDType,
+    on_tensor: &mut dyn FnMut(usize, usize),
+) -> Result<QuantizeReport> {
+    let src = RandomWeights { seed, model: "t5" };
+    write_t5(cfg, &src, output, target, on_tensor)
 }
 
 /// The default output name next to `input`: `<stem>-<TYPE>.gguf`.

@@ -166,8 +166,34 @@ pub fn write_gguf(
 /// `t` (any float dtype, CPU) encoded as `ty` blocks, with candle's quantizers (ports of ggml's
 /// `quantize_row_*_ref`).
 pub fn encode(t: &Tensor, ty: GgmlDType) -> Result<Vec<u8>> {
-    let q = QTensor::quantize(&t.to_dtype(candle_core::DType::F32)?, ty)?;
-    Ok(q.data()?.into_owned())
+    encode_in_bands(t, ty, BAND_ELEMS)
+}
+
+/// Values of one band of rows that [`encode`] quantizes on one core: a FLUX.1-dev matrix
+/// (3072 × 12288) is a few dozen bands, and quantizing a 12 B model takes the cores, not one.
+const BAND_ELEMS: usize = 1 << 20;
+
+/// [`encode`] a band of whole rows (of about `band` values) at a time, the bands in parallel.
+/// Blocks never cross a row, so the bands' bytes, joined in order, are the whole tensor's.
+fn encode_in_bands(t: &Tensor, ty: GgmlDType, band: usize) -> Result<Vec<u8>> {
+    use rayon::prelude::*;
+    let t = t.to_dtype(candle_core::DType::F32)?;
+    let rows = t.dims().first().copied().unwrap_or(1);
+    let per_row = t.elem_count() / rows.max(1);
+    let band_rows = (band / per_row.max(1)).max(1);
+    if t.rank() < 2 || band_rows >= rows {
+        return Ok(QTensor::quantize(&t, ty)?.data()?.into_owned());
+    }
+    let starts: Vec<usize> = (0..rows).step_by(band_rows).collect();
+    let parts = starts
+        .into_par_iter()
+        .map(|r0| {
+            // A copy, not a view: candle quantizes a tensor's whole storage, whatever its layout.
+            let part = t.narrow(0, r0, band_rows.min(rows - r0))?.force_contiguous()?;
+            Ok(QTensor::quantize(&part, ty)?.data()?.into_owned())
+        })
+        .collect::<Result<Vec<Vec<u8>>>>()?;
+    Ok(parts.concat())
 }
 
 /// Which type each tensor of a converted model gets.
@@ -235,6 +261,20 @@ mod tests {
     use super::*;
     use crate::gguf::GgufFile;
     use candle_core::{DType, Device};
+
+    /// Quantizing in bands of rows gives the bytes of quantizing the whole tensor, for a block
+    /// type and a K-quant (rows of 512: two super-blocks).
+    #[test]
+    fn bands_give_the_whole_tensors_bytes() -> Result<()> {
+        let t = Tensor::randn(0f32, 1.0, (37, 512), &Device::Cpu)?;
+        for ty in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::BF16] {
+            let whole = QTensor::quantize(&t, ty)?.data()?.into_owned();
+            let banded = encode_in_bands(&t, ty, 5 * 512)?;
+            assert_eq!(banded.len(), whole.len(), "{ty:?}");
+            assert!(banded == whole, "{ty:?}: the bands' bytes differ");
+        }
+        Ok(())
+    }
 
     #[test]
     fn written_files_read_back() -> Result<()> {

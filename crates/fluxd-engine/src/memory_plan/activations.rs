@@ -2,9 +2,8 @@
 //! forward pass keeps alive at its peak. The counts follow the code that runs: the fused f32 CPU
 //! path (`transformer/cpu.rs`: one set of work buffers, attention by blocks of query rows) or the
 //! candle-ops path (`transformer/blocks.rs`: per-op tensors, and `attention::sdpa`, which keeps
-//! at most `SCORE_BUDGET` f32 scores alive), the VAE's strip-wise im2col on the CPU
-//! (`vae/blocks.rs`) or candle's whole-image im2col `conv2d` elsewhere — the term that dominates
-//! a GPU's working memory at large sizes.
+//! at most `SCORE_BUDGET` f32 scores alive), and the VAE's convolutions a strip of rows at a time
+//! (`vae/blocks.rs`: the fused CPU im2col, or candle's `conv2d` on strips elsewhere).
 
 use candle_core::DType;
 
@@ -124,17 +123,12 @@ pub fn transformer(cfg: &FluxConfig, w: Workload, dtype: DType, path: Path, fp8:
 
 /// Peak working memory of the VAE decoder at the workload's image size: the top level's
 /// feature maps (`block_out_channels[1]` channels coming in, a few `[0]`-channel ones) beside
-/// the larger of the convolution's unfolded input — a 64 MiB strip (`strips`, the CPU path),
-/// else the whole image (candle's `conv2d`) — and the mid block's attention over the lowest
-/// level's pixels (its normalized input, q, k, v and what `attention::sdpa` allocates in chunks of
-/// `ATTN_CHUNK_ELEMS` scores). On the CPU the convolutions run in f32 whatever the dtype.
-pub fn vae(
-    block_out_channels: &[usize],
-    w: Workload,
-    dtype: DType,
-    cpu: bool,
-    strips: bool,
-) -> u64 {
+/// the larger of the convolution's unfolded input — a 64 MiB f32 strip on the CPU, a strip of
+/// `DEVICE_STRIP_ELEMS` values in the model's dtype elsewhere, beside the strips' outputs that wait
+/// to be joined — and the mid block's attention over the lowest level's pixels (its normalized
+/// input, q, k, v and what `attention::sdpa` allocates in chunks of `ATTN_CHUNK_ELEMS` scores). On
+/// the CPU the convolutions run in f32 whatever the dtype.
+pub fn vae(block_out_channels: &[usize], w: Workload, dtype: DType, cpu: bool) -> u64 {
     let hw = (w.width * w.height) as u64;
     let c0 = block_out_channels.first().copied().unwrap_or(128) as u64;
     let c1 = block_out_channels.get(1).copied().unwrap_or(c0 as usize) as u64;
@@ -158,10 +152,10 @@ pub fn vae(
             crate::vae::blocks::ATTN_CHUNK_ELEMS,
             cpu,
         );
-    let unfold = if strips {
-        (1u64 << 24) * 4
+    let unfold = if cpu {
+        crate::vae::blocks::IM2COL_STRIP_ELEMS as u64 * 4
     } else {
-        hw * 9 * c1 * b + hw * c0 * b
+        crate::vae::blocks::DEVICE_STRIP_ELEMS as u64 * b + hw * c0 * b
     };
     maps + unfold.max(attention)
 }

@@ -229,8 +229,7 @@ fn vae(paths: &ModelPaths, opts: &PlanOptions) -> Result<ComponentPlan> {
     // Only the decoder is loaded.
     let inv = inv.only(&["decoder.", "post_quant_conv."]);
     let cpu = opts.device == PlanDevice::Cpu;
-    let strips = cpu || !opts.vae_whole_image_unfold;
-    let working = activations::vae(&boc, opts.workload, opts.dtype, cpu, strips);
+    let working = activations::vae(&boc, opts.workload, opts.dtype, cpu);
     let weights = encoder_weights(&inv, opts.dtype);
     Ok(line("VAE decoder", opts.device, &inv, weights, working))
 }

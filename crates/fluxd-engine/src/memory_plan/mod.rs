@@ -78,9 +78,6 @@ pub struct PlanOptions {
     /// How the transformer's attention holds its scores on the candle-ops path (the engine's
     /// blocked attention, at most `SCORE_BUDGET` f32 scores).
     pub attention: Attention,
-    /// Whether the VAE's convolutions unfold the whole image at once off the CPU (candle's
-    /// `conv2d`, today) rather than a strip at a time.
-    pub vae_whole_image_unfold: bool,
 }
 
 impl PlanOptions {
@@ -93,7 +90,6 @@ impl PlanOptions {
             weights: WeightsDtype::Auto,
             workload,
             attention: Attention::ScoreBudget(crate::attention::SCORE_BUDGET),
-            vae_whole_image_unfold: true,
         }
     }
 

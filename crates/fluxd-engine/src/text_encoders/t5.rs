@@ -63,6 +63,18 @@ impl Default for T5Config {
 }
 
 impl T5Config {
+    /// Google's T5 v1.1 XXL encoder, FLUX.1's `text_encoder_2` (its `config.json`).
+    pub fn xxl() -> Self {
+        Self {
+            d_model: 4096,
+            d_ff: 10240,
+            num_layers: 24,
+            num_heads: 64,
+            feed_forward_proj: "gated-gelu".into(),
+            ..Self::default()
+        }
+    }
+
     /// Reads `config.json` from a component folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let (path, value) = read_config(dir)?;

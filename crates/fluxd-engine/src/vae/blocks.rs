@@ -22,7 +22,11 @@ pub(crate) struct Conv {
 
 /// Elements of one unfolded (im2col) strip: 64 MiB in f32, so a 1024² decode (128 channels,
 /// 1152 rows per pixel) unfolds a few dozen image rows at a time instead of 4.8 GB at once.
-const IM2COL_STRIP_ELEMS: usize = 1 << 24;
+pub(crate) const IM2COL_STRIP_ELEMS: usize = 1 << 24;
+
+/// Elements of one unfolded strip for candle's `conv2d` (the GPU path): 256 MiB in bf16, few
+/// enough strips (a dozen at 1440²) that launching them costs nothing next to the convolutions.
+pub(crate) const DEVICE_STRIP_ELEMS: usize = 1 << 27;
 
 impl Conv {
     pub(crate) fn load(src: &Source, name: &str, out: usize, inp: usize, k: usize) -> Result<Self> {
@@ -68,23 +72,7 @@ impl Conv {
             return Ok(y.to_dtype(x.dtype())?);
         }
         if !fused {
-            let x = if up > 1 {
-                x.upsample_nearest2d(ho, wo)?
-            } else {
-                x.clone()
-            };
-            let kernel = self.weight_mat.reshape((out, c, self.k, self.k))?;
-            let y = if x.device().is_cpu() && x.dtype() != DType::F32 {
-                // candle's CPU conv2d has no bf16/f16 kernel. A GPU multiplies the 16-bit
-                // values with f32 accumulation and rounds the result once; so does this (the
-                // 16-bit values are exact in f32).
-                x.to_dtype(DType::F32)?
-                    .conv2d(&kernel.to_dtype(DType::F32)?, self.k / 2, 1, 1, 1)?
-                    .to_dtype(x.dtype())?
-            } else {
-                x.conv2d(&kernel, self.k / 2, 1, 1, 1)?
-            };
-            return Ok(y.broadcast_add(&self.bias.reshape((1, out, 1, 1))?)?);
+            return self.forward_candle(x, up, DEVICE_STRIP_ELEMS);
         }
         let x = x.contiguous()?;
         let mut images = Vec::with_capacity(b);
@@ -116,6 +104,55 @@ impl Conv {
         } else {
             Tensor::cat(&images, 0)?
         })
+    }
+
+    /// candle's own `conv2d` (every device but the fused CPU path) on strips of output rows
+    /// whose unfolded input holds at most `strip_elems` values.
+    fn forward_candle(&self, x: &Tensor, up: usize, strip_elems: usize) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (ho, wo) = (h * up, w * up);
+        let out = self.weight_mat.dim(0)?;
+        // candle's `conv2d` unfolds its whole input (im2col: C·k·k values per output pixel,
+        // 9.6 GB for a 1440² decode's 256-channel level in bf16), so it runs on strips of
+        // output rows, each with the k/2 rows around it; the upsampling is done per strip.
+        let kernel = self.weight_mat.reshape((out, c, self.k, self.k))?;
+        let pad = self.k / 2;
+        let kk = self.k * self.k;
+        let rows = (strip_elems / (b * c * kk * wo).max(1)).clamp(1, ho);
+        let mut strips = Vec::with_capacity(ho.div_ceil(rows));
+        let mut r0 = 0;
+        while r0 < ho {
+            let n = rows.min(ho - r0);
+            // Rows lo..hi of the upsampled input feed output rows r0..r0+n; zero padding
+            // stands in for the rows beyond the image, as it does for the whole image.
+            let (lo, hi) = (r0.saturating_sub(pad), (r0 + n + pad).min(ho));
+            let (src_lo, src_hi) = (lo / up, hi.div_ceil(up));
+            let src = x.narrow(2, src_lo, src_hi - src_lo)?;
+            let seg = if up > 1 {
+                src.upsample_nearest2d((src_hi - src_lo) * up, wo)?
+                    .narrow(2, lo - src_lo * up, hi - lo)?
+            } else {
+                src
+            };
+            let y = if seg.device().is_cpu() && seg.dtype() != DType::F32 {
+                // candle's CPU conv2d has no bf16/f16 kernel. A GPU multiplies the 16-bit
+                // values with f32 accumulation and rounds the result once; so does this
+                // (the 16-bit values are exact in f32).
+                seg.to_dtype(DType::F32)?
+                    .conv2d(&kernel.to_dtype(DType::F32)?, pad, 1, 1, 1)?
+                    .to_dtype(seg.dtype())?
+            } else {
+                seg.conv2d(&kernel, pad, 1, 1, 1)?
+            };
+            strips.push(y.narrow(2, r0 - lo, n)?);
+            r0 += n;
+        }
+        let y = if strips.len() == 1 {
+            strips.remove(0)
+        } else {
+            Tensor::cat(&strips, 2)?
+        };
+        Ok(y.broadcast_add(&self.bias.reshape((1, out, 1, 1))?)?)
     }
 }
 
@@ -483,5 +520,49 @@ impl UpBlock {
             x = conv.forward_up(&x, 2)?;
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::Conv;
+    use crate::error::Result;
+
+    /// candle's `conv2d` on strips of rows (each with the rows around it, the upsampling done
+    /// per strip) gives the whole image's result. What the strips save is candle's im2col buffer,
+    /// which its CUDA `conv2d` allocates for the whole input (`cuda_backend` `USE_IM2COL_CONV2D`)
+    /// and its CPU `conv2d` never does, so it is not measurable here.
+    #[test]
+    fn strips_give_the_whole_images_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        let (out, c, h, w) = (8, 16, 40, 24);
+        for k in [1, 3] {
+            let conv = Conv {
+                weight_mat: Tensor::randn(0f32, 0.1, (out, c * k * k), &dev)?,
+                bias: Tensor::randn(0f32, 1.0, (out, 1), &dev)?,
+                k,
+            };
+            let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev)?;
+            for up in [1, 2] {
+                let whole = conv.forward_candle(&x, up, usize::MAX)?;
+                assert_eq!(whole.dims(), [2, out, h * up, w * up]);
+                // One row per strip, then 7 and 13 (strips that end mid-way and at an edge).
+                for rows in [1, 7, 13] {
+                    let strip = 2 * c * k * k * w * up * rows;
+                    let strips = conv.forward_candle(&x, up, strip)?;
+                    // Each output value is the same dot product both ways; only the matrix
+                    // product's blocking may differ: f32 rounding at most.
+                    let diff = (&strips - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    let scale = whole.abs()?.max_all()?.to_scalar::<f32>()?;
+                    assert!(
+                        diff <= scale * 1e-6,
+                        "k {k}, up {up}, {rows} rows: differ by {diff} (of {scale})"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
