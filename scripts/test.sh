@@ -38,8 +38,7 @@ cargo test --workspace --locked "$@"
 # safety classifier is left out: it runs in f32 on every device (fluxd-server's engine.rs), with
 # no CPU-only kernel, so the first run already covers it. GGUF weights run there through candle's
 # quantized matmul with bf16 activations (rounded to 8-bit blocks), the CPU side of what CUDA runs.
-# These test targets exist only in fluxd-engine. This selection still compiles candle and a few
-# crates once more (about 2 minutes of CI): its feature set differs from the first run's in a way
-# not yet found.
+# These test targets exist only in fluxd-engine. The selection reuses the first run's build
+# (Cargo.toml's `profile.dev.build-override` keeps it from compiling candle again).
 FLUXD_TEST_PATH=gpu cargo test --workspace --locked --test pipeline_reference \
-  --test lora_reference --test redux_reference --test gguf_reference
+  --test lora_reference --test redux_reference --test gguf_reference --test fp8_reference
