@@ -26,6 +26,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod body;
+mod control;
 mod endpoint;
 mod error;
 mod generation;
@@ -38,6 +39,9 @@ mod response;
 mod ultra;
 
 pub use body::{is_json_content_type, not_json_error};
+pub use control::{
+    parse_cancel_request, CancelRequest, CancelResponse, CreditsResponse, CANCELLED_DETAILS,
+};
 pub use endpoint::{
     endpoint_table_markdown, Endpoint, EndpointSpec, Setting, SizeRule, ENDPOINTS, RAW_GUIDANCE,
     SERVER_GUIDANCE, SERVER_STEPS, UNSERVED_ENDPOINTS,

@@ -30,9 +30,9 @@ pub use secret::{SharedSecret, SHARED_SECRET_LEN};
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
 pub use store::{Result, Store};
 pub use types::{
-    Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
-    ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, TaskRecord, TaskState, TaskStatus,
-    WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS,
+    CancelOutcome, Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo,
+    KeyRecord, ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, TaskRecord, TaskState,
+    TaskStatus, WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS,
     WEBHOOK_STATUSES,
 };
 pub use url::{open_store, DatabaseUrl};

@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind, NewKey,
-    NewTask, NewWebhook, ReadyRecord, SharedSecret, StoreError, TaskRecord, Wakeups,
-    WebhookDelivery, WebhookRecord,
+    CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, StoreError, TaskRecord,
+    Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// Shorthand for the store's results.
@@ -103,6 +103,22 @@ pub trait Store: Send + Sync {
         retryable: bool,
         webhook: Option<NewWebhook>,
     ) -> Result<ErrorOutcome>;
+
+    /// Cancels the tenant's task. A queued task (no worker holds its lease) becomes `Error` with
+    /// `details` at once, with `webhook` queued in the same transaction; a running one is marked
+    /// for its worker, which finishes it the same way ([`CancelOutcome::Requested`]). Marking
+    /// again is harmless. A final task, or none of the tenant's, changes nothing.
+    async fn cancel_task(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        details: String,
+        webhook: Option<NewWebhook>,
+    ) -> Result<CancelOutcome>;
+
+    /// Whether the client asked to cancel the task `worker_id` runs (workers ask between
+    /// steps); [`StoreError::LeaseLost`] if the worker no longer holds it.
+    async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool>;
 
     /// The tenant's task, or None if it does not exist, expired, or belongs to another tenant.
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>>;

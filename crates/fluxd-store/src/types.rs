@@ -120,6 +120,9 @@ pub struct ClaimedTask {
     pub max_attempts: u32,
     /// When the task was submitted.
     pub created_at: SystemTime,
+    /// The client asked to cancel it while an earlier run held it (that run's worker stopped
+    /// before finishing it): finish it as cancelled instead of running it.
+    pub cancel_requested: bool,
 }
 
 /// What [`Store::claim_next`](crate::Store::claim_next) hands out.
@@ -141,6 +144,21 @@ impl Claim {
             Self::Run(task) | Self::Exhausted(task) => task,
         }
     }
+}
+
+/// Result of [`Store::cancel_task`](crate::Store::cancel_task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was queued (no worker held it): it is `Error` now, and its webhook is in the
+    /// outbox, in the same transaction.
+    Cancelled,
+    /// A worker runs it: it is marked, and the worker, which checks the mark between steps,
+    /// stops it and finishes it `Error` (see [`Store::cancel_requested`](crate::Store::cancel_requested)).
+    Requested,
+    /// The task had already reached this final status; nothing changed.
+    Final(TaskStatus),
+    /// The tenant has no such task (unknown, expired, or another tenant's).
+    NotFound,
 }
 
 /// A finished generation.

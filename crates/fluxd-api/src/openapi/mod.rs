@@ -19,6 +19,7 @@ use utoipa::openapi::{
 };
 use utoipa::OpenApi;
 
+use crate::control::{CancelRequest, CancelResponse};
 use crate::endpoint::{Endpoint, ENDPOINTS};
 use crate::error::{ErrorDetail, LocItem, ValidationError, ValidationErrors};
 use crate::generation::{FluxDevRequest, FluxPro11Request, FluxProRequest};
@@ -59,6 +60,8 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
         MyFinetunesResponse,
         FinetuneDetailsResponse,
         DeleteFinetuneResponse,
+        CancelRequest,
+        CancelResponse,
         HealthStatus,
         ValidationErrors,
         ValidationError,
@@ -77,8 +80,8 @@ enum Fails {
     Auth,
     /// 404 with this description.
     NotFound(&'static str),
-    /// 409: the fine-tune exists.
-    Conflict,
+    /// 409 with this description.
+    Conflict(&'static str),
     /// 413: the body is over the limit.
     TooLarge,
     /// 422 in pydantic's shape.
@@ -249,7 +252,36 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                 "200",
                 json_response("Successful Response", "FinetuneDetailsResponse"),
             ),
-            vec![Unreadable, Auth, Conflict, TooLarge, InvalidOrUnusable, Unavailable],
+            vec![
+                Unreadable,
+                Auth,
+                Conflict("A fine-tune of that name exists"),
+                TooLarge,
+                InvalidOrUnusable,
+                Unavailable,
+            ],
+        ),
+        (
+            "/v1/cancel".to_owned(),
+            HttpMethod::Post,
+            authed(
+                "cancel",
+                "Cancel a task (ours)",
+                "A queued task never runs: it ends `Error` at once. A running one stops between \
+                 two denoising steps, within about a second, and ends `Error`. `details` says it \
+                 was cancelled, and its webhook fires.",
+            )
+            .request_body(Some(json_body("CancelRequest")))
+            .response("200", json_response("Successful Response", "CancelResponse")),
+            vec![
+                Unreadable,
+                Auth,
+                NotFound("Task not found (unknown, expired, or another key's)"),
+                Conflict("The task is already final"),
+                TooLarge,
+                Invalid,
+                Unavailable,
+            ],
         ),
         (
             "/healthz".to_owned(),
@@ -360,10 +392,7 @@ fn with_errors(mut builder: OperationBuilder, fails: &[Fails]) -> OperationBuild
                 json_response("Missing or invalid API key", "ErrorDetail"),
             ),
             Fails::NotFound(what) => builder.response("404", json_response(what, "ErrorDetail")),
-            Fails::Conflict => builder.response(
-                "409",
-                json_response("A fine-tune of that name exists", "ErrorDetail"),
-            ),
+            Fails::Conflict(what) => builder.response("409", json_response(what, "ErrorDetail")),
             Fails::TooLarge => builder.response(
                 "413",
                 json_response("Request body too large", "ErrorDetail"),

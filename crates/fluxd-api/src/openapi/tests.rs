@@ -60,6 +60,7 @@ fn endpoints_and_security() {
             ("/v1/finetune_details", "get"),
             ("/v1/delete_finetune", "post"),
             ("/v1/finetunes", "post"),
+            ("/v1/cancel", "post"),
         ]
         .map(|(p, m)| (p.to_owned(), m)),
     );
@@ -115,6 +116,10 @@ fn endpoints_and_security() {
         doc["paths"]["/v1/get_result"]["get"]["parameters"][0]["name"],
         json!("id")
     );
+    let cancel = &doc["paths"]["/v1/cancel"]["post"]["responses"];
+    for code in ["404", "409"] {
+        assert!(cancel[code].is_object(), "cancel {code}");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! server. The functions panic, like `assert!`, when the backend
 //! misbehaves, and return the store's own errors unchanged.
 
+mod cancel;
 mod keys;
 mod link;
 mod nodes;
@@ -20,6 +21,7 @@ use std::future::Future;
 
 use uuid::Uuid;
 
+pub use cancel::cancellation;
 pub use keys::{finetunes, keys};
 pub use link::FlakyLink;
 pub use nodes::{claims_across_stores, limit_across_stores, shared_secrets};
@@ -70,7 +72,8 @@ macro_rules! __store_checks {
             retryable_errors,
             expired_lease_is_reclaimable,
             retention,
-            outbox
+            outbox,
+            cancellation
         }
     };
 }

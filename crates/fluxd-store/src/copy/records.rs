@@ -129,6 +129,8 @@ pub struct TaskRow {
     pub updated_at: SystemTime,
     /// Finished at.
     pub finished_at: Option<SystemTime>,
+    /// The client asked to cancel it while it ran.
+    pub cancel_requested: bool,
 }
 
 /// A row of the webhook outbox, in any status.
@@ -273,6 +275,7 @@ impl Record {
                     created_at: rows::time(row, "created_at")?,
                     updated_at: rows::time(row, "updated_at")?,
                     finished_at: rows::opt_time(row, "finished_at")?,
+                    cancel_requested: row.boolean("cancel_requested")?,
                 })
             }
             RecordKind::Webhook => Self::Webhook(WebhookRow {

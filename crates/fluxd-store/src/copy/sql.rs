@@ -46,9 +46,9 @@ pub(crate) const INSERT_FINETUNE: &str = "INSERT INTO finetunes \
 pub(crate) const INSERT_TASK: &str = "INSERT INTO tasks \
     (id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, status, worker_id, \
      lease_until, attempts, max_attempts, progress, last_error, details, sample_key, prompt_used, \
-     seed_used, start_time, end_time, created_at, updated_at, finished_at) \
+     seed_used, start_time, end_time, created_at, updated_at, finished_at, cancel_requested) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-            $19, $20, $21, $22, $23) \
+            $19, $20, $21, $22, $23, $24) \
     ON CONFLICT (id) DO NOTHING";
 
 /// Inserts one outbox row unless there is one with that id.
@@ -121,7 +121,8 @@ macro_rules! insert_record {
                 .bind(t.end_time)
                 .bind(to_millis(t.created_at))
                 .bind(to_millis(t.updated_at))
-                .bind(opt_millis(t.finished_at)),
+                .bind(opt_millis(t.finished_at))
+                .bind(t.cancel_requested),
             Record::Webhook(w) => sqlx::query(INSERT_WEBHOOK)
                 .bind(w.id.to_string())
                 .bind(w.task_id.to_string())

@@ -11,6 +11,7 @@
 //! coalesced and off the write path; each store listens, and hands them to
 //! subscribers of [`Store::subscribe`](crate::Store::subscribe).
 
+mod cancel;
 pub(crate) mod copy;
 mod finetunes;
 mod keys;

@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::postgres::{finetunes, keys, tasks, webhooks, PostgresStore};
+use crate::postgres::{cancel, finetunes, keys, tasks, webhooks, PostgresStore};
 use crate::secret;
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
-    apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord, Wakeups,
-    WebhookDelivery, WebhookRecord,
+    apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord,
+    Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// The limit of a submit that has none: more than any key can reach.
@@ -152,6 +152,27 @@ impl Store for PostgresStore {
             Err(_) => {}
         }
         done
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
+    async fn cancel_task(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        details: String,
+        webhook: Option<NewWebhook>,
+    ) -> Result<CancelOutcome> {
+        let with_webhook = webhook.is_some();
+        let done = cancel::cancel(&self.pool, tenant, id, details, webhook).await;
+        if matches!(done, Ok(CancelOutcome::Cancelled)) {
+            self.completed(&done, with_webhook);
+        }
+        done
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool> {
+        cancel::requested(&self.pool, task_id, worker_id).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]

@@ -12,7 +12,7 @@ use crate::{
 macro_rules! claim_columns {
     () => {
         "id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, attempts, \
-         max_attempts, created_at"
+         max_attempts, created_at, cancel_requested"
     };
 }
 
@@ -128,6 +128,7 @@ pub(crate) fn claim(row: &impl ReadRow) -> Result<Claim, StoreError> {
         attempts: rows::count(row, "attempts")?,
         max_attempts: rows::count(row, "max_attempts")?,
         created_at: rows::time(row, "created_at")?,
+        cancel_requested: row.boolean("cancel_requested")?,
     };
     Ok(if task.attempts > task.max_attempts {
         tracing::warn!(task_id = %task.id, attempts = task.attempts, "task lost its worker too often");

@@ -18,6 +18,7 @@ const MIGRATIONS: Migrations = &[
         3,
         include_str!("../../migrations/sqlite/0003_shared_secrets.sql"),
     ),
+    (4, include_str!("../../migrations/sqlite/0004_cancel.sql")),
 ];
 
 /// The schema version this build writes.

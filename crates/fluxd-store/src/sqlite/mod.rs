@@ -5,6 +5,7 @@
 //! portable SQL (`RETURNING`, `ON CONFLICT DO NOTHING`) so a PostgreSQL backend can share their
 //! text.
 
+mod cancel;
 pub(crate) mod copy;
 mod finetunes;
 mod keys;

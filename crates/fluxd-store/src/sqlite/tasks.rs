@@ -483,7 +483,7 @@ fn expect_owned(rows_affected: u64, task_id: Uuid) -> Result<(), StoreError> {
     }
 }
 
-async fn enqueue_final_webhook(
+pub(super) async fn enqueue_final_webhook(
     conn: &mut SqliteConnection,
     task_id: Uuid,
     webhook: Option<NewWebhook>,

@@ -7,13 +7,13 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::secret;
-use crate::sqlite::{finetunes, keys, secrets, tasks, webhooks, SqliteStore};
+use crate::sqlite::{cancel, finetunes, keys, secrets, tasks, webhooks, SqliteStore};
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
-    apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord, WebhookDelivery,
-    WebhookRecord,
+    apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord,
+    WebhookDelivery, WebhookRecord,
 };
 
 #[async_trait]
@@ -149,6 +149,25 @@ impl Store for SqliteStore {
                 ))
             })
             .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
+    async fn cancel_task(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        details: String,
+        webhook: Option<NewWebhook>,
+    ) -> Result<CancelOutcome> {
+        let tenant = tenant.to_owned();
+        self.writer
+            .write(move |c| Box::pin(cancel::cancel(c, tenant, id, details, webhook)))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool> {
+        cancel::requested(&self.reads, task_id, worker_id.to_owned()).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]

@@ -1,0 +1,105 @@
+//! Our queue controls as users reach them, on the real `fluxd serve` over loopback HTTP:
+//! cancelling a queued and a running task (with their webhooks, verified by the receiver).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Polls `id` until `done(body)` holds (or panics after 30 s); the body then.
+fn poll_until(server: &Server, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let target = format!("/v1/get_result?id={id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = server.get(&target, Some(key)).json();
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cancel(server: &Server, key: &str, id: &str) -> Reply {
+    server.post_json("/v1/cancel", Some(key), &json!({ "id": id }))
+}
+
+#[test]
+fn cancel_stops_running_tasks_and_queued_ones_never_run() {
+    let data = scratch("cancel");
+    let key = create_key(&data, "acme");
+    let stranger = create_key(&data, "globex");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    let receiver = Receiver::start(data.join("deliveries.jsonl"), &["--any-final"]);
+    let server = Server::start(&data, &["--webhook-allow-private"]);
+    let submit = |n: usize, body: Value| {
+        let mut body = body;
+        body["webhook_url"] = json!(format!("{}/hook/{n}", receiver.base));
+        body["webhook_secret"] = json!(secret_for(n));
+        let reply = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()["id"].as_str().expect("id").to_owned()
+    };
+    // Long enough to be running when the cancel comes: 50 steps at 1440×1440. The second waits
+    // behind it (one worker).
+    let long = small_request(json!({"width": 1440, "height": 1440, "steps": 50}));
+    let running = submit(1, long.clone());
+    let queued = submit(2, long);
+    poll_until(&server, &key, &running, |b| {
+        b["progress"].as_f64().is_some_and(|p| p > 0.0)
+    });
+
+    // Not theirs: as unknown.
+    let reply = cancel(&server, &stranger, &running);
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json(), json!({"detail": "Task not found"}));
+
+    let reply = cancel(&server, &key, &queued);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json(), json!({"id": queued, "status": "Error"}));
+
+    let asked = Instant::now();
+    let reply = cancel(&server, &key, &running);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json(), json!({"id": running, "status": "Pending"}));
+    let stopped = poll_until(&server, &key, &running, |b| b["status"] != "Pending");
+    println!("cancel to Error of a running task: {:?}", asked.elapsed());
+    for body in [&stopped, &poll_until(&server, &key, &queued, |_| true)] {
+        assert_eq!(body["status"], "Error", "{body}");
+        let details = body["details"]["error"].as_str().unwrap_or_default();
+        assert!(details.contains("cancelled"), "{body}");
+        assert_eq!(body["progress"], Value::Null);
+    }
+    let reply = cancel(&server, &key, &running);
+    assert_eq!(
+        reply.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+
+    // The worker is free at once: the long task was stopped, the queued one never started.
+    let done = submit_and_wait(&server, &key, &small_request(json!({"seed": 1})));
+    assert_eq!(done["status"], "Ready", "{done}");
+
+    // Both webhooks fire, verified by the receiver, with the cancelled status.
+    let ids = [running.as_str(), queued.as_str()];
+    let deliveries = receiver.wait_for_verified(
+        ids.iter().copied(),
+        Instant::now() + Duration::from_secs(30),
+    );
+    for id in ids {
+        let delivery = deliveries
+            .iter()
+            .find(|d| d["task_id"] == id && d["ok"] == true)
+            .unwrap_or_else(|| panic!("no verified webhook for {id}: {deliveries:?}"));
+        assert_eq!(delivery["status"], "Error", "{delivery}");
+    }
+}
