@@ -27,8 +27,9 @@ pub struct SubmitResponse {
     pub webhook_url: Option<String>,
     /// Absolute URL to poll: `<public base>/v1/get_result?id=<id>`.
     pub polling_url: String,
-    /// Credits charged, or null when credits are not configured (the reference's schema allows
-    /// null too).
+    /// What the task costs in credits (the endpoint's price for its output megapixels; charged
+    /// when the tenant has a balance, refunded if it ends `Error` or moderated), or null when
+    /// the endpoint has no price (the reference's schema allows null too).
     pub cost: Option<f64>,
     /// Megapixels of the image prompt, 0 without one.
     pub input_mp: f64,

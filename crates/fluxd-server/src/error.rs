@@ -98,6 +98,14 @@ pub enum ApiError {
         /// The key's limit.
         limit: u32,
     },
+    /// The tenant's balance cannot pay the task (`402`, the contract's "out of credits").
+    #[error("Insufficient credits: this task costs {cost} credits and the balance is {balance}")]
+    InsufficientCredits {
+        /// What the task costs.
+        cost: f64,
+        /// The tenant's balance.
+        balance: f64,
+    },
     /// A delivery URL whose signature is wrong or expired.
     #[error("Invalid or expired signature")]
     BadSignature,
@@ -139,6 +147,7 @@ impl ApiError {
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::FinetuneExists(_) | Self::TaskFinal(_) => StatusCode::CONFLICT,
             Self::TooManyActiveTasks { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::NotReady | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

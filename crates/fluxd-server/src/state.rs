@@ -14,6 +14,7 @@ use crate::cache::{
 };
 use crate::delivery::Delivery;
 use crate::engine::EngineState;
+use crate::prices::PriceCache;
 use crate::signing::UrlSigner;
 use fluxd_engine::safety::PromptPolicy;
 
@@ -124,6 +125,7 @@ struct Inner {
     auth_cache: AuthCache,
     task_cache: TaskCache,
     finetune_cache: FinetuneCache,
+    prices: PriceCache,
 }
 
 /// Shared state of the service; cheap to clone.
@@ -156,6 +158,7 @@ impl AppState {
                 auth_cache: AuthCache::new(config.auth_cache_ttl),
                 task_cache: TaskCache::new(config.task_cache_ttl, config.result_retention),
                 finetune_cache: FinetuneCache::new(config.finetune_cache_ttl),
+                prices: PriceCache::default(),
                 store,
                 blobs,
                 signer,
@@ -227,5 +230,10 @@ impl AppState {
     /// Recently resolved fine-tunes (submit).
     pub fn finetune_cache(&self) -> &FinetuneCache {
         &self.inner.finetune_cache
+    }
+
+    /// The endpoints' prices (submit).
+    pub fn prices(&self) -> &PriceCache {
+        &self.inner.prices
     }
 }

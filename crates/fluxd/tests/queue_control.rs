@@ -103,3 +103,66 @@ fn cancel_stops_running_tasks_and_queued_ones_never_run() {
         assert_eq!(delivery["status"], "Error", "{delivery}");
     }
 }
+
+#[test]
+fn operators_price_endpoints_and_fund_tenants_and_submits_are_charged() {
+    let data = scratch("credits");
+    let key = create_key(&data, "acme");
+    let dir = ["--data-dir", s(&data)];
+    let run = |args: &[&str]| fluxd(&[args, &dir[..]].concat());
+    // 2 credits per task and 10 per megapixel: a 256×256 image (0.07 MP) costs 2.7.
+    let out = run(&[
+        "credits",
+        "price",
+        "flux-dev",
+        "--per-task",
+        "2",
+        "--per-megapixel",
+        "10",
+    ]);
+    assert!(out.contains("price flux-dev"), "{out}");
+    assert_eq!(
+        run(&["credits", "set", "--tenant", "acme", "3"]).trim(),
+        "acme: 3"
+    );
+    let server = Server::start(&data, &[]);
+    let credits = || server.get("/v1/credits", Some(&key)).json();
+    assert_eq!(credits(), json!({"credits": 3.0}));
+
+    let body = json!({"prompt": "a fox", "width": 256, "height": 256, "steps": 2, "seed": 7});
+    let (submitted, done) = submit_to_and_wait(&server, &key, "/v1/flux-dev", &body);
+    assert_eq!(submitted["cost"], json!(2.7));
+    assert_eq!(done["status"], "Ready", "{done}");
+    // Ready keeps the charge.
+    let left = credits()["credits"].as_f64().expect("a balance");
+    assert!((left - 0.3).abs() < 1e-9, "{left}");
+
+    // Out of credits: 402 in the API's error shape; nothing queued.
+    let refused = server.post_json("/v1/flux-dev", Some(&key), &body);
+    assert_eq!(refused.status, 402);
+    let detail = refused.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.starts_with("Insufficient credits"), "{detail}");
+
+    // Topped up while the server runs; the next submit goes through.
+    let out = run(&["credits", "add", "--tenant", "acme", "5"]);
+    assert_eq!(out.trim(), "acme: 5.3");
+    let (submitted, _) = submit_to_and_wait(&server, &key, "/v1/flux-dev", &body);
+    assert_eq!(submitted["cost"], json!(2.7));
+    let shown = run(&["credits", "show", "--tenant", "acme"]);
+    assert!(shown.contains("balance acme: 2.6"), "{shown}");
+    assert!(
+        shown.contains("price flux-dev: 2 per task + 10 per megapixel"),
+        "{shown}"
+    );
+    // Another endpoint has no price: free, and `cost` is null.
+    let free = server.post_json(
+        "/v1/flux-pro-1.1",
+        Some(&key),
+        &json!({"prompt": "a fox", "width": 256, "height": 256}),
+    );
+    assert_eq!(free.status, 200);
+    assert_eq!(free.json()["cost"], Value::Null);
+}

@@ -19,7 +19,7 @@ use utoipa::openapi::{
 };
 use utoipa::OpenApi;
 
-use crate::control::{CancelRequest, CancelResponse};
+use crate::control::{CancelRequest, CancelResponse, CreditsResponse};
 use crate::endpoint::{Endpoint, ENDPOINTS};
 use crate::error::{ErrorDetail, LocItem, ValidationError, ValidationErrors};
 use crate::generation::{FluxDevRequest, FluxPro11Request, FluxProRequest};
@@ -62,6 +62,7 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
         DeleteFinetuneResponse,
         CancelRequest,
         CancelResponse,
+        CreditsResponse,
         HealthStatus,
         ValidationErrors,
         ValidationError,
@@ -76,6 +77,8 @@ struct Components;
 enum Fails {
     /// 400: the body is not UTF-8 or nested too deep.
     Unreadable,
+    /// 402: the balance cannot pay the task.
+    Payment,
     /// 403: no or an unknown `x-key`.
     Auth,
     /// 404 with this description.
@@ -111,7 +114,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut ops: Vec<(String, HttpMethod, OperationBuilder, Vec<Fails>)> = Vec::new();
     for spec in &ENDPOINTS {
         let finetuned = spec.finetune_strength.is_some();
-        let mut fails = vec![Unreadable, Auth, TooLarge, Invalid, TooMany, Unavailable];
+        let mut fails = vec![
+            Unreadable,
+            Payment,
+            Auth,
+            TooLarge,
+            Invalid,
+            TooMany,
+            Unavailable,
+        ];
         if finetuned {
             fails.push(NotFound("Finetune not found"));
         }
@@ -284,6 +295,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             ],
         ),
         (
+            "/v1/credits".to_owned(),
+            HttpMethod::Get,
+            authed(
+                "credits",
+                "Your credits",
+                "The balance of your key's tenant; null when none is configured (unlimited).",
+            )
+            .response("200", json_response("Successful Response", "CreditsResponse")),
+            vec![Auth, Unavailable],
+        ),
+        (
             "/healthz".to_owned(),
             HttpMethod::Get,
             op("healthz", "Liveness", "200 while the process answers.")
@@ -384,6 +406,13 @@ fn with_errors(mut builder: OperationBuilder, fails: &[Fails]) -> OperationBuild
                 "400",
                 json_response(
                     "The body could not be read (not UTF-8, or nested too deep)",
+                    "ErrorDetail",
+                ),
+            ),
+            Fails::Payment => builder.response(
+                "402",
+                json_response(
+                    "Insufficient credits: the balance cannot pay this task (nothing was queued)",
                     "ErrorDetail",
                 ),
             ),

@@ -1,12 +1,15 @@
-//! Our own endpoints beside the reference's: `POST /v1/cancel` (cancel a task).
+//! Our own endpoints beside the reference's: `POST /v1/cancel` (cancel a task) and the
+//! balance, `GET /v1/credits` (whose reference answer is the balance alone too).
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use bytes::Bytes;
-use fluxd_api::{parse_cancel_request, CancelResponse, TaskStatus, CANCELLED_DETAILS};
-use fluxd_store::{CancelOutcome, TaskState};
+use fluxd_api::{
+    parse_cancel_request, CancelResponse, CreditsResponse, TaskStatus, CANCELLED_DETAILS,
+};
+use fluxd_store::{credits_from_milli, CancelOutcome, TaskState};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -67,5 +70,16 @@ pub async fn cancel(
     Ok(Json(CancelResponse {
         id: request.id,
         status,
+    }))
+}
+
+/// `GET /v1/credits`: the caller's tenant's balance, null when it has none (unlimited).
+pub async fn credits(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+) -> Result<Json<CreditsResponse>, ApiError> {
+    let balance = state.store().credits(&key.tenant).await?;
+    Ok(Json(CreditsResponse {
+        credits: balance.map(credits_from_milli),
     }))
 }

@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/get_result", get(tasks::get_result))
         .route("/v1/images/{file}", get(tasks::image))
         .route("/v1/cancel", post(control::cancel).layer(json_limit))
+        .route("/v1/credits", get(control::credits))
         .route("/v1/my_finetunes", get(finetunes::my_finetunes))
         .route("/v1/finetune_details", get(finetunes::finetune_details))
         .route(

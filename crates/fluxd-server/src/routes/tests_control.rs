@@ -91,3 +91,60 @@ async fn cancel_finishes_queued_tasks_marks_running_ones_and_refuses_the_rest() 
     let (status, _, _) = call(&f.state, "POST", "/v1/cancel", None, b"{}".to_vec()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn submits_are_priced_debited_refused_when_unpaid_and_refunded_when_cancelled() {
+    let f = fixture().await;
+    let credits = |f: &super::tests::Fixture| {
+        let state = f.state.clone();
+        let key = f.key.clone();
+        async move {
+            let (status, _, body) = call(&state, "GET", "/v1/credits", Some(&key), vec![]).await;
+            assert_eq!(status, StatusCode::OK);
+            json_of(&body)
+        }
+    };
+    assert_eq!(credits(&f).await, json!({"credits": null}));
+    // 1 credit per task and 2 per megapixel: 256×256 is 0.07 MP, so 1.14 credits.
+    let price = fluxd_store::Price {
+        per_task: 1_000,
+        per_megapixel: 2_000,
+    };
+    f.store
+        .set_price("flux-pro-finetuned", Some(price))
+        .await
+        .unwrap();
+    f.store.set_credits("acme", Some(2_000)).await.unwrap();
+    assert_eq!(credits(&f).await, json!({"credits": 2.0}));
+
+    let body = json!({"finetune_id": "my-finetune", "width": 256, "height": 256});
+    let body = serde_json::to_vec(&body).unwrap();
+    let submit = || {
+        call(
+            &f.state,
+            "POST",
+            "/v1/flux-pro-finetuned",
+            Some(&f.key),
+            body.clone(),
+        )
+    };
+    let (status, _, answer) = submit().await;
+    assert_eq!(status, StatusCode::OK);
+    let answer = json_of(&answer);
+    assert_eq!(answer["cost"], json!(1.14));
+    assert_eq!(credits(&f).await, json!({"credits": 0.86}));
+
+    // Cancelled while queued: refunded with the cancel.
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let (status, _) = cancel(&f, &f.key, &id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(credits(&f).await, json!({"credits": 2.0}));
+
+    // The balance cannot pay: 402 in the contract's shape, nothing queued.
+    f.store.set_credits("acme", Some(1_000)).await.unwrap();
+    let (status, _, answer) = submit().await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let detail = json_of(&answer)["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("Insufficient credits"), "{detail}");
+    assert_eq!(credits(&f).await, json!({"credits": 1.0}));
+}

@@ -10,6 +10,7 @@
 //! misbehaves, and return the store's own errors unchanged.
 
 mod cancel;
+mod credits;
 mod keys;
 mod link;
 mod nodes;
@@ -22,6 +23,7 @@ use std::future::Future;
 use uuid::Uuid;
 
 pub use cancel::cancellation;
+pub use credits::{concurrent_debits, credits};
 pub use keys::{finetunes, keys};
 pub use link::FlakyLink;
 pub use nodes::{claims_across_stores, limit_across_stores, shared_secrets};
@@ -73,7 +75,9 @@ macro_rules! __store_checks {
             expired_lease_is_reclaimable,
             retention,
             outbox,
-            cancellation
+            cancellation,
+            credits,
+            concurrent_debits
         }
     };
 }
@@ -151,6 +155,7 @@ fn task_for(key: &NewKey, prompt: &str) -> NewTask {
         finetune_id: Some("my-style".into()),
         webhook_url: Some("https://hooks.example.com/fluxd".into()),
         webhook_secret: Some("whsec".into()),
+        cost: None,
     }
 }
 

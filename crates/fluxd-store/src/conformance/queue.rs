@@ -80,6 +80,7 @@ pub async fn active_task_limit(store: &dyn Store) -> Result<()> {
         match outcome? {
             InsertOutcome::Inserted => inserted += 1,
             InsertOutcome::LimitReached { active } => assert_eq!(active, limit),
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(inserted, limit);

@@ -23,17 +23,24 @@ pub enum RecordKind {
     Webhook,
     /// `shared_secrets`.
     Secret,
+    /// `credit_balances`. After tasks: copying a task never debits again, as its balance is
+    /// not in the target yet when the task's insert runs the debit trigger.
+    Balance,
+    /// `prices`.
+    Price,
 }
 
 impl RecordKind {
     /// Every kind, in copy order.
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 8] = [
         Self::Tenant,
         Self::Key,
         Self::Finetune,
         Self::Task,
         Self::Webhook,
         Self::Secret,
+        Self::Balance,
+        Self::Price,
     ];
 
     /// What a person calls records of this kind, plural.
@@ -45,6 +52,8 @@ impl RecordKind {
             Self::Task => "tasks",
             Self::Webhook => "webhook deliveries",
             Self::Secret => "shared secrets",
+            Self::Balance => "credit balances",
+            Self::Price => "prices",
         }
     }
 }
@@ -131,6 +140,8 @@ pub struct TaskRow {
     pub finished_at: Option<SystemTime>,
     /// The client asked to cancel it while it ran.
     pub cancel_requested: bool,
+    /// What its submit debited, in thousandths of a credit.
+    pub charged: Option<i64>,
 }
 
 /// A row of the webhook outbox, in any status.
@@ -188,6 +199,28 @@ impl std::fmt::Debug for SecretRow {
     }
 }
 
+/// A row of `credit_balances`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalanceRow {
+    /// The tenant.
+    pub tenant: String,
+    /// Its balance, in thousandths of a credit.
+    pub balance: i64,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+}
+
+/// A row of `prices`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceRow {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Its price.
+    pub price: crate::Price,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+}
+
 /// One row of any table a copy moves.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -203,6 +236,10 @@ pub enum Record {
     Webhook(WebhookRow),
     /// A shared secret.
     Secret(SecretRow),
+    /// A tenant's credit balance.
+    Balance(BalanceRow),
+    /// An endpoint's price.
+    Price(PriceRow),
 }
 
 impl Record {
@@ -215,6 +252,8 @@ impl Record {
             Self::Task(_) => RecordKind::Task,
             Self::Webhook(_) => RecordKind::Webhook,
             Self::Secret(_) => RecordKind::Secret,
+            Self::Balance(_) => RecordKind::Balance,
+            Self::Price(_) => RecordKind::Price,
         }
     }
 
@@ -276,6 +315,7 @@ impl Record {
                     updated_at: rows::time(row, "updated_at")?,
                     finished_at: rows::opt_time(row, "finished_at")?,
                     cancel_requested: row.boolean("cancel_requested")?,
+                    charged: row.opt_int("charged")?,
                 })
             }
             RecordKind::Webhook => Self::Webhook(WebhookRow {
@@ -299,6 +339,16 @@ impl Record {
                 value: row.text("value")?,
                 created_at: rows::time(row, "created_at")?,
             }),
+            RecordKind::Balance => Self::Balance(BalanceRow {
+                tenant: row.text("tenant")?,
+                balance: row.int("balance")?,
+                updated_at: rows::time(row, "updated_at")?,
+            }),
+            RecordKind::Price => Self::Price(PriceRow {
+                price: crate::sql::credits::price(row)?.1,
+                endpoint: row.text("endpoint")?,
+                updated_at: rows::time(row, "updated_at")?,
+            }),
         })
     }
 
@@ -312,6 +362,8 @@ impl Record {
             Self::Task(t) => (t.id.to_string(), String::new()),
             Self::Webhook(w) => (w.id.to_string(), String::new()),
             Self::Secret(s) => (s.name.clone(), String::new()),
+            Self::Balance(b) => (b.tenant.clone(), String::new()),
+            Self::Price(p) => (p.endpoint.clone(), String::new()),
         }
     }
 }

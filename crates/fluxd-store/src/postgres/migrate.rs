@@ -14,6 +14,10 @@ use crate::StoreError;
 const MIGRATIONS: Migrations = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_cancel.sql")),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_credits.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations: API nodes and workers starting together

@@ -13,6 +13,7 @@
 
 mod cancel;
 pub(crate) mod copy;
+mod credits;
 mod finetunes;
 mod keys;
 mod migrate;

@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::postgres::{cancel, finetunes, keys, tasks, webhooks, PostgresStore};
+use crate::postgres::{cancel, credits, finetunes, keys, tasks, webhooks, PostgresStore};
 use crate::secret;
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
     apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
-    ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord,
-    Wakeups, WebhookDelivery, WebhookRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, Price, ReadyRecord, SharedSecret, Store,
+    TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// The limit of a submit that has none: more than any key can reach.
@@ -63,6 +63,10 @@ impl Store for PostgresStore {
             InsertOutcome::LimitReached { active } => Err(crate::StoreError::Corrupt(format!(
                 "key {} refused a task with {active} unfinished",
                 task.key_id
+            ))),
+            InsertOutcome::InsufficientCredits { .. } => Err(crate::StoreError::Invalid(format!(
+                "task {}: the tenant's credits cannot pay it",
+                task.id
             ))),
         }
     }
@@ -182,6 +186,32 @@ impl Store for PostgresStore {
 
     async fn expire_finished(&self, finished_before: SystemTime) -> Result<Vec<String>> {
         tasks::expire_finished(&self.pool, finished_before).await
+    }
+
+    async fn credits(&self, tenant: &str) -> Result<Option<i64>> {
+        credits::balance(&self.pool, tenant).await
+    }
+
+    async fn set_credits(&self, tenant: &str, balance: Option<i64>) -> Result<()> {
+        check_tenant(tenant)?;
+        credits::set(&self.pool, tenant, balance).await
+    }
+
+    async fn add_credits(&self, tenant: &str, delta: i64) -> Result<i64> {
+        check_tenant(tenant)?;
+        credits::add(&self.pool, tenant, delta).await
+    }
+
+    async fn list_credits(&self) -> Result<Vec<(String, i64)>> {
+        credits::balances(&self.pool).await
+    }
+
+    async fn set_price(&self, endpoint: &str, price: Option<Price>) -> Result<()> {
+        credits::set_price(&self.pool, endpoint, price).await
+    }
+
+    async fn prices(&self) -> Result<Vec<(String, Price)>> {
+        credits::prices(&self.pool).await
     }
 
     async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()> {

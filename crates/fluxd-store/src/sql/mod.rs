@@ -5,6 +5,7 @@
 //! milliseconds and counts, DOUBLE PRECISION, BOOLEAN), so a row of either database reads back
 //! through the same code.
 
+pub(crate) mod credits;
 pub(crate) mod records;
 pub(crate) mod rows;
 

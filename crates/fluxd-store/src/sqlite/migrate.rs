@@ -19,6 +19,7 @@ const MIGRATIONS: Migrations = &[
         include_str!("../../migrations/sqlite/0003_shared_secrets.sql"),
     ),
     (4, include_str!("../../migrations/sqlite/0004_cancel.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_credits.sql")),
 ];
 
 /// The schema version this build writes.

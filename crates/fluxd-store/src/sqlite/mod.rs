@@ -7,6 +7,7 @@
 
 mod cancel;
 pub(crate) mod copy;
+mod credits;
 mod finetunes;
 mod keys;
 mod migrate;
@@ -246,6 +247,7 @@ mod tests {
             finetune_id: None,
             webhook_url: None,
             webhook_secret: None,
+            cost: None,
         }
     }
 
@@ -343,7 +345,7 @@ mod tests {
                 Ok(InsertOutcome::LimitReached { active }) => {
                     assert_eq!(*active, [2, 3][k], "key {k}");
                 }
-                Err(err) => panic!("{err:?}"),
+                other => panic!("{other:?}"),
             }
         }
         assert_eq!(inserted, [2, 2]);
@@ -364,6 +366,7 @@ mod tests {
             finetune_id: None,
             webhook_url: None,
             webhook_secret: None,
+            cost: None,
         };
         let inserted = crate::Store::insert_task(&store, orphan).await;
         assert!(
