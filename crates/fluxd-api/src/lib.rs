@@ -59,7 +59,8 @@ pub use request::{
 pub use resolve::{FinetuneUse, Generation, GenerationRequest, StoredTask};
 pub use response::{
     megapixels, DeleteFinetuneResponse, FinetuneDetailsResponse, GetResultResponse, HealthStatus,
-    MyFinetunesResponse, ReadyResult, SubmitResponse, TaskResult, TaskStatus, WebhookPayload,
+    MyFinetunesResponse, Preview, ReadyResult, SubmitResponse, TaskResult, TaskStatus,
+    WebhookPayload,
 };
 pub use ultra::{
     parse_aspect_ratio, parse_ultra_finetuned_request, parse_ultra_request, ultra_size,

@@ -32,8 +32,8 @@ pub use store::{Result, Store};
 pub use types::{credits_from_milli, credits_to_milli};
 pub use types::{
     CancelOutcome, Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo,
-    KeyRecord, ModerationKind, NewKey, NewTask, NewWebhook, Price, ReadyRecord, TaskRecord,
-    TaskState, TaskStatus, WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS,
+    KeyRecord, ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord,
+    TaskRecord, TaskState, TaskStatus, WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS,
     DEFAULT_MAX_ATTEMPTS, MILLI_PER_CREDIT, WEBHOOK_STATUSES,
 };
 pub use url::{open_store, DatabaseUrl};

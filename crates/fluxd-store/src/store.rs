@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use crate::{
     CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
-    ModerationKind, NewKey, NewTask, NewWebhook, Price, ReadyRecord, SharedSecret, StoreError,
-    TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord, SharedSecret,
+    StoreError, TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// Shorthand for the store's results.
@@ -77,6 +77,15 @@ pub trait Store: Send + Sync {
     /// Records the fraction of the work done, from 0 to 1.
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()>;
 
+    /// Records the task's latest preview (its blob already stored under `preview.key`), shown
+    /// by `get_result` while the task runs. A new claim hides the previous run's preview.
+    async fn set_preview(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        preview: PreviewRecord,
+    ) -> Result<()>;
+
     /// Finishes the task as `Ready` and, in the same transaction, queues its webhook.
     async fn complete_ready(
         &self,
@@ -129,8 +138,8 @@ pub trait Store: Send + Sync {
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>>;
 
     /// Deletes tasks that finished before `finished_before`, and outbox rows that were settled
-    /// (delivered or given up) before it. Returns the blob keys of the deleted tasks' images, for
-    /// the caller to delete from the blob store.
+    /// (delivered or given up) before it. Returns the blob keys of the deleted tasks' images and
+    /// previews, for the caller to delete from the blob store.
     async fn expire_finished(&self, finished_before: SystemTime) -> Result<Vec<String>>;
 
     // --- credits -------------------------------------------------------------------------------

@@ -219,6 +219,17 @@ pub struct ReadyRecord {
     pub end_time: f64,
 }
 
+/// A running task's latest preview (a small JPEG in the blob store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewRecord {
+    /// Blob key of the JPEG; the same for every preview of a task (each replaces the last).
+    pub key: String,
+    /// Denoising steps done when it was made.
+    pub step: u32,
+    /// Denoising steps in all.
+    pub steps: u32,
+}
+
 /// Which side moderation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ModerationKind {
@@ -282,6 +293,8 @@ pub enum TaskState {
     Pending {
         /// Fraction of the work done while a worker holds the task.
         progress: Option<f64>,
+        /// The latest preview of this run, once its worker stored one.
+        preview: Option<PreviewRecord>,
     },
     /// Finished with an image.
     Ready(ReadyRecord),

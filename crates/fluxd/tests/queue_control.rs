@@ -166,3 +166,43 @@ fn operators_price_endpoints_and_fund_tenants_and_submits_are_charged() {
     assert_eq!(free.status, 200);
     assert_eq!(free.json()["cost"], Value::Null);
 }
+
+#[test]
+fn a_running_task_shows_a_preview_that_downloads_and_goes_when_it_ends() {
+    let data = scratch("preview");
+    let key = create_key(&data, "acme");
+    import_lora(&data, "acme", "my-finetune", &[]);
+    let server = Server::start(&data, &["--preview-every", "2"]);
+    let body = small_request(json!({"width": 1440, "height": 1440, "steps": 50}));
+    let reply = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
+    assert_eq!(reply.status, 200);
+    let id = reply.json()["id"].as_str().expect("id").to_owned();
+    let running = poll_until(&server, &key, &id, |b| {
+        !b["preview"].is_null() || b["status"] != "Pending"
+    });
+    assert_eq!(
+        running["status"], "Pending",
+        "finished before a preview: {running}"
+    );
+    let preview = &running["preview"];
+    let step = preview["step"].as_u64().expect("step");
+    assert_eq!(preview["steps"], 50, "{preview}");
+    assert!(step > 0 && step < 50 && step % 2 == 0, "{preview}");
+    // Signed like the image: no key needed; a JPEG an eighth of the image's sides.
+    let url = preview["sample"].as_str().expect("sample URL").to_owned();
+    let image = download(&url);
+    assert_eq!(image.status, 200);
+    assert_eq!(image.header("content-type"), Some("image/jpeg"));
+    let img = image::load_from_memory(&image.body).expect("a JPEG");
+    assert_eq!((img.width(), img.height()), (180, 180));
+
+    // Over (cancelled here, to be quick): no preview, and its file is gone.
+    assert_eq!(cancel(&server, &key, &id).status, 200);
+    let done = poll_until(&server, &key, &id, |b| b["status"] != "Pending");
+    assert_eq!(done["preview"], Value::Null, "{done}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while download(&url).status != 404 {
+        assert!(Instant::now() < deadline, "the preview outlived its task");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -26,7 +26,8 @@ use crate::generation::{FluxDevRequest, FluxPro11Request, FluxProRequest};
 use crate::request::{DeleteFinetuneRequest, FinetunedRequest, OutputFormat};
 use crate::response::{
     DeleteFinetuneResponse, FinetuneDetailsResponse, GetResultResponse, HealthStatus,
-    MyFinetunesResponse, ReadyResult, SubmitResponse, TaskResult, TaskStatus, WebhookPayload,
+    MyFinetunesResponse, Preview, ReadyResult, SubmitResponse, TaskResult, TaskStatus,
+    WebhookPayload,
 };
 use crate::ultra::{UltraFinetunedRequest, UltraRequest};
 
@@ -53,6 +54,7 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
         DeleteFinetuneRequest,
         SubmitResponse,
         GetResultResponse,
+        Preview,
         TaskStatus,
         TaskResult,
         ReadyResult,

@@ -27,6 +27,7 @@ use lora::{finetune_lora, LoraCache};
 
 mod failure;
 mod lora;
+mod preview;
 
 /// Heartbeats per lease: three can be missed (a busy database) before the lease runs out.
 const HEARTBEATS_PER_LEASE: u32 = 4;
@@ -216,6 +217,8 @@ async fn handle_claim(
         cancel,
     )
     .await;
+    // A task let go may be another worker's now, with its own preview under the same key.
+    let discard_preview = state.config().preview_every > 0 && !matches!(&ran, Err(f) if f.let_go);
     match ran {
         Ok(Outcome::Moderated { kind, reasons }) => {
             finish_moderated(state, &task, (worker_id, &clock), kind, reasons).await;
@@ -254,6 +257,9 @@ async fn handle_claim(
             }
         }
         Err(failure) => finish_error(state, &task, (worker_id, &clock), failure).await,
+    }
+    if discard_preview {
+        preview::discard(state, task.id).await;
     }
 }
 
@@ -419,6 +425,8 @@ async fn run_task(
     };
     let format = output_format(request.output_format);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let (preview_tx, mut preview_rx) = mpsc::unbounded_channel();
+    let every = usize::try_from(state.config().preview_every).unwrap_or(0);
     let job = GenerateJob {
         params,
         lora,
@@ -428,6 +436,7 @@ async fn run_task(
         image_prompt,
         // 0..=1 on ultra, 1 elsewhere.
         image_prompt_strength: request.image_prompt_strength as f32,
+        previews: (every > 0).then_some((every, preview_tx)),
     };
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);
@@ -450,6 +459,13 @@ async fn run_task(
                     }
                     Err(err) => tracing::warn!(%err, "could not record progress"),
                 }
+            }
+            Some(mut latest) = preview_rx.recv() => {
+                // Only the newest matters when the store is slower than the steps.
+                while let Ok(newer) = preview_rx.try_recv() {
+                    latest = newer;
+                }
+                preview::store(state, task.id, worker_id, latest).await;
             }
             _ = cancel_poll.tick() => {
                 match state.store().cancel_requested(task.id, worker_id).await {

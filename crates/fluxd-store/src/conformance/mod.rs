@@ -15,6 +15,7 @@ mod keys;
 mod link;
 mod nodes;
 mod outbox;
+mod preview;
 mod queue;
 mod test_schema;
 
@@ -28,6 +29,7 @@ pub use keys::{finetunes, keys};
 pub use link::FlakyLink;
 pub use nodes::{claims_across_stores, limit_across_stores, shared_secrets};
 pub use outbox::{durability, outbox, retention};
+pub use preview::previews;
 pub use queue::{
     active_task_limit, claims_are_exclusive, completions, expired_lease_is_reclaimable,
     heartbeat_and_progress, lost_worker_retries, release_on_shutdown, retryable_errors,
@@ -77,7 +79,8 @@ macro_rules! __store_checks {
             outbox,
             cancellation,
             credits,
-            concurrent_debits
+            concurrent_debits,
+            previews
         }
     };
 }

@@ -142,6 +142,12 @@ pub struct TaskRow {
     pub cancel_requested: bool,
     /// What its submit debited, in thousandths of a credit.
     pub charged: Option<i64>,
+    /// Blob key of its latest preview.
+    pub preview_key: Option<String>,
+    /// The step its preview shows (this run's).
+    pub preview_step: Option<u32>,
+    /// Steps in all, of its preview's run.
+    pub preview_steps: Option<u32>,
 }
 
 /// A row of the webhook outbox, in any status.
@@ -316,6 +322,9 @@ impl Record {
                     finished_at: rows::opt_time(row, "finished_at")?,
                     cancel_requested: row.boolean("cancel_requested")?,
                     charged: row.opt_int("charged")?,
+                    preview_key: row.opt_text("preview_key")?,
+                    preview_step: rows::opt_count(row, "preview_step")?,
+                    preview_steps: rows::opt_count(row, "preview_steps")?,
                 })
             }
             RecordKind::Webhook => Self::Webhook(WebhookRow {

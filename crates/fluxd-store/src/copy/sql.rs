@@ -51,9 +51,9 @@ pub(crate) const INSERT_TASK: &str = "INSERT INTO tasks \
     (id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, status, worker_id, \
      lease_until, attempts, max_attempts, progress, last_error, details, sample_key, prompt_used, \
      seed_used, start_time, end_time, created_at, updated_at, finished_at, cancel_requested, \
-     charged) \
+     charged, preview_key, preview_step, preview_steps) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-            $19, $20, $21, $22, $23, $24, $25) \
+            $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) \
     ON CONFLICT (id) DO NOTHING";
 
 /// Inserts one outbox row unless there is one with that id.
@@ -138,7 +138,10 @@ macro_rules! insert_record {
                 .bind(to_millis(t.updated_at))
                 .bind(opt_millis(t.finished_at))
                 .bind(t.cancel_requested)
-                .bind(t.charged),
+                .bind(t.charged)
+                .bind(t.preview_key.clone())
+                .bind(t.preview_step.map(int))
+                .bind(t.preview_steps.map(int)),
             Record::Webhook(w) => sqlx::query(INSERT_WEBHOOK)
                 .bind(w.id.to_string())
                 .bind(w.task_id.to_string())

@@ -18,6 +18,10 @@ const MIGRATIONS: Migrations = &[
         3,
         include_str!("../../migrations/postgres/0003_credits.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_preview.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations: API nodes and workers starting together

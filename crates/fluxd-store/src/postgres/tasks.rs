@@ -13,8 +13,8 @@ use crate::sql::records::{self, claim_columns};
 use crate::sql::rows;
 use crate::time::{duration_millis, to_millis};
 use crate::{
-    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, ReadyRecord,
-    StoreError, TaskRecord, TaskStatus,
+    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, PreviewRecord,
+    ReadyRecord, StoreError, TaskRecord, TaskStatus,
 };
 
 pub(super) type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -148,7 +148,8 @@ pub(super) async fn claim_next(
 ) -> Result<Option<Claim>, StoreError> {
     let found = sqlx::query(concat!(
         "UPDATE tasks SET worker_id = $1, lease_until = fluxd_now_ms() + $2, \
-         attempts = attempts + 1, progress = 0, updated_at = fluxd_now_ms() \
+         attempts = attempts + 1, progress = 0, preview_step = NULL, preview_steps = NULL, \
+         updated_at = fluxd_now_ms() \
          WHERE id = (SELECT id FROM tasks WHERE status = 'Pending' \
                      AND (lease_until IS NULL OR lease_until <= fluxd_now_ms()) \
                      ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
@@ -201,6 +202,24 @@ pub(super) async fn set_progress(
         owned_by_worker!()
     );
     execute_owned(pool, owned(sql, task_id, worker_id).bind(progress), task_id).await
+}
+
+pub(super) async fn set_preview(
+    pool: &PgPool,
+    task_id: Uuid,
+    worker_id: &str,
+    preview: PreviewRecord,
+) -> Result<(), StoreError> {
+    let sql = concat!(
+        "UPDATE tasks SET preview_key = $3, preview_step = $4, preview_steps = $5, \
+         updated_at = fluxd_now_ms() WHERE ",
+        owned_by_worker!()
+    );
+    let query = owned(sql, task_id, worker_id)
+        .bind(preview.key)
+        .bind(rows::int(preview.step))
+        .bind(rows::int(preview.steps));
+    execute_owned(pool, query, task_id).await
 }
 
 /// The update of a task to its final status, `SET` list first (`$3` on), up to
@@ -339,14 +358,18 @@ pub(super) async fn expire_finished(
     finished_before: SystemTime,
 ) -> Result<Vec<String>, StoreError> {
     let cutoff = to_millis(finished_before);
-    let deleted: Vec<Option<String>> = sqlx::query_scalar(
+    let deleted: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
         "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 \
-         RETURNING sample_key",
+         RETURNING sample_key, preview_key",
     )
     .bind(cutoff)
     .fetch_all(pool)
     .await
     .map_err(map_pg)?;
     webhooks::expire_settled(pool, cutoff).await?;
-    Ok(deleted.into_iter().flatten().collect())
+    Ok(deleted
+        .into_iter()
+        .flat_map(|(a, b)| [a, b])
+        .flatten()
+        .collect())
 }

@@ -13,8 +13,8 @@ use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
     apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
-    ModerationKind, NewKey, NewTask, NewWebhook, Price, ReadyRecord, SharedSecret, Store,
-    TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord, SharedSecret,
+    Store, TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// The limit of a submit that has none: more than any key can reach.
@@ -105,6 +105,16 @@ impl Store for PostgresStore {
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()> {
         check_progress(progress)?;
         tasks::set_progress(&self.pool, task_id, worker_id, progress).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn set_preview(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        preview: PreviewRecord,
+    ) -> Result<()> {
+        tasks::set_preview(&self.pool, task_id, worker_id, preview).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]

@@ -4,8 +4,8 @@
 use crate::apikey;
 use crate::sql::rows::{self, ReadRow};
 use crate::{
-    Claim, ClaimedTask, FinetuneRecord, KeyInfo, KeyRecord, ModerationKind, ReadyRecord,
-    StoreError, TaskRecord, TaskState, TaskStatus, WebhookDelivery, WebhookRecord,
+    Claim, ClaimedTask, FinetuneRecord, KeyInfo, KeyRecord, ModerationKind, PreviewRecord,
+    ReadyRecord, StoreError, TaskRecord, TaskState, TaskStatus, WebhookDelivery, WebhookRecord,
 };
 
 /// The columns [`claim`] reads (a claim's `RETURNING` list), as a literal for `concat!`.
@@ -66,6 +66,7 @@ pub(crate) fn task(row: &impl ReadRow) -> Result<TaskRecord, StoreError> {
     let state = match status {
         TaskStatus::Pending => TaskState::Pending {
             progress: row.opt_float("progress")?,
+            preview: preview(row)?,
         },
         TaskStatus::Ready => TaskState::Ready(ReadyRecord {
             sample_key: row
@@ -111,6 +112,17 @@ pub(crate) fn task(row: &impl ReadRow) -> Result<TaskRecord, StoreError> {
         last_error: row.opt_text("last_error")?,
         created_at: rows::time(row, "created_at")?,
         finished_at: rows::opt_time(row, "finished_at")?,
+    })
+}
+
+/// A task's preview, when its worker stored one this run (a claim clears the step).
+fn preview(row: &impl ReadRow) -> Result<Option<PreviewRecord>, StoreError> {
+    let key = row.opt_text("preview_key")?;
+    let step = rows::opt_count(row, "preview_step")?;
+    let steps = rows::opt_count(row, "preview_steps")?;
+    Ok(match (key, step, steps) {
+        (Some(key), Some(step), Some(steps)) => Some(PreviewRecord { key, step, steps }),
+        _ => None,
     })
 }
 

@@ -13,8 +13,8 @@ use crate::sql::rows;
 use crate::sqlite::{map_sqlx, webhooks};
 use crate::time::{duration_millis, now_millis, to_millis};
 use crate::{
-    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, ReadyRecord,
-    StoreError, TaskRecord, TaskStatus,
+    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, PreviewRecord,
+    ReadyRecord, StoreError, TaskRecord, TaskStatus,
 };
 
 /// The rows a worker may still write: its own, unfinished, lease not run out. `$1` task id,
@@ -332,7 +332,7 @@ pub(super) async fn claim_next(
     let now = now_millis();
     let found = sqlx::query(concat!(
         "UPDATE tasks SET worker_id = $1, lease_until = $2, attempts = attempts + 1, \
-         progress = 0, updated_at = $3 \
+         progress = 0, preview_step = NULL, preview_steps = NULL, updated_at = $3 \
          WHERE id = (SELECT id FROM tasks WHERE status = 'Pending' \
                      AND (lease_until IS NULL OR lease_until <= $3) \
                      ORDER BY created_at, id LIMIT 1) \
@@ -388,6 +388,24 @@ pub(super) async fn set_progress(
         owned_by_worker!()
     );
     let query = owned(sql, task_id, worker_id, now_millis()).bind(progress);
+    execute_owned(conn, query, task_id).await
+}
+
+pub(super) async fn set_preview(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+    preview: PreviewRecord,
+) -> Result<(), StoreError> {
+    let sql = concat!(
+        "UPDATE tasks SET preview_key = $4, preview_step = $5, preview_steps = $6, \
+         updated_at = $3 WHERE ",
+        owned_by_worker!()
+    );
+    let query = owned(sql, task_id, worker_id, now_millis())
+        .bind(preview.key)
+        .bind(rows::int(preview.step))
+        .bind(rows::int(preview.steps));
     execute_owned(conn, query, task_id).await
 }
 
@@ -504,16 +522,20 @@ pub(super) async fn expire_finished(
     finished_before: SystemTime,
 ) -> Result<Vec<String>, StoreError> {
     let cutoff = to_millis(finished_before);
-    let deleted: Vec<Option<String>> = sqlx::query_scalar(
+    let deleted: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
         "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 \
-         RETURNING sample_key",
+         RETURNING sample_key, preview_key",
     )
     .bind(cutoff)
     .fetch_all(&mut *conn)
     .await
     .map_err(map_sqlx)?;
     webhooks::expire_settled(conn, cutoff).await?;
-    Ok(deleted.into_iter().flatten().collect())
+    Ok(deleted
+        .into_iter()
+        .flat_map(|(a, b)| [a, b])
+        .flatten()
+        .collect())
 }
 
 fn expect_owned(rows_affected: u64, task_id: Uuid) -> Result<(), StoreError> {

@@ -12,8 +12,8 @@ use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
     apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
-    ModerationKind, NewKey, NewTask, NewWebhook, Price, ReadyRecord, SharedSecret, Store,
-    TaskRecord, WebhookDelivery, WebhookRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord, SharedSecret,
+    Store, TaskRecord, WebhookDelivery, WebhookRecord,
 };
 
 #[async_trait]
@@ -96,6 +96,19 @@ impl Store for SqliteStore {
         let worker_id = worker_id.to_owned();
         self.writer
             .write_one(move |c| Box::pin(tasks::set_progress(c, task_id, worker_id, progress)))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn set_preview(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        preview: PreviewRecord,
+    ) -> Result<()> {
+        let worker_id = worker_id.to_owned();
+        self.writer
+            .write_one(move |c| Box::pin(tasks::set_preview(c, task_id, worker_id, preview)))
             .await
     }
 
