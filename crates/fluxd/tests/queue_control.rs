@@ -38,23 +38,18 @@ fn cancel_stops_running_tasks_and_queued_ones_never_run() {
         let mut body = body;
         body["webhook_url"] = json!(format!("{}/hook/{n}", receiver.base));
         body["webhook_secret"] = json!(secret_for(n));
-        let reply = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        reply.json()["id"].as_str().expect("id").to_owned()
+        submit_for_id(&server, &key, "/v1/flux-pro-finetuned", &body)
     };
-    // Long enough to be running when the cancel comes: 50 steps at 1440×1440. The second waits
-    // behind it (one worker).
-    let long = small_request(json!({"width": 1440, "height": 1440, "steps": 50}));
+    // Long enough to be running when the cancel comes: 50 steps at 1024×1024 (each a fraction of
+    // a second here, so the time to the stop is the cancel's own). The second waits behind it
+    // (one worker).
+    let long = small_request(json!({"width": 1024, "height": 1024, "steps": 50}));
     let running = submit(1, long.clone());
     let queued = submit(2, long);
-    poll_until(&server, &key, &running, |b| {
+    let started = poll_until(&server, &key, &running, |b| {
         b["progress"].as_f64().is_some_and(|p| p > 0.0)
     });
+    println!("progress when cancelling: {}", started["progress"]);
 
     // Not theirs: as unknown.
     let reply = cancel(&server, &stranger, &running);
@@ -71,6 +66,7 @@ fn cancel_stops_running_tasks_and_queued_ones_never_run() {
     assert_eq!(reply.json(), json!({"id": running, "status": "Pending"}));
     let stopped = poll_until(&server, &key, &running, |b| b["status"] != "Pending");
     println!("cancel to Error of a running task: {:?}", asked.elapsed());
+
     for body in [&stopped, &poll_until(&server, &key, &queued, |_| true)] {
         assert_eq!(body["status"], "Error", "{body}");
         let details = body["details"]["error"].as_str().unwrap_or_default();
@@ -174,9 +170,7 @@ fn a_running_task_shows_a_preview_that_downloads_and_goes_when_it_ends() {
     import_lora(&data, "acme", "my-finetune", &[]);
     let server = Server::start(&data, &["--preview-every", "2"]);
     let body = small_request(json!({"width": 1440, "height": 1440, "steps": 50}));
-    let reply = server.post_json("/v1/flux-pro-finetuned", Some(&key), &body);
-    assert_eq!(reply.status, 200);
-    let id = reply.json()["id"].as_str().expect("id").to_owned();
+    let id = submit_for_id(&server, &key, "/v1/flux-pro-finetuned", &body);
     let running = poll_until(&server, &key, &id, |b| {
         !b["preview"].is_null() || b["status"] != "Pending"
     });

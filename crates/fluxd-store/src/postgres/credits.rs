@@ -95,8 +95,7 @@ pub(super) async fn set_price(
     let query = match price {
         None => sqlx::query(sql::REMOVE_PRICE).bind(endpoint),
         Some(price) => {
-            check_amount("a price", price.per_task)?;
-            check_amount("a price", price.per_megapixel)?;
+            sql::check_price(&price)?;
             sqlx::query(sql::SET_PRICE)
                 .bind(endpoint)
                 .bind(price.per_task)

@@ -71,6 +71,12 @@ pub(crate) fn added(tenant: &str, delta: i64, found: Option<i64>) -> Result<i64,
     })
 }
 
+/// A price is never negative, per task or per megapixel.
+pub(crate) fn check_price(price: &Price) -> Result<(), StoreError> {
+    check_amount("a price", price.per_task)?;
+    check_amount("a price", price.per_megapixel)
+}
+
 /// Prices and balances are never negative.
 pub(crate) fn check_amount(what: &str, milli: i64) -> Result<(), StoreError> {
     if milli < 0 {
