@@ -108,6 +108,18 @@ async fn dispatch(
 
 /// Commits one batch and answers each submit.
 async fn run(pool: &PgPool, max_attempts: u32, batch: Vec<(NewTask, i64, Reply)>) {
+    // Tasks with a cost go one by one, each locking its key's load row and then its tenant's
+    // balance: the multi-row statement locks only load rows, so no two transactions take
+    // balance rows in different orders.
+    let (charged, batch): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|(task, _, _)| task.cost.is_some());
+    for (task, limit, reply) in charged {
+        let _ = reply.send(tasks::insert(pool, &task, limit, max_attempts).await);
+    }
+    if batch.is_empty() {
+        return;
+    }
     if let [(task, limit, _)] = batch.as_slice() {
         let outcome = tasks::insert(pool, task, *limit, max_attempts).await;
         if let Some((_, _, reply)) = batch.into_iter().next() {

@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::postgres::{finetunes, keys, tasks, webhooks, PostgresStore};
+use crate::postgres::{cancel, credits, finetunes, keys, tasks, webhooks, PostgresStore};
 use crate::secret;
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
-    apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord, Wakeups,
-    WebhookDelivery, WebhookRecord,
+    apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord, SharedSecret,
+    Store, TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// The limit of a submit that has none: more than any key can reach.
@@ -64,6 +64,10 @@ impl Store for PostgresStore {
                 "key {} refused a task with {active} unfinished",
                 task.key_id
             ))),
+            InsertOutcome::InsufficientCredits { .. } => Err(crate::StoreError::Invalid(format!(
+                "task {}: the tenant's credits cannot pay it",
+                task.id
+            ))),
         }
     }
 
@@ -101,6 +105,16 @@ impl Store for PostgresStore {
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()> {
         check_progress(progress)?;
         tasks::set_progress(&self.pool, task_id, worker_id, progress).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn set_preview(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        preview: PreviewRecord,
+    ) -> Result<()> {
+        tasks::set_preview(&self.pool, task_id, worker_id, preview).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
@@ -155,12 +169,59 @@ impl Store for PostgresStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]
+    async fn cancel_task(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        details: String,
+        webhook: Option<NewWebhook>,
+    ) -> Result<CancelOutcome> {
+        let with_webhook = webhook.is_some();
+        let done = cancel::cancel(&self.pool, tenant, id, details, webhook).await;
+        if matches!(done, Ok(CancelOutcome::Cancelled)) {
+            self.completed(&done, with_webhook);
+        }
+        done
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool> {
+        cancel::requested(&self.pool, task_id, worker_id).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>> {
         tasks::get(&self.pool, tenant, id).await
     }
 
     async fn expire_finished(&self, finished_before: SystemTime) -> Result<Vec<String>> {
         tasks::expire_finished(&self.pool, finished_before).await
+    }
+
+    async fn credits(&self, tenant: &str) -> Result<Option<i64>> {
+        credits::balance(&self.pool, tenant).await
+    }
+
+    async fn set_credits(&self, tenant: &str, balance: Option<i64>) -> Result<()> {
+        check_tenant(tenant)?;
+        credits::set(&self.pool, tenant, balance).await
+    }
+
+    async fn add_credits(&self, tenant: &str, delta: i64) -> Result<i64> {
+        check_tenant(tenant)?;
+        credits::add(&self.pool, tenant, delta).await
+    }
+
+    async fn list_credits(&self) -> Result<Vec<(String, i64)>> {
+        credits::balances(&self.pool).await
+    }
+
+    async fn set_price(&self, endpoint: &str, price: Option<Price>) -> Result<()> {
+        credits::set_price(&self.pool, endpoint, price).await
+    }
+
+    async fn prices(&self) -> Result<Vec<(String, Price)>> {
+        credits::prices(&self.pool).await
     }
 
     async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()> {
