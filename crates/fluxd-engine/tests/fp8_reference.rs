@@ -100,13 +100,15 @@ fn files_are_byte_identical_to_the_fixtures_files() {
 fn fp8_transformers_match_diffusers_on_their_upcast_weights() {
     let fx = common::open_tensors(&SUITE.path("forward.safetensors"));
     let original = common::tensor(&fx, "out_original");
-    let ours =
-        FluxTransformer::load_bfl(&files().join(REFERENCE_ORIGINAL), dtype(), &Device::Cpu)
-            .expect("f32");
+    let ours = FluxTransformer::load_bfl(&files().join(REFERENCE_ORIGINAL), dtype(), &Device::Cpu)
+        .expect("f32");
     let scale = max_abs_diff(&original, &original.zeros_like().expect("zeros"));
     let d = max_abs_diff(&fixture_forward(&ours, &fx), &original);
     eprintln!("f32 original: fluxd vs diffusers max|Δ| {d:e} (outputs up to {scale:.3})");
-    assert!(d <= FORWARD_TOL.get() * tol_unit(scale), "f32 original differs by {d}");
+    assert!(
+        d <= FORWARD_TOL.get() * tol_unit(scale),
+        "f32 original differs by {d}"
+    );
     for layout in SUITE.meta()["layouts"].as_array().expect("layouts") {
         let layout = layout.as_str().expect("layout");
         let file = files().join(format!("{layout}.safetensors"));

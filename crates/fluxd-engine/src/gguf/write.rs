@@ -189,7 +189,9 @@ fn encode_in_bands(t: &Tensor, ty: GgmlDType, band: usize) -> Result<Vec<u8>> {
         .into_par_iter()
         .map(|r0| {
             // A copy, not a view: candle quantizes a tensor's whole storage, whatever its layout.
-            let part = t.narrow(0, r0, band_rows.min(rows - r0))?.force_contiguous()?;
+            let part = t
+                .narrow(0, r0, band_rows.min(rows - r0))?
+                .force_contiguous()?;
             Ok(QTensor::quantize(&part, ty)?.data()?.into_owned())
         })
         .collect::<Result<Vec<Vec<u8>>>>()?;

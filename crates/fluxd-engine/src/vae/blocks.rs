@@ -129,8 +129,11 @@ impl Conv {
             let (src_lo, src_hi) = (lo / up, hi.div_ceil(up));
             let src = x.narrow(2, src_lo, src_hi - src_lo)?;
             let seg = if up > 1 {
-                src.upsample_nearest2d((src_hi - src_lo) * up, wo)?
-                    .narrow(2, lo - src_lo * up, hi - lo)?
+                src.upsample_nearest2d((src_hi - src_lo) * up, wo)?.narrow(
+                    2,
+                    lo - src_lo * up,
+                    hi - lo,
+                )?
             } else {
                 src
             };
