@@ -83,7 +83,7 @@ async fn a_newer_schema_is_refused() -> Result {
             reopened,
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             })
         ),
         "{:?}",

@@ -11,7 +11,13 @@ use crate::time::now_millis;
 use crate::StoreError;
 
 /// Every schema version, in order. Append; never edit a released one.
-const MIGRATIONS: Migrations = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: Migrations = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_submit_triggers.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serialises migrations: API nodes and workers starting together
 /// on a new database must not both apply version 1. (Any constant; this one spells "fluxd".)
