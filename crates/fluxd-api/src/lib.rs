@@ -26,6 +26,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod body;
+mod control;
 mod endpoint;
 mod error;
 mod generation;
@@ -38,6 +39,9 @@ mod response;
 mod ultra;
 
 pub use body::{is_json_content_type, not_json_error};
+pub use control::{
+    parse_cancel_request, CancelRequest, CancelResponse, CreditsResponse, CANCELLED_DETAILS,
+};
 pub use endpoint::{
     endpoint_table_markdown, Endpoint, EndpointSpec, Setting, SizeRule, ENDPOINTS, RAW_GUIDANCE,
     SERVER_GUIDANCE, SERVER_STEPS, UNSERVED_ENDPOINTS,
@@ -55,7 +59,8 @@ pub use request::{
 pub use resolve::{FinetuneUse, Generation, GenerationRequest, StoredTask};
 pub use response::{
     megapixels, DeleteFinetuneResponse, FinetuneDetailsResponse, GetResultResponse, HealthStatus,
-    MyFinetunesResponse, ReadyResult, SubmitResponse, TaskResult, TaskStatus, WebhookPayload,
+    MyFinetunesResponse, Preview, ReadyResult, SubmitResponse, TaskResult, TaskStatus,
+    WebhookPayload,
 };
 pub use ultra::{
     parse_aspect_ratio, parse_ultra_finetuned_request, parse_ultra_request, ultra_size,

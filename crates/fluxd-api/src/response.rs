@@ -27,8 +27,9 @@ pub struct SubmitResponse {
     pub webhook_url: Option<String>,
     /// Absolute URL to poll: `<public base>/v1/get_result?id=<id>`.
     pub polling_url: String,
-    /// Credits charged, or null when credits are not configured (the reference's schema allows
-    /// null too).
+    /// What the task costs in credits (the endpoint's price for its output megapixels; charged
+    /// when the tenant has a balance, refunded if it ends `Error` or moderated), or null when
+    /// the endpoint has no price (the reference's schema allows null too).
     pub cost: Option<f64>,
     /// Megapixels of the image prompt, 0 without one.
     pub input_mp: f64,
@@ -117,9 +118,21 @@ pub struct GetResultResponse {
     /// Why a task was moderated or failed (`{"Moderation Reasons": [...]}` when moderated).
     #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
-    /// A preview of the running task, when available.
-    #[schema(value_type = Option<Object>)]
-    pub preview: Option<Value>,
+    /// A preview of the running task (ours; the reference types it `object|null` and says no
+    /// more): null before its first preview and once the task is final.
+    pub preview: Option<Preview>,
+}
+
+/// `preview` of a running task: its latest preview, refreshed every few steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Preview {
+    /// Signed, absolute URL of a small JPEG (an eighth of the image's sides) of the current
+    /// estimate, projected from the latents without the VAE; expires like `result.sample`.
+    pub sample: String,
+    /// Denoising steps done when it was made.
+    pub step: u32,
+    /// Denoising steps in all.
+    pub steps: u32,
 }
 
 impl GetResultResponse {

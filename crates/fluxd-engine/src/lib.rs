@@ -20,6 +20,7 @@ pub mod model_dir;
 pub mod noise;
 pub mod pipeline;
 pub mod postprocess;
+pub mod preview;
 pub mod quant;
 pub mod redux;
 pub mod safety;

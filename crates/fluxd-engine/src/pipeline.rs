@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::lora::LoraFile;
 use crate::model_dir::ModelPaths;
+use crate::preview::{self, PreviewFrame, Previews, PREVIEW_CHANNELS};
 use crate::quant::CpuKernels;
 use crate::schedule::{self, SchedulerConfig};
 use crate::text_encoders::{ClipTextEncoder, T5TextEncoder};
@@ -368,6 +369,19 @@ impl FluxPipeline {
         progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
     ) -> Result<Generation> {
+        self.generate_previewed(p, image_tokens, progress, None, cancel)
+    }
+
+    /// [`generate_with_image_tokens`](Self::generate_with_image_tokens) that also hands out
+    /// live previews as `previews` asks (see [`crate::preview`]).
+    pub fn generate_previewed(
+        &self,
+        p: &GenerateParams,
+        image_tokens: Option<&Tensor>,
+        progress: &mut dyn FnMut(Progress),
+        previews: Option<&mut Previews<'_>>,
+        cancel: &AtomicBool,
+    ) -> Result<Generation> {
         self.check(p)?;
         let mut timings = Timings::default();
         progress(Progress::EncodingText);
@@ -379,7 +393,7 @@ impl FluxPipeline {
         // A GPU runs asynchronously: wait for the work, so each phase is timed as itself.
         self.device.synchronize()?;
         timings.text_encoding_ms = ms(t0);
-        let latents = self.denoise(p, &text, &mut timings, progress, cancel)?;
+        let latents = self.denoise(p, &text, &mut timings, (progress, previews), cancel)?;
         progress(Progress::Decoding);
         let t0 = Instant::now();
         let image = self.decode(&latents, p.width, p.height)?;
@@ -387,13 +401,14 @@ impl FluxPipeline {
         Ok(Generation { image, timings })
     }
 
-    /// The sampling loop: from the seed's noise to the final packed latents.
+    /// The sampling loop: from the seed's noise to the final packed latents, reporting each step
+    /// to `progress` and, when due, a preview of the current estimate to `previews`.
     pub fn denoise(
         &self,
         p: &GenerateParams,
         text: &TextEmbeddings,
         timings: &mut Timings,
-        progress: &mut dyn FnMut(Progress),
+        (progress, mut previews): (&mut dyn FnMut(Progress), Option<&mut Previews<'_>>),
         cancel: &AtomicBool,
     ) -> Result<Tensor> {
         let mut latents = self.initial_latents(p)?;
@@ -410,6 +425,10 @@ impl FluxPipeline {
         let rope = self.transformer.rope(&img_ids, &txt_ids)?;
         let model_timesteps = sched.transformer_timesteps(self.dtype)?;
         let total = model_timesteps.len();
+        // The preview's factors are FLUX.1's; a model with other latents gets none.
+        if self.transformer.config().in_channels != 4 * PREVIEW_CHANNELS {
+            previews = None;
+        }
         for (i, t) in model_timesteps.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);
@@ -425,10 +444,22 @@ impl FluxPipeline {
                 guidance.as_ref(),
                 &text.pooled,
             )?;
-            latents =
+            let next =
                 schedule::euler_step(&latents, &velocity, sched.sigmas[i], sched.sigmas[i + 1])?;
             self.device.synchronize()?;
             timings.step_ms.push(ms(t0));
+            if let Some(previews) = previews.as_deref_mut().filter(|v| v.due(i + 1, total)) {
+                // The flow's estimate of the clean latents, x0 = x_t - sigma_t · v (what
+                // ComfyUI previews), is far clearer than the noisy x_t midway.
+                let x0 = (&latents - velocity.affine(f64::from(sched.sigmas[i]), 0.0)?)?;
+                let image = preview::latent_rgb(&x0, p.height, p.width)?;
+                (previews.sink)(PreviewFrame {
+                    step: i + 1,
+                    steps: total,
+                    image,
+                });
+            }
+            latents = next;
             progress(Progress::Step { done: i + 1, total });
         }
         Ok(latents)

@@ -474,7 +474,14 @@ mod tests {
         cache.insert(
             g,
             pending,
-            cached("a", TaskState::Pending { progress: None }, None),
+            cached(
+                "a",
+                TaskState::Pending {
+                    progress: None,
+                    preview: None,
+                },
+                None,
+            ),
         );
         cache.insert(g, done, cached("a", ready(), Some(now)));
         std::thread::sleep(Duration::from_millis(5));
@@ -497,6 +504,7 @@ mod tests {
                 "a",
                 TaskState::Pending {
                     progress: Some(0.5),
+                    preview: None,
                 },
                 None,
             )

@@ -27,9 +27,25 @@ pub enum Delivery {
 
 pub use fluxd_store::image_content_type as content_type;
 
-/// The blob key of the image file `<task id>.<ext>`.
+/// The blob key of the image file `<task id>.<ext>` (or a preview's, `<task id>-preview.jpeg`).
 pub fn sample_key(file: &str) -> String {
     format!("{SAMPLES_PREFIX}{file}")
+}
+
+/// What ends a preview's file stem: `<task id>-preview.jpeg` beside the task's image.
+const PREVIEW_SUFFIX: &str = "-preview";
+
+/// The blob key of a running task's preview: one per task, each preview replacing the last,
+/// served and signed like its image.
+pub fn preview_key(task_id: Uuid) -> String {
+    sample_key(&format!("{task_id}{PREVIEW_SUFFIX}.jpeg"))
+}
+
+/// Whether `stem` names a file fluxd writes: a task id, or a task id's preview. Nothing else is
+/// signed or served, so no name can walk the blob store.
+pub fn known_stem(stem: &str) -> bool {
+    let id = stem.strip_suffix(PREVIEW_SUFFIX).unwrap_or(stem);
+    Uuid::parse_str(id).is_ok()
 }
 
 /// A URL to download the image stored under `sample_key`, valid for the configured lifetime
@@ -68,7 +84,9 @@ pub fn sample_key_of_url(url: &str) -> Option<String> {
     let path = url.split(['?', '#']).next()?;
     let file = path.rsplit('/').next()?;
     let (stem, ext) = file.rsplit_once('.')?;
-    Uuid::parse_str(stem).ok()?;
+    if !known_stem(stem) {
+        return None;
+    }
     content_type(ext).map(|_| sample_key(file))
 }
 
@@ -91,8 +109,14 @@ mod tests {
             sample_key_of_url(&presigned),
             Some(format!("samples/{id}.png"))
         );
+        let preview = format!("https://img.example.com/v1/images/{id}-preview.jpeg?exp=1&sig=ab");
+        assert_eq!(
+            sample_key_of_url(&preview),
+            Some(format!("samples/{id}-preview.jpeg"))
+        );
         for other in [
             "https://x/v1/images/../../etc/passwd",
+            &format!("https://x/v1/images/{id}-other.jpeg"),
             "https://x/v1/images/notauuid.jpeg?exp=1",
             &format!("https://x/v1/images/{id}.gif"),
             "",

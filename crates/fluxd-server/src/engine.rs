@@ -12,6 +12,7 @@ use fluxd_engine::pipeline::{
     FluxPipeline, GenerateParams, LoadOptions, Progress, DEFAULT_MAX_SEQUENCE_LENGTH,
 };
 use fluxd_engine::postprocess::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
+use fluxd_engine::preview::{PreviewFrame, Previews};
 use fluxd_engine::redux::{ReduxModel, ReduxPaths};
 use fluxd_engine::safety::ImageClassifier;
 use fluxd_engine::transformer::FluxConfig;
@@ -52,7 +53,23 @@ pub struct GenerateJob {
     pub image_prompt: Option<image::RgbImage>,
     /// Scale of the image prompt's Redux tokens: 1 is plain Redux, 0 leaves them out.
     pub image_prompt_strength: f32,
+    /// Every how many steps to send a preview, and where (None: no previews).
+    pub previews: Option<(usize, mpsc::UnboundedSender<PreviewJpeg>)>,
 }
+
+/// A preview of a running generation, encoded.
+#[derive(Debug)]
+pub struct PreviewJpeg {
+    /// Steps done.
+    pub step: usize,
+    /// Steps in all.
+    pub steps: usize,
+    /// The JPEG.
+    pub bytes: Vec<u8>,
+}
+
+/// JPEG quality of previews: they are glimpses, an eighth of the image's sides.
+const PREVIEW_JPEG_QUALITY: u8 = 80;
 
 /// The encoded image.
 #[derive(Debug)]
@@ -226,7 +243,27 @@ fn run_job(
         }
     };
     let progress = job.progress;
-    let generation = pipeline.generate_with_image_tokens(
+    let mut send_preview = |frame: PreviewFrame| {
+        let Some((_, sink)) = &job.previews else {
+            return;
+        };
+        // A preview that cannot be encoded is skipped; the generation goes on.
+        match encode_image(&frame.image, OutputFormat::Jpeg, PREVIEW_JPEG_QUALITY) {
+            Ok(bytes) => {
+                let _ = sink.send(PreviewJpeg {
+                    step: frame.step,
+                    steps: frame.steps,
+                    bytes,
+                });
+            }
+            Err(err) => tracing::debug!(%err, "could not encode a preview"),
+        }
+    };
+    let mut previews = job.previews.as_ref().map(|(every, _)| Previews {
+        every: *every,
+        sink: &mut send_preview,
+    });
+    let generation = pipeline.generate_previewed(
         &job.params,
         image_tokens.as_ref(),
         &mut |p| {
@@ -237,6 +274,7 @@ fn run_job(
                 }
             }
         },
+        previews.as_mut(),
         &job.cancel,
     )?;
     let nsfw_score = match &extras.classifier {

@@ -66,6 +66,12 @@ pub enum ApiError {
     /// The fine-tune is not visible to the caller.
     #[error("Finetune not found")]
     FinetuneNotFound,
+    /// The task to cancel is not the caller's (unknown, expired, or another tenant's).
+    #[error("Task not found")]
+    TaskNotFound,
+    /// The task to cancel has already reached this final status.
+    #[error("The task is already final ({0}); only a Pending task can be cancelled")]
+    TaskFinal(&'static str),
     /// The body is larger than the route accepts.
     #[error("Request body too large (limit {limit} bytes)")]
     PayloadTooLarge {
@@ -91,6 +97,14 @@ pub enum ApiError {
         active: u32,
         /// The key's limit.
         limit: u32,
+    },
+    /// The tenant's balance cannot pay the task (`402`, the contract's "out of credits").
+    #[error("Insufficient credits: this task costs {cost} credits and the balance is {balance}")]
+    InsufficientCredits {
+        /// What the task costs.
+        cost: f64,
+        /// The tenant's balance.
+        balance: f64,
     },
     /// A delivery URL whose signature is wrong or expired.
     #[error("Invalid or expired signature")]
@@ -124,15 +138,16 @@ impl ApiError {
             Self::NotAuthenticated | Self::InvalidApiKey | Self::BadSignature => {
                 StatusCode::FORBIDDEN
             }
-            Self::FinetuneNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::FinetuneNotFound | Self::TaskNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Request(err) => {
                 StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::FinetuneExists(_) => StatusCode::CONFLICT,
+            Self::FinetuneExists(_) | Self::TaskFinal(_) => StatusCode::CONFLICT,
             Self::TooManyActiveTasks { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::NotReady | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

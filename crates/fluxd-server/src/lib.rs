@@ -19,6 +19,7 @@ pub mod image_prompt;
 pub mod import;
 mod lease;
 pub mod metrics;
+pub mod prices;
 pub mod request_id;
 pub mod routes;
 pub mod signing;

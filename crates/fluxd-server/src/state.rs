@@ -14,6 +14,7 @@ use crate::cache::{
 };
 use crate::delivery::Delivery;
 use crate::engine::EngineState;
+use crate::prices::PriceCache;
 use crate::signing::UrlSigner;
 use fluxd_engine::safety::PromptPolicy;
 
@@ -52,6 +53,8 @@ pub struct ServerConfig {
     /// How long a claimed task stays claimed without a heartbeat: after a crash, its task runs
     /// again this long after the last heartbeat.
     pub task_lease: Duration,
+    /// A running task's preview is stored every this many denoising steps (0: never).
+    pub preview_every: u32,
     /// Terms refused in prompts, by `safety_tolerance` (requests become `Request Moderated`).
     pub prompt_policy: Arc<PromptPolicy>,
     /// Largest image prompt in pixels; None when the server has no Redux model, and requests
@@ -80,6 +83,9 @@ pub struct ServerConfig {
 /// Default largest image prompt: 16 megapixels (a 4096×4096 PNG) is far beyond the 384² SigLIP
 /// sees, while a decompression bomb is refused before its pixels are allocated.
 pub const DEFAULT_IMAGE_PROMPT_MAX_PIXELS: u64 = 16 << 20;
+/// Default steps between two previews of a running task: 7 previews of a 28-step FLUX.1-dev
+/// run, each a 1/64-size JPEG of a few kilobytes.
+pub const DEFAULT_PREVIEW_EVERY: u32 = 4;
 /// Default lease of a claimed task.
 pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(60);
 /// Default time a shutdown waits for the running task and the outbox (inside the 30 s most
@@ -99,6 +105,7 @@ impl ServerConfig {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             webhooks: WebhookConfig::default(),
             task_lease: DEFAULT_TASK_LEASE,
+            preview_every: DEFAULT_PREVIEW_EVERY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             auth_cache_ttl: DEFAULT_AUTH_CACHE_TTL,
             task_cache_ttl: DEFAULT_TASK_CACHE_TTL,
@@ -124,6 +131,7 @@ struct Inner {
     auth_cache: AuthCache,
     task_cache: TaskCache,
     finetune_cache: FinetuneCache,
+    prices: PriceCache,
 }
 
 /// Shared state of the service; cheap to clone.
@@ -156,6 +164,7 @@ impl AppState {
                 auth_cache: AuthCache::new(config.auth_cache_ttl),
                 task_cache: TaskCache::new(config.task_cache_ttl, config.result_retention),
                 finetune_cache: FinetuneCache::new(config.finetune_cache_ttl),
+                prices: PriceCache::default(),
                 store,
                 blobs,
                 signer,
@@ -227,5 +236,10 @@ impl AppState {
     /// Recently resolved fine-tunes (submit).
     pub fn finetune_cache(&self) -> &FinetuneCache {
         &self.inner.finetune_cache
+    }
+
+    /// The endpoints' prices (submit).
+    pub fn prices(&self) -> &PriceCache {
+        &self.inner.prices
     }
 }

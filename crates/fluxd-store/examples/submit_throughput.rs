@@ -57,6 +57,7 @@ async fn main() -> Result<(), StoreError> {
                         finetune_id: Some("style".into()),
                         webhook_url: None,
                         webhook_secret: None,
+                        cost: None,
                     };
                     let outcome = store.insert_task_if_under_limit(task, 10_000).await?;
                     assert_eq!(outcome, InsertOutcome::Inserted);

@@ -29,11 +29,12 @@ pub use postgres::{PostgresOptions, PostgresStore};
 pub use secret::{SharedSecret, SHARED_SECRET_LEN};
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
 pub use store::{Result, Store};
+pub use types::{credits_from_milli, credits_to_milli};
 pub use types::{
-    Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
-    ModerationKind, NewKey, NewTask, NewWebhook, ReadyRecord, TaskRecord, TaskState, TaskStatus,
-    WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS, DEFAULT_MAX_ATTEMPTS,
-    WEBHOOK_STATUSES,
+    CancelOutcome, Claim, ClaimedTask, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo,
+    KeyRecord, ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord,
+    TaskRecord, TaskState, TaskStatus, WebhookDelivery, WebhookRecord, DEFAULT_MAX_ACTIVE_TASKS,
+    DEFAULT_MAX_ATTEMPTS, MILLI_PER_CREDIT, WEBHOOK_STATUSES,
 };
 pub use url::{open_store, DatabaseUrl};
 pub use wakeup::{Wakeup, Wakeups};

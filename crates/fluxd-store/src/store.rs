@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind, NewKey,
-    NewTask, NewWebhook, ReadyRecord, SharedSecret, StoreError, TaskRecord, Wakeups,
-    WebhookDelivery, WebhookRecord,
+    CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord, SharedSecret,
+    StoreError, TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// Shorthand for the store's results.
@@ -46,11 +46,16 @@ pub trait Store: Send + Sync {
     // --- the task queue -----------------------------------------------------------------------
 
     /// Queues a task. Committed (fsynced) when it returns; a duplicate id is a
-    /// [`StoreError::Conflict`].
+    /// [`StoreError::Conflict`]. Its cost is debited as by
+    /// [`insert_task_if_under_limit`](Store::insert_task_if_under_limit); one the balance cannot
+    /// pay is [`StoreError::Invalid`].
     async fn insert_task(&self, task: NewTask) -> Result<()>;
 
-    /// Queues a task unless its key already has `limit` or more unfinished tasks. The check and
-    /// the insert are one atomic step: concurrent submits cannot together pass the limit.
+    /// Queues a task unless its key already has `limit` or more unfinished tasks, or its tenant
+    /// has a balance that cannot pay its `cost`. The checks, the insert and the debit are one
+    /// atomic step: concurrent submits cannot together pass the limit or overdraw the balance.
+    /// The debit is refunded in the same transaction as the task's final status when that is
+    /// `Error`, `Request Moderated` or `Content Moderated`.
     async fn insert_task_if_under_limit(&self, task: NewTask, limit: u32) -> Result<InsertOutcome>;
 
     /// Unfinished (`Pending`, queued or running) tasks of a key.
@@ -71,6 +76,15 @@ pub trait Store: Send + Sync {
 
     /// Records the fraction of the work done, from 0 to 1.
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()>;
+
+    /// Records the task's latest preview (its blob already stored under `preview.key`), shown
+    /// by `get_result` while the task runs. A new claim hides the previous run's preview.
+    async fn set_preview(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        preview: PreviewRecord,
+    ) -> Result<()>;
 
     /// Finishes the task as `Ready` and, in the same transaction, queues its webhook.
     async fn complete_ready(
@@ -104,13 +118,52 @@ pub trait Store: Send + Sync {
         webhook: Option<NewWebhook>,
     ) -> Result<ErrorOutcome>;
 
+    /// Cancels the tenant's task. A queued task (no worker holds its lease) becomes `Error` with
+    /// `details` at once, with `webhook` queued in the same transaction; a running one is marked
+    /// for its worker, which finishes it the same way ([`CancelOutcome::Requested`]). Marking
+    /// again is harmless. A final task, or none of the tenant's, changes nothing.
+    async fn cancel_task(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        details: String,
+        webhook: Option<NewWebhook>,
+    ) -> Result<CancelOutcome>;
+
+    /// Whether the client asked to cancel the task `worker_id` runs (workers ask between
+    /// steps); [`StoreError::LeaseLost`] if the worker no longer holds it.
+    async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool>;
+
     /// The tenant's task, or None if it does not exist, expired, or belongs to another tenant.
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>>;
 
     /// Deletes tasks that finished before `finished_before`, and outbox rows that were settled
-    /// (delivered or given up) before it. Returns the blob keys of the deleted tasks' images, for
-    /// the caller to delete from the blob store.
+    /// (delivered or given up) before it. Returns the blob keys of the deleted tasks' images and
+    /// previews, for the caller to delete from the blob store.
     async fn expire_finished(&self, finished_before: SystemTime) -> Result<Vec<String>>;
+
+    // --- credits -------------------------------------------------------------------------------
+
+    /// The tenant's balance in thousandths of a credit, or None when it has none (unlimited).
+    async fn credits(&self, tenant: &str) -> Result<Option<i64>>;
+
+    /// Sets the tenant's balance (creating the tenant on first use); None makes it unlimited.
+    /// A negative balance is [`StoreError::Invalid`].
+    async fn set_credits(&self, tenant: &str, balance: Option<i64>) -> Result<()>;
+
+    /// Adds `delta` (which may be negative) to the tenant's balance, from 0 when it has none,
+    /// and returns the new balance; one that would fall below 0 is [`StoreError::Invalid`] and
+    /// changes nothing. Atomic against concurrent debits.
+    async fn add_credits(&self, tenant: &str, delta: i64) -> Result<i64>;
+
+    /// Every tenant with a balance, and the balance, by tenant.
+    async fn list_credits(&self) -> Result<Vec<(String, i64)>>;
+
+    /// Sets what tasks of `endpoint` cost; None makes them free.
+    async fn set_price(&self, endpoint: &str, price: Option<Price>) -> Result<()>;
+
+    /// Every endpoint's price, by endpoint (endpoints not listed are free).
+    async fn prices(&self) -> Result<Vec<(String, Price)>>;
 
     // --- fine-tunes ---------------------------------------------------------------------------
 

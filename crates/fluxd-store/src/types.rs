@@ -83,6 +83,9 @@ pub struct NewTask {
     pub webhook_url: Option<String>,
     /// Secret that signs the webhook.
     pub webhook_secret: Option<String>,
+    /// What the task costs in thousandths of a credit (None: free, no price configured). Debited
+    /// from the tenant's balance with the insert, when the tenant has one.
+    pub cost: Option<i64>,
 }
 
 /// Result of [`Store::insert_task_if_under_limit`](crate::Store::insert_task_if_under_limit).
@@ -95,6 +98,46 @@ pub enum InsertOutcome {
         /// Unfinished tasks of the key at the time of the check.
         active: u32,
     },
+    /// The tenant's balance cannot pay the task's cost; nothing was written.
+    InsufficientCredits {
+        /// The balance at the time of the check, in thousandths of a credit.
+        balance: i64,
+    },
+}
+
+/// Credits are kept in thousandths (BIGINT), so that sums of debits and refunds are exact; the
+/// wire shows them as numbers of credits.
+pub const MILLI_PER_CREDIT: i64 = 1000;
+
+/// `milli` thousandths of a credit as a number of credits.
+pub fn credits_from_milli(milli: i64) -> f64 {
+    milli as f64 / MILLI_PER_CREDIT as f64
+}
+
+/// `credits` in thousandths, rounded to the nearest; None when it is not finite or too large.
+pub fn credits_to_milli(credits: f64) -> Option<i64> {
+    let milli = (credits * MILLI_PER_CREDIT as f64).round();
+    // 2^53: beyond it an f64 no longer holds every whole number.
+    (milli.is_finite() && milli.abs() <= 9_007_199_254_740_992.0).then_some(milli as i64)
+}
+
+/// What tasks of one endpoint cost, in thousandths of a credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    /// Charged per task.
+    pub per_task: i64,
+    /// Charged per megapixel of output.
+    pub per_megapixel: i64,
+}
+
+impl Price {
+    /// The cost of a task of `output_mp` megapixels (as the submit answer reports them, to 2
+    /// decimals), in thousandths of a credit, rounded to the nearest.
+    pub fn cost(&self, output_mp: f64) -> i64 {
+        let hundredths = (output_mp * 100.0).round() as i64;
+        let per_mp = (self.per_megapixel.saturating_mul(hundredths) + 50).div_euclid(100);
+        self.per_task.saturating_add(per_mp)
+    }
 }
 
 /// A task handed to a worker, leased to it until the lease runs out.
@@ -120,6 +163,9 @@ pub struct ClaimedTask {
     pub max_attempts: u32,
     /// When the task was submitted.
     pub created_at: SystemTime,
+    /// The client asked to cancel it while an earlier run held it (that run's worker stopped
+    /// before finishing it): finish it as cancelled instead of running it.
+    pub cancel_requested: bool,
 }
 
 /// What [`Store::claim_next`](crate::Store::claim_next) hands out.
@@ -143,6 +189,21 @@ impl Claim {
     }
 }
 
+/// Result of [`Store::cancel_task`](crate::Store::cancel_task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was queued (no worker held it): it is `Error` now, and its webhook is in the
+    /// outbox, in the same transaction.
+    Cancelled,
+    /// A worker runs it: it is marked, and the worker, which checks the mark between steps,
+    /// stops it and finishes it `Error` (see [`Store::cancel_requested`](crate::Store::cancel_requested)).
+    Requested,
+    /// The task had already reached this final status; nothing changed.
+    Final(TaskStatus),
+    /// The tenant has no such task (unknown, expired, or another tenant's).
+    NotFound,
+}
+
 /// A finished generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadyRecord {
@@ -156,6 +217,17 @@ pub struct ReadyRecord {
     pub start_time: f64,
     /// When generation ended, seconds since the Unix epoch.
     pub end_time: f64,
+}
+
+/// A running task's latest preview (a small JPEG in the blob store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewRecord {
+    /// Blob key of the JPEG; the same for every preview of a task (each replaces the last).
+    pub key: String,
+    /// Denoising steps done when it was made.
+    pub step: u32,
+    /// Denoising steps in all.
+    pub steps: u32,
 }
 
 /// Which side moderation stopped.
@@ -221,6 +293,8 @@ pub enum TaskState {
     Pending {
         /// Fraction of the work done while a worker holds the task.
         progress: Option<f64>,
+        /// The latest preview of this run, once its worker stored one.
+        preview: Option<PreviewRecord>,
     },
     /// Finished with an image.
     Ready(ReadyRecord),

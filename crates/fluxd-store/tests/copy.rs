@@ -46,6 +46,7 @@ fn task(key: &NewKey, n: usize, webhook: bool) -> NewTask {
         finetune_id: n.is_multiple_of(2).then(|| "style".to_owned()),
         webhook_url: webhook.then(|| "https://hooks.example.com/in".to_owned()),
         webhook_secret: webhook.then(|| format!("whsec-{n}")),
+        cost: None,
     }
 }
 
@@ -73,6 +74,14 @@ async fn populate(store: &dyn Store, blobs: &BlobStore) -> Result<Made> {
     let other = store.create_key("globex", None).await?;
     store.revoke_key(revoked.key_id).await?;
     store.set_max_active_tasks(key.key_id, 7).await?;
+    // Credits: a balance, a price, and an unfinished task that was charged (copying it must not
+    // debit the balance again).
+    store.set_credits("acme", Some(50_000)).await?;
+    let price = fluxd_store::Price {
+        per_task: 1_000,
+        per_megapixel: 250,
+    };
+    store.set_price("flux-dev", Some(price)).await?;
 
     // Two LoRA files, one shared; a few chunks' worth would be slow, a part boundary is tested
     // in blob.rs.
@@ -105,7 +114,8 @@ async fn populate(store: &dyn Store, blobs: &BlobStore) -> Result<Made> {
         blob_keys.push(blob_key);
     }
 
-    let tasks: Vec<NewTask> = (0..7).map(|n| task(&key, n, n < 4)).collect();
+    let mut tasks: Vec<NewTask> = (0..7).map(|n| task(&key, n, n < 4)).collect();
+    tasks[6].cost = Some(1_200);
     for t in &tasks {
         store.insert_task(t.clone()).await?;
         // Distinct milliseconds: claims take the oldest, and ties would be broken by random ids.

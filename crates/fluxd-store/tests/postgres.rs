@@ -83,7 +83,7 @@ async fn a_newer_schema_is_refused() -> Result {
             reopened,
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                supported: 2
+                supported: 5
             })
         ),
         "{:?}",
@@ -114,6 +114,7 @@ fn task(key: &fluxd_store::NewKey) -> NewTask {
         finetune_id: None,
         webhook_url: Some("https://hooks.example.com/x".into()),
         webhook_secret: None,
+        cost: None,
     }
 }
 
@@ -287,7 +288,7 @@ async fn batched_submits_keep_their_own_outcomes() -> Result {
         match outcome {
             Ok(InsertOutcome::Inserted) => inserted[k] += 1,
             Ok(InsertOutcome::LimitReached { active }) => assert_eq!(active, limit),
-            Err(err) => panic!("{err:?}"),
+            other => panic!("{other:?}"),
         }
     }
     // Alice had one queued already.

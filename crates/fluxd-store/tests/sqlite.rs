@@ -105,7 +105,7 @@ async fn a_newer_schema_is_refused() -> Result {
             reopened,
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                supported: 3
+                supported: 6
             })
         ),
         "{:?}",
@@ -136,6 +136,7 @@ async fn two_stores_share_one_file() -> Result {
                 finetune_id: None,
                 webhook_url: None,
                 webhook_secret: None,
+                cost: None,
             },
             12,
         )
@@ -220,6 +221,7 @@ async fn the_upgrade_to_version_2_counts_the_queue_already_there() -> Result {
         finetune_id: None,
         webhook_url: None,
         webhook_secret: None,
+        cost: None,
     };
     assert_eq!(
         store.insert_task_if_under_limit(task(key(1)), 3).await?,

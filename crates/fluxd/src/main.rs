@@ -5,6 +5,7 @@
 
 mod bench;
 mod control;
+mod credits;
 mod device;
 mod finetunes;
 mod generate;
@@ -59,6 +60,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage credits: tenants' balances and the endpoints' prices.
+    #[command(subcommand)]
+    Credits(credits::CreditsCommand),
     /// Manage fine-tunes (LoRA files).
     #[command(subcommand)]
     Finetunes(finetunes::FinetunesCommand),
@@ -98,6 +102,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Worker(args) => worker::run(*args),
         Command::Keys(cmd) => keys::run(cmd),
+        Command::Credits(cmd) => credits::run(cmd),
         Command::Finetunes(cmd) => finetunes::run(cmd),
         Command::Webhooks(cmd) => webhooks::run(cmd),
         Command::Store(cmd) => store::run(cmd),

@@ -241,6 +241,10 @@ pub struct NodeArgs {
     /// last heartbeat (e.g. 60s).
     #[arg(long, env = "FLUXD_TASK_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub task_lease: Duration,
+    /// Store a preview of a running task (a small JPEG of its current latents, shown by
+    /// get_result as `preview`) every this many denoising steps; 0: no previews.
+    #[arg(long, env = "FLUXD_PREVIEW_EVERY", default_value_t = fluxd_server::state::DEFAULT_PREVIEW_EVERY)]
+    pub preview_every: u32,
     /// Runs a task may start (a crash or kill interrupting a run counts one) before it ends as
     /// `Error`; stored on each task at submit.
     #[arg(long, env = "FLUXD_MAX_TASK_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS,
@@ -341,6 +345,7 @@ impl NodeArgs {
                 ..WebhookConfig::default()
             },
             task_lease: self.task_lease,
+            preview_every: self.preview_every,
             drain_timeout: self.drain_timeout,
             upsampler: self.upsampler.build()?,
             image_prompt_max_pixels: self

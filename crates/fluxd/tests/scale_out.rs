@@ -95,14 +95,7 @@ fn task_body(n: usize, steps: u32, hooks: &str) -> Value {
 }
 
 fn submit(node: &Server, key: &str, body: &Value) -> String {
-    let reply = node.post_json("/v1/flux-pro-finetuned", Some(key), body);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["id"].as_str().expect("id").to_owned()
+    submit_for_id(node, key, "/v1/flux-pro-finetuned", body)
 }
 
 /// Polls until the task has made progress (a worker runs it and has done steps).

@@ -1,6 +1,6 @@
 """A webhook receiver for fluxd's crash test, verifying each delivery independently of fluxd.
 
-Usage: webhook_receiver.py RECORD_FILE [--no-secret-header]
+Usage: webhook_receiver.py RECORD_FILE [--no-secret-header] [--any-final]
 
 Listens on 127.0.0.1 (or $RECEIVER_HOST; a free port, printed as `listening PORT` on the first
 stdout line) and
@@ -11,8 +11,11 @@ accepts POST /hook/<n>. The secret of hook n follows the test's rule: `s3cret-<n
   the header must be absent instead (`fluxd serve --webhook-no-secret-header`);
 - `X-BFL-Signature: sha256=<hex HMAC-SHA256(secret bytes, body)>`, with Python's hmac;
 - the Standard Webhooks headers, with the `standardwebhooks` package from PyPI.
+The payload must be `Ready` with a sample URL; with `--any-final`, any final status does (an
+`Error` must say why in `details`).
 The first delivery to every n divisible by 5 is answered 503, so the sender must retry.
-Every delivery is appended to RECORD_FILE as one JSON line: n, task_id, webhook_id, ok, error.
+Every delivery is appended to RECORD_FILE as one JSON line: n, task_id, status, webhook_id, ok,
+error.
 """
 
 import base64
@@ -28,6 +31,7 @@ from standardwebhooks import Webhook
 
 RECORD = open(sys.argv[1], "a", buffering=1)
 SECRET_HEADER = "--no-secret-header" not in sys.argv[2:]
+ANY_FINAL = "--any-final" in sys.argv[2:]
 LOCK = threading.Lock()
 SEEN = set()
 
@@ -60,8 +64,15 @@ def check(n: int, body: bytes, headers) -> dict:
     payload = verifier.verify(body, dict(headers.items()))
     if payload["task_id"] != payload["id"]:
         raise ValueError("task_id and id differ")
-    if payload["status"] != "Ready" or not payload["result"]["sample"].startswith("http"):
-        raise ValueError(f"unexpected payload {payload!r}")
+    if payload["status"] == "Ready":
+        if not payload["result"]["sample"].startswith("http"):
+            raise ValueError(f"unexpected payload {payload!r}")
+    elif not ANY_FINAL:
+        raise ValueError(f"not Ready: {payload!r}")
+    elif payload["status"] == "Error" and not payload["details"]["error"]:
+        raise ValueError(f"an Error without details: {payload!r}")
+    elif payload["status"] == "Pending":
+        raise ValueError(f"a webhook before the end: {payload!r}")
     return payload
 
 
@@ -78,6 +89,7 @@ class Handler(BaseHTTPRequestHandler):
             record["n"] = n
             payload = check(n, body, self.headers)
             record["task_id"] = payload["task_id"]
+            record["status"] = payload["status"]
             record["ok"] = True
             with LOCK:
                 first = n not in SEEN

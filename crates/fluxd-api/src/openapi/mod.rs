@@ -19,13 +19,15 @@ use utoipa::openapi::{
 };
 use utoipa::OpenApi;
 
+use crate::control::{CancelRequest, CancelResponse, CreditsResponse};
 use crate::endpoint::{Endpoint, ENDPOINTS};
 use crate::error::{ErrorDetail, LocItem, ValidationError, ValidationErrors};
 use crate::generation::{FluxDevRequest, FluxPro11Request, FluxProRequest};
 use crate::request::{DeleteFinetuneRequest, FinetunedRequest, OutputFormat};
 use crate::response::{
     DeleteFinetuneResponse, FinetuneDetailsResponse, GetResultResponse, HealthStatus,
-    MyFinetunesResponse, ReadyResult, SubmitResponse, TaskResult, TaskStatus, WebhookPayload,
+    MyFinetunesResponse, Preview, ReadyResult, SubmitResponse, TaskResult, TaskStatus,
+    WebhookPayload,
 };
 use crate::ultra::{UltraFinetunedRequest, UltraRequest};
 
@@ -52,6 +54,7 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
         DeleteFinetuneRequest,
         SubmitResponse,
         GetResultResponse,
+        Preview,
         TaskStatus,
         TaskResult,
         ReadyResult,
@@ -59,6 +62,9 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
         MyFinetunesResponse,
         FinetuneDetailsResponse,
         DeleteFinetuneResponse,
+        CancelRequest,
+        CancelResponse,
+        CreditsResponse,
         HealthStatus,
         ValidationErrors,
         ValidationError,
@@ -73,12 +79,14 @@ struct Components;
 enum Fails {
     /// 400: the body is not UTF-8 or nested too deep.
     Unreadable,
+    /// 402: the balance cannot pay the task.
+    Payment,
     /// 403: no or an unknown `x-key`.
     Auth,
     /// 404 with this description.
     NotFound(&'static str),
-    /// 409: the fine-tune exists.
-    Conflict,
+    /// 409 with this description.
+    Conflict(&'static str),
     /// 413: the body is over the limit.
     TooLarge,
     /// 422 in pydantic's shape.
@@ -108,7 +116,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut ops: Vec<(String, HttpMethod, OperationBuilder, Vec<Fails>)> = Vec::new();
     for spec in &ENDPOINTS {
         let finetuned = spec.finetune_strength.is_some();
-        let mut fails = vec![Unreadable, Auth, TooLarge, Invalid, TooMany, Unavailable];
+        let mut fails = vec![
+            Unreadable,
+            Payment,
+            Auth,
+            TooLarge,
+            Invalid,
+            TooMany,
+            Unavailable,
+        ];
         if finetuned {
             fails.push(NotFound("Finetune not found"));
         }
@@ -249,7 +265,47 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                 "200",
                 json_response("Successful Response", "FinetuneDetailsResponse"),
             ),
-            vec![Unreadable, Auth, Conflict, TooLarge, InvalidOrUnusable, Unavailable],
+            vec![
+                Unreadable,
+                Auth,
+                Conflict("A fine-tune of that name exists"),
+                TooLarge,
+                InvalidOrUnusable,
+                Unavailable,
+            ],
+        ),
+        (
+            "/v1/cancel".to_owned(),
+            HttpMethod::Post,
+            authed(
+                "cancel",
+                "Cancel a task (ours)",
+                "A queued task never runs: it ends `Error` at once. A running one stops between \
+                 two denoising steps, within about a second, and ends `Error`. `details` says it \
+                 was cancelled, and its webhook fires.",
+            )
+            .request_body(Some(json_body("CancelRequest")))
+            .response("200", json_response("Successful Response", "CancelResponse")),
+            vec![
+                Unreadable,
+                Auth,
+                NotFound("Task not found (unknown, expired, or another key's)"),
+                Conflict("The task is already final"),
+                TooLarge,
+                Invalid,
+                Unavailable,
+            ],
+        ),
+        (
+            "/v1/credits".to_owned(),
+            HttpMethod::Get,
+            authed(
+                "credits",
+                "Your credits",
+                "The balance of your key's tenant; null when none is configured (unlimited).",
+            )
+            .response("200", json_response("Successful Response", "CreditsResponse")),
+            vec![Auth, Unavailable],
         ),
         (
             "/healthz".to_owned(),
@@ -355,15 +411,19 @@ fn with_errors(mut builder: OperationBuilder, fails: &[Fails]) -> OperationBuild
                     "ErrorDetail",
                 ),
             ),
+            Fails::Payment => builder.response(
+                "402",
+                json_response(
+                    "Insufficient credits: the balance cannot pay this task (nothing was queued)",
+                    "ErrorDetail",
+                ),
+            ),
             Fails::Auth => builder.response(
                 "403",
                 json_response("Missing or invalid API key", "ErrorDetail"),
             ),
             Fails::NotFound(what) => builder.response("404", json_response(what, "ErrorDetail")),
-            Fails::Conflict => builder.response(
-                "409",
-                json_response("A fine-tune of that name exists", "ErrorDetail"),
-            ),
+            Fails::Conflict(what) => builder.response("409", json_response(what, "ErrorDetail")),
             Fails::TooLarge => builder.response(
                 "413",
                 json_response("Request body too large", "ErrorDetail"),

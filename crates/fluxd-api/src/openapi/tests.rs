@@ -60,6 +60,8 @@ fn endpoints_and_security() {
             ("/v1/finetune_details", "get"),
             ("/v1/delete_finetune", "post"),
             ("/v1/finetunes", "post"),
+            ("/v1/cancel", "post"),
+            ("/v1/credits", "get"),
         ]
         .map(|(p, m)| (p.to_owned(), m)),
     );
@@ -68,12 +70,12 @@ fn endpoints_and_security() {
         assert_eq!(op["security"], json!([{"x-key": []}]), "{path}");
         assert!(op["responses"]["200"].is_object(), "{path}");
         assert!(op["responses"]["403"].is_object(), "{path}");
-        let takes_input = path != "/v1/my_finetunes";
+        let takes_input = path != "/v1/my_finetunes" && path != "/v1/credits";
         assert_eq!(op["responses"]["422"].is_object(), takes_input, "{path}");
     }
     for e in Endpoint::all() {
         let responses = &doc["paths"][e.path().as_str()]["post"]["responses"];
-        for code in ["400", "413", "429", "503"] {
+        for code in ["400", "402", "413", "429", "503"] {
             assert!(responses[code].is_object(), "{e:?} {code}");
         }
         let finetuned = e.spec().finetune_strength.is_some();
@@ -115,6 +117,10 @@ fn endpoints_and_security() {
         doc["paths"]["/v1/get_result"]["get"]["parameters"][0]["name"],
         json!("id")
     );
+    let cancel = &doc["paths"]["/v1/cancel"]["post"]["responses"];
+    for code in ["404", "409"] {
+        assert!(cancel[code].is_object(), "cancel {code}");
+    }
 }
 
 #[test]

@@ -280,7 +280,7 @@ pub fn denoise(pipe: &FluxPipeline, p: &GenerateParams, text: &TextEmbeddings) -
         p,
         text,
         &mut Timings::default(),
-        &mut |_| {},
+        (&mut |_| {}, None),
         &AtomicBool::new(false),
     )
     .expect("denoise")

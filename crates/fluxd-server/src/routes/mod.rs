@@ -6,11 +6,14 @@
 //! any unknown path. A known path with the wrong method answers FastAPI's
 //! `405 {"detail":"Method Not Allowed"}`. Every response carries `x-request-id`.
 
+pub mod control;
 pub mod finetunes;
 pub mod submit;
 pub mod tasks;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_control;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -44,6 +47,8 @@ pub fn app(state: AppState) -> Router {
     let routes = routes
         .route("/v1/get_result", get(tasks::get_result))
         .route("/v1/images/{file}", get(tasks::image))
+        .route("/v1/cancel", post(control::cancel).layer(json_limit))
+        .route("/v1/credits", get(control::credits))
         .route("/v1/my_finetunes", get(finetunes::my_finetunes))
         .route("/v1/finetune_details", get(finetunes::finetune_details))
         .route(

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use bytes::Bytes;
 use fluxd_api::{megapixels, Endpoint, StoredTask, SubmitResponse, TaskStatus};
-use fluxd_store::{InsertOutcome, NewTask};
+use fluxd_store::{credits_from_milli, InsertOutcome, NewTask};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -72,6 +72,10 @@ pub async fn submit(
         generation,
     };
     let output_mp = megapixels(stored.generation.width, stored.generation.height);
+    let cost = state
+        .prices()
+        .cost(state.store(), endpoint.name(), output_mp)
+        .await?;
     let task = NewTask {
         id,
         tenant: key.tenant.clone(),
@@ -80,6 +84,7 @@ pub async fn submit(
         webhook_url: webhook_url.clone(),
         webhook_secret: request.webhook_secret().map(str::to_owned),
         params: serde_json::to_value(&stored).map_err(internal)?,
+        cost,
     };
     let limit = key.max_active_tasks.min(state.config().max_active_tasks);
     match state
@@ -91,6 +96,12 @@ pub async fn submit(
         InsertOutcome::LimitReached { active } => {
             return Err(ApiError::TooManyActiveTasks { active, limit });
         }
+        InsertOutcome::InsufficientCredits { balance } => {
+            return Err(ApiError::InsufficientCredits {
+                cost: credits_from_milli(cost.unwrap_or_default()),
+                balance: credits_from_milli(balance),
+            });
+        }
     }
     state.wake().notify_one();
     tracing::info!(task_id = %id, tenant = key.tenant, endpoint = endpoint.name(), "task queued");
@@ -101,7 +112,7 @@ pub async fn submit(
         status: webhook_url.is_some().then_some(TaskStatus::Pending),
         webhook_url,
         polling_url: format!("{}/v1/get_result?id={id}", state.config().public_url),
-        cost: None,
+        cost: cost.map(credits_from_milli),
         input_mp,
         output_mp,
     }))

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use fluxd_api::{
-    GetResultResponse, ReadyResult, RequestError, TaskResult, TaskStatus, ValidationError,
+    GetResultResponse, Preview, ReadyResult, RequestError, TaskResult, TaskStatus, ValidationError,
     ValidationErrors,
 };
 use fluxd_store::{ModerationKind, StoreError, TaskState};
@@ -116,17 +116,24 @@ pub async fn result_body(
     task_state: TaskState,
     now: SystemTime,
 ) -> Result<GetResultResponse, StoreError> {
-    let sample = match &task_state {
-        TaskState::Ready(ready) => {
-            let delivery = state.config().delivery;
-            Some(delivery::sample_url(state, delivery, &ready.sample_key, now).await?)
-        }
+    let delivery = state.config().delivery;
+    let url = match &task_state {
+        TaskState::Ready(ready) => Some(&ready.sample_key),
+        TaskState::Pending {
+            preview: Some(preview),
+            ..
+        } => Some(&preview.key),
         _ => None,
     };
-    Ok(body_with_sample(id, task_state, sample))
+    let url = match url {
+        Some(key) => Some(delivery::sample_url(state, delivery, key, now).await?),
+        None => None,
+    };
+    Ok(body_with_sample(id, task_state, url))
 }
 
-/// The `get_result` body of a task whose image (if it is ready) downloads from `sample`.
+/// The `get_result` body of a task whose image (if it is ready), or preview (if it runs and has
+/// one), downloads from `sample`.
 pub fn body_with_sample(
     id: String,
     task_state: TaskState,
@@ -134,9 +141,14 @@ pub fn body_with_sample(
 ) -> GetResultResponse {
     let mut body = GetResultResponse::not_found(id);
     match task_state {
-        TaskState::Pending { progress } => {
+        TaskState::Pending { progress, preview } => {
             body.status = TaskStatus::Pending;
             body.progress = progress;
+            body.preview = preview.zip(sample.clone()).map(|(p, sample)| Preview {
+                sample,
+                step: p.step,
+                steps: p.steps,
+            });
         }
         TaskState::Ready(ready) => {
             body.status = TaskStatus::Ready;
@@ -179,9 +191,11 @@ pub async fn image(
 ) -> Result<Response, ApiError> {
     let (stem, ext) = file.rsplit_once('.').ok_or(ApiError::NotFound)?;
     let content_type = delivery::content_type(ext).ok_or(ApiError::NotFound)?;
-    // Only names the worker writes: a UUID and a known extension, nothing that could walk the
-    // blob store.
-    Uuid::parse_str(stem).map_err(|_| ApiError::NotFound)?;
+    // Only names the worker writes: a task id (or its preview's) and a known extension, nothing
+    // that could walk the blob store.
+    if !delivery::known_stem(stem) {
+        return Err(ApiError::NotFound);
+    }
     let Ok(Query(Signature {
         exp: Some(exp),
         sig: Some(sig),

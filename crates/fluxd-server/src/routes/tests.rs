@@ -16,14 +16,14 @@ use crate::engine::EngineState;
 use crate::signing::UrlSigner;
 use crate::state::{AppState, Dirs, ServerConfig};
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    state: AppState,
-    store: Arc<SqliteStore>,
-    key: String,
+    pub(super) state: AppState,
+    pub(super) store: Arc<SqliteStore>,
+    pub(super) key: String,
 }
 
-async fn fixture() -> Fixture {
+pub(super) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SqliteStore::open(dir.path().join("db.sqlite"))
@@ -75,7 +75,7 @@ async fn fixture() -> Fixture {
     }
 }
 
-async fn call(
+pub(super) async fn call(
     state: &AppState,
     method: &str,
     uri: &str,
@@ -98,7 +98,7 @@ async fn call(
     (status, headers, bytes)
 }
 
-fn json_of(bytes: &Bytes) -> Value {
+pub(super) fn json_of(bytes: &Bytes) -> Value {
     serde_json::from_slice(bytes).unwrap()
 }
 

@@ -10,13 +10,16 @@ pub mod sign;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fluxd_store::{StoreError, WebhookDelivery};
+use fluxd_api::WebhookPayload;
+use fluxd_store::{NewWebhook, StoreError, TaskState, WebhookDelivery};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use uuid::Uuid;
 
 use crate::delivery;
 use crate::error::ServerError;
+use crate::routes::tasks::body_with_sample;
 use crate::state::AppState;
 
 /// Webhook delivery settings.
@@ -155,6 +158,48 @@ pub async fn run_sender(state: AppState, mut shutdown: watch::Receiver<bool>) {
         }
     }
     in_flight.abort_all();
+}
+
+/// The webhook for a task's final state, when the caller asked for one (`target`: its
+/// `webhook_url` and `webhook_secret`): the `get_result` body plus `task_id`, for the store to
+/// queue in the outbox in the same transaction as the final state.
+pub(crate) async fn final_webhook(
+    state: &AppState,
+    task_id: Uuid,
+    (url, secret): (Option<String>, Option<String>),
+    final_state: TaskState,
+) -> Option<NewWebhook> {
+    let url = url?;
+    let now = SystemTime::now();
+    let sample = match &final_state {
+        TaskState::Ready(ready) => {
+            let delivery = state.config().delivery;
+            match delivery::sample_url(state, delivery, &ready.sample_key, now).await {
+                Ok(sample) => Some(sample),
+                Err(err) => {
+                    // The sender signs the link afresh at every attempt (and retries while it
+                    // cannot): any working link will do in the stored payload.
+                    tracing::warn!(%err, "could not presign the image URL for the webhook");
+                    Some(delivery::signed_url(state, &ready.sample_key, now))
+                }
+            }
+        }
+        _ => None,
+    };
+    let body = body_with_sample(task_id.to_string(), final_state, sample);
+    match serde_json::to_value(WebhookPayload::from(body)) {
+        Ok(payload) => Some(NewWebhook {
+            url,
+            secret,
+            payload,
+            // Standard Webhooks: one id per message, the same on every retry.
+            webhook_id: format!("msg_{task_id}"),
+        }),
+        Err(err) => {
+            tracing::error!(%err, "could not build the webhook payload");
+            None
+        }
+    }
 }
 
 async fn deliver(state: AppState, client: reqwest::Client, delivery: WebhookDelivery) {

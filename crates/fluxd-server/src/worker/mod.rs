@@ -4,15 +4,12 @@
 //! and finishes the task `Ready` with the stored image, or `Error` with words a user can act on.
 //! Each task runs in a `task` span with its id and the `x-request-id` of its submit.
 
-use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fluxd_api::{StoredTask, WebhookPayload};
-use fluxd_engine::lora::LoraFile;
+use fluxd_api::StoredTask;
 use fluxd_engine::safety::{moderate_nsfw_score, SafetyTolerance};
 use fluxd_engine::transformer::FluxConfig;
 use fluxd_store::{
@@ -24,19 +21,22 @@ use tracing::Instrument;
 use crate::delivery;
 use crate::engine::{generate_params, output_format, EngineHandle, EngineState, GenerateJob};
 use crate::lease::{LeaseClock, Renewal};
-use crate::routes::tasks::body_with_sample;
 use crate::state::AppState;
 use failure::{engine_failure, not_recorded, TaskFailure};
+use lora::{finetune_lora, LoraCache};
 
 mod failure;
+mod lora;
+mod preview;
 
 /// Heartbeats per lease: three can be missed (a busy database) before the lease runs out.
 const HEARTBEATS_PER_LEASE: u32 = 4;
+/// How often a running task's worker asks the store whether the client cancelled it: the
+/// contract's "stops within a second", whichever process took the cancel.
+const CANCEL_POLL: Duration = Duration::from_millis(500);
 /// How often an idle worker looks for work when no submit wakes it (tasks of another process,
 /// expired leases).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Parsed LoRA files kept in memory; each holds the adapter's tensors.
-const LORA_CACHE: usize = 16;
 
 /// How a task that ran to its end came out.
 enum Outcome {
@@ -46,31 +46,6 @@ enum Outcome {
         kind: ModerationKind,
         reasons: Vec<String>,
     },
-}
-
-/// Parsed LoRA files by content digest, so neither adapters nor the base model are re-read per
-/// request. Oldest-first eviction.
-#[derive(Default)]
-struct LoraCache {
-    files: HashMap<String, Arc<LoraFile>>,
-    order: VecDeque<String>,
-}
-
-impl LoraCache {
-    fn get(&self, sha: &str) -> Option<Arc<LoraFile>> {
-        self.files.get(sha).cloned()
-    }
-
-    fn insert(&mut self, sha: String, lora: Arc<LoraFile>) {
-        if self.files.insert(sha.clone(), lora).is_none() {
-            self.order.push_back(sha);
-        }
-        while self.order.len() > LORA_CACHE {
-            if let Some(old) = self.order.pop_front() {
-                self.files.remove(&old);
-            }
-        }
-    }
 }
 
 /// Runs the worker until `shutdown` turns true. Waits for the model first. A task running at
@@ -208,6 +183,12 @@ async fn handle_claim(
     cancel: &Arc<AtomicBool>,
 ) {
     let task = match claim {
+        // Cancelled while an earlier run held it, and that run stopped before finishing it.
+        Claim::Run(task) | Claim::Exhausted(task) if task.cancel_requested => {
+            let failure = TaskFailure::user(fluxd_api::CANCELLED_DETAILS);
+            finish_error(state, &task, (worker_id, &clock), failure).await;
+            return;
+        }
         Claim::Run(task) => task,
         Claim::Exhausted(task) => {
             let details = format!(
@@ -236,13 +217,15 @@ async fn handle_claim(
         cancel,
     )
     .await;
+    // A task let go may be another worker's now, with its own preview under the same key.
+    let discard_preview = state.config().preview_every > 0 && !matches!(&ran, Err(f) if f.let_go);
     match ran {
         Ok(Outcome::Moderated { kind, reasons }) => {
             finish_moderated(state, &task, (worker_id, &clock), kind, reasons).await;
         }
         Ok(Outcome::Ready(ready)) => {
             let generation_seconds = started.elapsed().as_secs_f64();
-            let webhook = webhook(state, &task, TaskState::Ready(ready.clone())).await;
+            let webhook = final_webhook(state, &task, TaskState::Ready(ready.clone())).await;
             let recorded = clock
                 .write(|| {
                     let (ready, webhook) = (ready.clone(), webhook.clone());
@@ -275,6 +258,24 @@ async fn handle_claim(
         }
         Err(failure) => finish_error(state, &task, (worker_id, &clock), failure).await,
     }
+    if discard_preview {
+        preview::discard(state, task.id).await;
+    }
+}
+
+/// The webhook for a claimed task's final state (see [`crate::webhook::final_webhook`]).
+async fn final_webhook(
+    state: &AppState,
+    task: &ClaimedTask,
+    final_state: TaskState,
+) -> Option<NewWebhook> {
+    crate::webhook::final_webhook(
+        state,
+        task.id,
+        (task.webhook_url.clone(), task.webhook_secret.clone()),
+        final_state,
+    )
+    .await
 }
 
 async fn finish_error(
@@ -287,7 +288,7 @@ async fn finish_error(
         details: f.details.clone(),
     };
     // The store only queues it when the failure is final (not re-queued).
-    let webhook = webhook(state, task, final_state).await;
+    let webhook = final_webhook(state, task, final_state).await;
     let recorded = clock
         .write(|| {
             let (details, webhook) = (f.details.clone(), webhook.clone());
@@ -321,7 +322,7 @@ async fn finish_moderated(
         kind,
         reasons: reasons.clone(),
     };
-    let webhook = webhook(state, task, final_state).await;
+    let webhook = final_webhook(state, task, final_state).await;
     let status = match kind {
         ModerationKind::Request => "Request Moderated",
         ModerationKind::Content => "Content Moderated",
@@ -342,46 +343,6 @@ async fn finish_moderated(
             state.webhook_wake().notify_one();
         }
         Err(lost) => not_recorded("the moderation", &lost),
-    }
-}
-
-/// The webhook for a task's final state, when the caller asked for one: the `get_result` body
-/// plus `task_id`, queued in the outbox in the same transaction as the result.
-async fn webhook(
-    state: &AppState,
-    task: &ClaimedTask,
-    final_state: TaskState,
-) -> Option<NewWebhook> {
-    let url = task.webhook_url.clone()?;
-    let now = SystemTime::now();
-    let sample = match &final_state {
-        TaskState::Ready(ready) => {
-            let delivery = state.config().delivery;
-            match delivery::sample_url(state, delivery, &ready.sample_key, now).await {
-                Ok(sample) => Some(sample),
-                Err(err) => {
-                    // The sender signs the link afresh at every attempt (and retries while it
-                    // cannot): any working link will do in the stored payload.
-                    tracing::warn!(%err, "could not presign the image URL for the webhook");
-                    Some(delivery::signed_url(state, &ready.sample_key, now))
-                }
-            }
-        }
-        _ => None,
-    };
-    let body = body_with_sample(task.id.to_string(), final_state, sample);
-    match serde_json::to_value(WebhookPayload::from(body)) {
-        Ok(payload) => Some(NewWebhook {
-            url,
-            secret: task.webhook_secret.clone(),
-            payload,
-            // Standard Webhooks: one id per message, the same on every retry.
-            webhook_id: format!("msg_{}", task.id),
-        }),
-        Err(err) => {
-            tracing::error!(%err, "could not build the webhook payload");
-            None
-        }
     }
 }
 
@@ -464,6 +425,8 @@ async fn run_task(
     };
     let format = output_format(request.output_format);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let (preview_tx, mut preview_rx) = mpsc::unbounded_channel();
+    let every = usize::try_from(state.config().preview_every).unwrap_or(0);
     let job = GenerateJob {
         params,
         lora,
@@ -473,12 +436,15 @@ async fn run_task(
         image_prompt,
         // 0..=1 on ultra, 1 elsewhere.
         image_prompt_strength: request.image_prompt_strength as f32,
+        previews: (every > 0).then_some((every, preview_tx)),
     };
     let start_time = epoch_secs(SystemTime::now());
     let generation = engine.generate(job);
     tokio::pin!(generation);
     let mut heartbeat = tokio::time::interval(clock.lease() / HEARTBEATS_PER_LEASE);
     heartbeat.tick().await;
+    let mut cancel_poll = tokio::time::interval(CANCEL_POLL);
+    cancel_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let generated = loop {
         tokio::select! {
             result = &mut generation => break result.map_err(engine_failure)?,
@@ -492,6 +458,27 @@ async fn run_task(
                         tracing::debug!(%err, "could not record progress");
                     }
                     Err(err) => tracing::warn!(%err, "could not record progress"),
+                }
+            }
+            Some(mut latest) = preview_rx.recv() => {
+                // Only the newest matters when the store is slower than the steps.
+                while let Ok(newer) = preview_rx.try_recv() {
+                    latest = newer;
+                }
+                preview::store(state, task.id, worker_id, latest).await;
+            }
+            _ = cancel_poll.tick() => {
+                match state.store().cancel_requested(task.id, worker_id).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::info!("the client cancelled the task; stopping it");
+                        // Between two steps; whatever the engine answers, the task is cancelled.
+                        cancel.store(true, Ordering::Relaxed);
+                        let _ = (&mut generation).await;
+                        return Err(TaskFailure::user(fluxd_api::CANCELLED_DETAILS));
+                    }
+                    // A lost lease shows at the next heartbeat, which handles it.
+                    Err(err) => tracing::debug!(%err, "could not ask whether the task was cancelled"),
                 }
             }
             _ = heartbeat.tick() => {
@@ -547,33 +534,6 @@ async fn run_task(
     }))
 }
 
-/// The parsed LoRA of the tenant's fine-tune `id` (read once, then from the cache by digest).
-async fn finetune_lora(
-    state: &AppState,
-    cfg: &FluxConfig,
-    cache: &mut LoraCache,
-    clock: &LeaseClock,
-    tenant: &str,
-    id: &str,
-) -> Result<Arc<LoraFile>, TaskFailure> {
-    // Through the lease clock: a database outage is retried while the lease lasts.
-    let record = clock
-        .write(|| state.store().get_finetune(tenant, id))
-        .await
-        .map_err(TaskFailure::lost)?
-        .ok_or_else(|| {
-            TaskFailure::user(format!(
-                "Finetune {id:?} no longer exists (deleted after the task was submitted)"
-            ))
-        })?;
-    if let Some(lora) = cache.get(&record.sha256) {
-        return Ok(lora);
-    }
-    let lora = Arc::new(load_lora(state, cfg, &record.blob_key, &record.sha256).await?);
-    cache.insert(record.sha256.clone(), lora.clone());
-    Ok(lora)
-}
-
 /// The prompt rewritten by the configured language model.
 async fn upsample(state: &AppState, prompt: &str, seed: u64) -> Result<String, TaskFailure> {
     let upsampler = state.config().upsampler.as_ref().ok_or_else(|| {
@@ -592,33 +552,6 @@ async fn upsample(state: &AppState, prompt: &str, seed: u64) -> Result<String, T
             })
         }
     }
-}
-
-/// Copies the LoRA blob to a local file (the engine reads files by path) and parses it.
-async fn load_lora(
-    state: &AppState,
-    cfg: &FluxConfig,
-    blob_key: &str,
-    sha256: &str,
-) -> Result<LoraFile, TaskFailure> {
-    let path: PathBuf = state.lora_cache_dir().join(format!("{sha256}.safetensors"));
-    if !path.is_file() {
-        let staging = state
-            .lora_cache_dir()
-            .join(format!(".{}.partial", uuid::Uuid::new_v4()));
-        // Streamed to disk: the blob is not held in memory whole.
-        if let Err(err) = state.blobs().get_to_file(blob_key, &staging).await {
-            let _ = tokio::fs::remove_file(&staging).await;
-            return Err(TaskFailure::store(err));
-        }
-        tokio::fs::rename(&staging, &path).await.map_err(|e| {
-            tracing::error!(%e, "could not cache a LoRA file");
-            TaskFailure::retryable("Could not read the fine-tune's file")
-        })?;
-    }
-    crate::import::validate_lora(path, cfg).await.map_err(|e| {
-        TaskFailure::user(format!("The fine-tune cannot be used with this model: {e}"))
-    })
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {

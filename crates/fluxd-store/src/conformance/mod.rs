@@ -9,10 +9,13 @@
 //! server. The functions panic, like `assert!`, when the backend
 //! misbehaves, and return the store's own errors unchanged.
 
+mod cancel;
+mod credits;
 mod keys;
 mod link;
 mod nodes;
 mod outbox;
+mod preview;
 mod queue;
 mod test_schema;
 
@@ -20,10 +23,13 @@ use std::future::Future;
 
 use uuid::Uuid;
 
+pub use cancel::cancellation;
+pub use credits::{concurrent_debits, credits};
 pub use keys::{finetunes, keys};
 pub use link::FlakyLink;
 pub use nodes::{claims_across_stores, limit_across_stores, shared_secrets};
 pub use outbox::{durability, outbox, retention};
+pub use preview::previews;
 pub use queue::{
     active_task_limit, claims_are_exclusive, completions, expired_lease_is_reclaimable,
     heartbeat_and_progress, lost_worker_retries, release_on_shutdown, retryable_errors,
@@ -70,7 +76,11 @@ macro_rules! __store_checks {
             retryable_errors,
             expired_lease_is_reclaimable,
             retention,
-            outbox
+            outbox,
+            cancellation,
+            credits,
+            concurrent_debits,
+            previews
         }
     };
 }
@@ -148,6 +158,7 @@ fn task_for(key: &NewKey, prompt: &str) -> NewTask {
         finetune_id: Some("my-style".into()),
         webhook_url: Some("https://hooks.example.com/fluxd".into()),
         webhook_secret: Some("whsec".into()),
+        cost: None,
     }
 }
 

@@ -74,6 +74,7 @@ pub async fn limit_across_stores(stores: &[&dyn Store]) -> Result<()> {
         match outcome? {
             InsertOutcome::Inserted => inserted += 1,
             InsertOutcome::LimitReached { active } => assert_eq!(active, limit),
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(inserted, limit);

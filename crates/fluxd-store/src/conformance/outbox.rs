@@ -58,7 +58,10 @@ pub async fn retention(store: &dyn Store) -> Result<()> {
     let kept = store.get_task("alice", waiting.id).await?;
     assert_eq!(
         kept.map(|t| t.state),
-        Some(TaskState::Pending { progress: None })
+        Some(TaskState::Pending {
+            progress: None,
+            preview: None
+        })
     );
     // Finished tasks leaving did not change what the key has unfinished.
     assert_eq!(store.count_unfinished(key.key_id).await?, 1);
@@ -257,7 +260,13 @@ where
     let back = store.get_task("alice", queued.id).await?;
     let back = back.unwrap_or_else(|| panic!("queued task lost on reopen"));
     assert_eq!(back.params, queued.params);
-    assert_eq!(back.state, TaskState::Pending { progress: None });
+    assert_eq!(
+        back.state,
+        TaskState::Pending {
+            progress: None,
+            preview: None
+        }
+    );
     let done = store.get_task("alice", finished.id).await?;
     assert_eq!(
         done.map(|t| t.state),

@@ -46,7 +46,13 @@ pub async fn task_isolation(store: &dyn Store) -> Result<()> {
     assert_eq!(found.finetune_id, task.finetune_id);
     assert_eq!(found.webhook_url, task.webhook_url);
     assert_eq!(found.webhook_secret, task.webhook_secret);
-    assert_eq!(found.state, TaskState::Pending { progress: None });
+    assert_eq!(
+        found.state,
+        TaskState::Pending {
+            progress: None,
+            preview: None
+        }
+    );
     assert_eq!(found.state.status().as_str(), "Pending");
     assert_eq!(found.attempts, 0);
     assert_eq!(found.finished_at, None);
@@ -80,6 +86,7 @@ pub async fn active_task_limit(store: &dyn Store) -> Result<()> {
         match outcome? {
             InsertOutcome::Inserted => inserted += 1,
             InsertOutcome::LimitReached { active } => assert_eq!(active, limit),
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(inserted, limit);
@@ -210,7 +217,13 @@ pub async fn release_on_shutdown(store: &dyn Store) -> Result<()> {
     assert_lease_lost(store.release_task(task.id, "w1").await, "second release");
     let record = store.get_task("alice", task.id).await?;
     let record = record.unwrap_or_else(|| panic!("task vanished"));
-    assert_eq!(record.state, TaskState::Pending { progress: None });
+    assert_eq!(
+        record.state,
+        TaskState::Pending {
+            progress: None,
+            preview: None
+        }
+    );
     let again = claim_run(store, "w2", LONG).await?;
     assert_eq!(
         (again.id, again.attempts),
@@ -231,7 +244,8 @@ pub async fn heartbeat_and_progress(store: &dyn Store) -> Result<()> {
     assert_eq!(
         progress(store.get_task("alice", task.id).await?),
         Some(TaskState::Pending {
-            progress: Some(0.0)
+            progress: Some(0.0),
+            preview: None,
         })
     );
     store.heartbeat(claimed.id, "w", LONG).await?;
@@ -239,7 +253,8 @@ pub async fn heartbeat_and_progress(store: &dyn Store) -> Result<()> {
     assert_eq!(
         progress(store.get_task("alice", task.id).await?),
         Some(TaskState::Pending {
-            progress: Some(0.5)
+            progress: Some(0.5),
+            preview: None,
         })
     );
     for bad in [-0.1, 1.5, f64::NAN] {
@@ -364,7 +379,13 @@ pub async fn retryable_errors(store: &dyn Store) -> Result<()> {
             assert_eq!(outcome, ErrorOutcome::Requeued { attempts });
             let record = store.get_task("alice", task.id).await?;
             let record = record.unwrap_or_else(|| panic!("task vanished"));
-            assert_eq!(record.state, TaskState::Pending { progress: None });
+            assert_eq!(
+                record.state,
+                TaskState::Pending {
+                    progress: None,
+                    preview: None
+                }
+            );
             assert_eq!(record.last_error, Some(format!("GPU busy ({attempts})")));
             let early = store.claim_due_webhooks("d", 10, LONG).await?;
             assert!(early.is_empty(), "webhook before the task was final");

@@ -15,7 +15,9 @@ pub(crate) mod sql;
 
 use async_trait::async_trait;
 
-pub use records::{KeyRow, Record, RecordKind, SecretRow, TaskRow, TenantRow, WebhookRow};
+pub use records::{
+    BalanceRow, KeyRow, PriceRow, Record, RecordKind, SecretRow, TaskRow, TenantRow, WebhookRow,
+};
 pub use run::{copy, CopyReport, Counts};
 
 use crate::url::DatabaseUrl;

@@ -23,17 +23,24 @@ pub enum RecordKind {
     Webhook,
     /// `shared_secrets`.
     Secret,
+    /// `credit_balances`. After tasks: copying a task never debits again, as its balance is
+    /// not in the target yet when the task's insert runs the debit trigger.
+    Balance,
+    /// `prices`.
+    Price,
 }
 
 impl RecordKind {
     /// Every kind, in copy order.
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 8] = [
         Self::Tenant,
         Self::Key,
         Self::Finetune,
         Self::Task,
         Self::Webhook,
         Self::Secret,
+        Self::Balance,
+        Self::Price,
     ];
 
     /// What a person calls records of this kind, plural.
@@ -45,6 +52,8 @@ impl RecordKind {
             Self::Task => "tasks",
             Self::Webhook => "webhook deliveries",
             Self::Secret => "shared secrets",
+            Self::Balance => "credit balances",
+            Self::Price => "prices",
         }
     }
 }
@@ -129,6 +138,16 @@ pub struct TaskRow {
     pub updated_at: SystemTime,
     /// Finished at.
     pub finished_at: Option<SystemTime>,
+    /// The client asked to cancel it while it ran.
+    pub cancel_requested: bool,
+    /// What its submit debited, in thousandths of a credit.
+    pub charged: Option<i64>,
+    /// Blob key of its latest preview.
+    pub preview_key: Option<String>,
+    /// The step its preview shows (this run's).
+    pub preview_step: Option<u32>,
+    /// Steps in all, of its preview's run.
+    pub preview_steps: Option<u32>,
 }
 
 /// A row of the webhook outbox, in any status.
@@ -186,6 +205,28 @@ impl std::fmt::Debug for SecretRow {
     }
 }
 
+/// A row of `credit_balances`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalanceRow {
+    /// The tenant.
+    pub tenant: String,
+    /// Its balance, in thousandths of a credit.
+    pub balance: i64,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+}
+
+/// A row of `prices`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceRow {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Its price.
+    pub price: crate::Price,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+}
+
 /// One row of any table a copy moves.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -201,6 +242,10 @@ pub enum Record {
     Webhook(WebhookRow),
     /// A shared secret.
     Secret(SecretRow),
+    /// A tenant's credit balance.
+    Balance(BalanceRow),
+    /// An endpoint's price.
+    Price(PriceRow),
 }
 
 impl Record {
@@ -213,6 +258,8 @@ impl Record {
             Self::Task(_) => RecordKind::Task,
             Self::Webhook(_) => RecordKind::Webhook,
             Self::Secret(_) => RecordKind::Secret,
+            Self::Balance(_) => RecordKind::Balance,
+            Self::Price(_) => RecordKind::Price,
         }
     }
 
@@ -273,6 +320,11 @@ impl Record {
                     created_at: rows::time(row, "created_at")?,
                     updated_at: rows::time(row, "updated_at")?,
                     finished_at: rows::opt_time(row, "finished_at")?,
+                    cancel_requested: row.boolean("cancel_requested")?,
+                    charged: row.opt_int("charged")?,
+                    preview_key: row.opt_text("preview_key")?,
+                    preview_step: rows::opt_count(row, "preview_step")?,
+                    preview_steps: rows::opt_count(row, "preview_steps")?,
                 })
             }
             RecordKind::Webhook => Self::Webhook(WebhookRow {
@@ -296,6 +348,16 @@ impl Record {
                 value: row.text("value")?,
                 created_at: rows::time(row, "created_at")?,
             }),
+            RecordKind::Balance => Self::Balance(BalanceRow {
+                tenant: row.text("tenant")?,
+                balance: row.int("balance")?,
+                updated_at: rows::time(row, "updated_at")?,
+            }),
+            RecordKind::Price => Self::Price(PriceRow {
+                price: crate::sql::credits::price(row)?.1,
+                endpoint: row.text("endpoint")?,
+                updated_at: rows::time(row, "updated_at")?,
+            }),
         })
     }
 
@@ -309,6 +371,8 @@ impl Record {
             Self::Task(t) => (t.id.to_string(), String::new()),
             Self::Webhook(w) => (w.id.to_string(), String::new()),
             Self::Secret(s) => (s.name.clone(), String::new()),
+            Self::Balance(b) => (b.tenant.clone(), String::new()),
+            Self::Price(p) => (p.endpoint.clone(), String::new()),
         }
     }
 }

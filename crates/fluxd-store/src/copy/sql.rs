@@ -18,6 +18,10 @@ pub(crate) const fn page(kind: RecordKind) -> &'static str {
         RecordKind::Task => "SELECT * FROM tasks WHERE id > $1 ORDER BY id LIMIT $2",
         RecordKind::Webhook => "SELECT * FROM webhooks WHERE id > $1 ORDER BY id LIMIT $2",
         RecordKind::Secret => "SELECT * FROM shared_secrets WHERE name > $1 ORDER BY name LIMIT $2",
+        RecordKind::Balance => {
+            "SELECT * FROM credit_balances WHERE tenant > $1 ORDER BY tenant LIMIT $2"
+        }
+        RecordKind::Price => "SELECT * FROM prices WHERE endpoint > $1 ORDER BY endpoint LIMIT $2",
     }
 }
 
@@ -46,9 +50,10 @@ pub(crate) const INSERT_FINETUNE: &str = "INSERT INTO finetunes \
 pub(crate) const INSERT_TASK: &str = "INSERT INTO tasks \
     (id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, status, worker_id, \
      lease_until, attempts, max_attempts, progress, last_error, details, sample_key, prompt_used, \
-     seed_used, start_time, end_time, created_at, updated_at, finished_at) \
+     seed_used, start_time, end_time, created_at, updated_at, finished_at, cancel_requested, \
+     charged, preview_key, preview_step, preview_steps) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-            $19, $20, $21, $22, $23) \
+            $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) \
     ON CONFLICT (id) DO NOTHING";
 
 /// Inserts one outbox row unless there is one with that id.
@@ -61,6 +66,16 @@ pub(crate) const INSERT_WEBHOOK: &str = "INSERT INTO webhooks \
 /// Inserts one shared secret unless there is one of that name.
 pub(crate) const INSERT_SECRET: &str = "INSERT INTO shared_secrets (name, value, created_at) \
     VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+
+/// Inserts one balance unless the tenant has one.
+pub(crate) const INSERT_BALANCE: &str =
+    "INSERT INTO credit_balances (tenant, balance, updated_at) \
+    VALUES ($1, $2, $3) ON CONFLICT (tenant) DO NOTHING";
+
+/// Inserts one price unless the endpoint has one.
+pub(crate) const INSERT_PRICE: &str = "INSERT INTO prices \
+    (endpoint, per_task, per_megapixel, updated_at) VALUES ($1, $2, $3, $4) \
+    ON CONFLICT (endpoint) DO NOTHING";
 
 /// The insert of `$record` (a `&Record`) with its values bound, as a query of whichever backend
 /// the expansion runs against (a macro, not a function: the backends' query types differ).
@@ -121,7 +136,12 @@ macro_rules! insert_record {
                 .bind(t.end_time)
                 .bind(to_millis(t.created_at))
                 .bind(to_millis(t.updated_at))
-                .bind(opt_millis(t.finished_at)),
+                .bind(opt_millis(t.finished_at))
+                .bind(t.cancel_requested)
+                .bind(t.charged)
+                .bind(t.preview_key.clone())
+                .bind(t.preview_step.map(int))
+                .bind(t.preview_steps.map(int)),
             Record::Webhook(w) => sqlx::query(INSERT_WEBHOOK)
                 .bind(w.id.to_string())
                 .bind(w.task_id.to_string())
@@ -141,6 +161,15 @@ macro_rules! insert_record {
                 .bind(s.name.clone())
                 .bind(s.value.clone())
                 .bind(to_millis(s.created_at)),
+            Record::Balance(b) => sqlx::query(INSERT_BALANCE)
+                .bind(b.tenant.clone())
+                .bind(b.balance)
+                .bind(to_millis(b.updated_at)),
+            Record::Price(p) => sqlx::query(INSERT_PRICE)
+                .bind(p.endpoint.clone())
+                .bind(p.price.per_task)
+                .bind(p.price.per_megapixel)
+                .bind(to_millis(p.updated_at)),
         }
     }};
 }
@@ -175,6 +204,8 @@ mod tests {
             RecordKind::Task => ("tasks", "id"),
             RecordKind::Webhook => ("webhooks", "id"),
             RecordKind::Secret => ("shared_secrets", "name"),
+            RecordKind::Balance => ("credit_balances", "tenant"),
+            RecordKind::Price => ("prices", "endpoint"),
         }
     }
 

@@ -13,9 +13,18 @@ use crate::StoreError;
 /// Every schema version, in order. Append; never edit a released one.
 const MIGRATIONS: Migrations = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_cancel.sql")),
     (
-        2,
-        include_str!("../../migrations/postgres/0002_submit_triggers.sql"),
+        3,
+        include_str!("../../migrations/postgres/0003_credits.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_preview.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_submit_triggers.sql"),
     ),
 ];
 

@@ -11,7 +11,9 @@
 //! coalesced and off the write path; each store listens, and hands them to
 //! subscribers of [`Store::subscribe`](crate::Store::subscribe).
 
+mod cancel;
 pub(crate) mod copy;
+mod credits;
 mod db;
 mod finetunes;
 mod keys;

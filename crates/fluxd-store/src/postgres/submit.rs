@@ -104,6 +104,21 @@ async fn dispatch(db: Db, max_attempts: u32, in_flight: usize, mut rx: mpsc::Rec
 
 /// Commits one batch and answers each submit.
 async fn run(db: &Db, max_attempts: u32, batch: Vec<(NewTask, i64, Reply)>) {
+    // Tasks with a cost go one by one, each locking its key's load row and then its tenant's
+    // balance: the multi-row statement locks only load rows, so no two transactions take
+    // balance rows in different orders.
+    let (charged, batch): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|(task, _, _)| task.cost.is_some());
+    for (task, limit, reply) in charged {
+        let _ = reply.send(
+            db.call(async |c| tasks::insert(c, &task, limit, max_attempts).await)
+                .await,
+        );
+    }
+    if batch.is_empty() {
+        return;
+    }
     if let [(task, limit, _)] = batch.as_slice() {
         let outcome = db
             .call(async |c| tasks::insert(c, task, *limit, max_attempts).await)

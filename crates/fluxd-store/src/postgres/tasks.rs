@@ -14,8 +14,8 @@ use crate::sql::records::{self, claim_columns};
 use crate::sql::rows;
 use crate::time::{duration_millis, to_millis};
 use crate::{
-    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, ReadyRecord,
-    StoreError, TaskRecord, TaskStatus,
+    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, PreviewRecord,
+    ReadyRecord, StoreError, TaskRecord, TaskStatus,
 };
 
 pub(super) type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -59,11 +59,14 @@ async fn execute_owned(
     }
 }
 
-/// Queues `task` if its key has fewer than `limit` unfinished tasks. The key's `key_load` row is
-/// locked first (`FOR UPDATE`): a concurrent submit of the same key, from any node, waits for
-/// this one to commit and then reads the count it left (READ COMMITTED re-checks the locked
-/// row's condition against its newest version). The insert's trigger bumps the count in the
-/// same transaction. One statement: one round trip, its own transaction.
+/// Queues `task` if its key has fewer than `limit` unfinished tasks and its tenant's balance,
+/// when it has one, covers its cost. The key's `key_load` row is locked first (`FOR UPDATE`):
+/// a concurrent submit of the same key, from any node, waits for this one to commit and then
+/// reads the count it left (READ COMMITTED re-checks the locked row's condition against its
+/// newest version). The tenant's balance row is locked next (only after the key's: `funds`
+/// reads `slot`), so concurrent submits of one tenant cannot both spend the same credits. The
+/// insert's triggers bump the count and debit the balance in the same transaction. One
+/// statement: one round trip, its own transaction.
 pub(super) async fn insert(
     conn: &mut PgConnection,
     task: &NewTask,
@@ -72,11 +75,16 @@ pub(super) async fn insert(
 ) -> Result<InsertOutcome, StoreError> {
     let done = sqlx::query(
         "WITH slot AS (SELECT key_id FROM key_load WHERE key_id = $3 AND pending < $9 \
-                       FOR UPDATE) \
+                       FOR UPDATE), \
+              funds AS (SELECT balance FROM credit_balances \
+                        WHERE tenant = $2 AND $10::BIGINT IS NOT NULL \
+                        AND EXISTS (SELECT 1 FROM slot) FOR UPDATE) \
          INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, \
-         webhook_secret, status, attempts, max_attempts, created_at, updated_at) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, 'Pending', 0, $8, fluxd_now_ms(), fluxd_now_ms() \
-         FROM slot",
+         webhook_secret, status, attempts, max_attempts, created_at, updated_at, charged) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, 'Pending', 0, $8, fluxd_now_ms(), fluxd_now_ms(), \
+                (SELECT $10::BIGINT FROM funds) \
+         FROM slot \
+         WHERE $10::BIGINT IS NULL OR COALESCE((SELECT balance FROM funds), $10::BIGINT) >= $10",
     )
     .bind(task.id.to_string())
     .bind(task.tenant.as_str())
@@ -87,6 +95,7 @@ pub(super) async fn insert(
     .bind(task.webhook_secret.as_deref())
     .bind(rows::int(max_attempts))
     .bind(limit)
+    .bind(task.cost)
     .execute(&mut *conn)
     .await
     .map_err(|err| match map_pg(err) {
@@ -97,13 +106,25 @@ pub(super) async fn insert(
         return Ok(InsertOutcome::Inserted);
     }
     // Every key has a load row from its creation: no row, no key.
-    match load(conn, task.key_id).await? {
-        Some(active) => Ok(InsertOutcome::LimitReached { active }),
-        None => Err(StoreError::Invalid(format!(
+    let Some(active) = load(conn, task.key_id).await? else {
+        return Err(StoreError::Invalid(format!(
             "refers to a missing row: key {}",
             task.key_id
-        ))),
+        )));
+    };
+    if i64::from(active) < limit {
+        if let Some(cost) = task.cost {
+            let balance: Option<i64> = sqlx::query_scalar(crate::sql::credits::BALANCE)
+                .bind(task.tenant.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_pg)?;
+            if let Some(balance) = balance.filter(|b| *b < cost) {
+                return Ok(InsertOutcome::InsufficientCredits { balance });
+            }
+        }
     }
+    Ok(InsertOutcome::LimitReached { active })
 }
 
 /// A key's unfinished tasks, None for an unknown key.
@@ -135,7 +156,8 @@ pub(super) async fn claim_next(
 ) -> Result<Option<Claim>, StoreError> {
     let found = sqlx::query(concat!(
         "UPDATE tasks SET worker_id = $1, lease_until = fluxd_now_ms() + $2, \
-         attempts = attempts + 1, progress = 0, updated_at = fluxd_now_ms() \
+         attempts = attempts + 1, progress = 0, preview_step = NULL, preview_steps = NULL, \
+         updated_at = fluxd_now_ms() \
          WHERE id = (SELECT id FROM tasks WHERE status = 'Pending' \
                      AND (lease_until IS NULL OR lease_until <= fluxd_now_ms()) \
                      ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
@@ -188,6 +210,24 @@ pub(super) async fn set_progress(
         owned_by_worker!()
     );
     execute_owned(conn, owned(sql, task_id, worker_id).bind(progress), task_id).await
+}
+
+pub(super) async fn set_preview(
+    conn: &mut PgConnection,
+    task_id: Uuid,
+    worker_id: &str,
+    preview: PreviewRecord,
+) -> Result<(), StoreError> {
+    let sql = concat!(
+        "UPDATE tasks SET preview_key = $3, preview_step = $4, preview_steps = $5, \
+         updated_at = fluxd_now_ms() WHERE ",
+        owned_by_worker!()
+    );
+    let query = owned(sql, task_id, worker_id)
+        .bind(preview.key)
+        .bind(rows::int(preview.step))
+        .bind(rows::int(preview.steps));
+    execute_owned(conn, query, task_id).await
 }
 
 /// The update of a task to its final status, `SET` list first (`$3` on), up to
@@ -337,9 +377,9 @@ pub(super) async fn expire_finished(
         .execute(&mut *tx)
         .await
         .map_err(map_pg)?;
-    let deleted: Vec<Option<String>> = sqlx::query_scalar(
+    let deleted: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
         "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 \
-         RETURNING sample_key",
+         RETURNING sample_key, preview_key",
     )
     .bind(cutoff)
     .fetch_all(&mut *tx)
@@ -347,5 +387,9 @@ pub(super) async fn expire_finished(
     .map_err(map_pg)?;
     webhooks::expire_settled(&mut tx, cutoff).await?;
     tx.commit().await.map_err(map_pg)?;
-    Ok(deleted.into_iter().flatten().collect())
+    Ok(deleted
+        .into_iter()
+        .flat_map(|(a, b)| [a, b])
+        .flatten()
+        .collect())
 }

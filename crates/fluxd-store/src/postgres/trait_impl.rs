@@ -8,14 +8,16 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::postgres::{finetunes, keys, tasks, webhooks, PostgresStore, MAINTENANCE_TIMEOUT};
+use crate::postgres::{
+    cancel, credits, finetunes, keys, tasks, webhooks, PostgresStore, MAINTENANCE_TIMEOUT,
+};
 use crate::secret;
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
-    apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord, Wakeups,
-    WebhookDelivery, WebhookRecord,
+    apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord, SharedSecret,
+    Store, TaskRecord, Wakeups, WebhookDelivery, WebhookRecord,
 };
 
 /// The limit of a submit that has none: more than any key can reach.
@@ -76,6 +78,10 @@ impl Store for PostgresStore {
                 "key {} refused a task with {active} unfinished",
                 task.key_id
             ))),
+            InsertOutcome::InsufficientCredits { .. } => Err(crate::StoreError::Invalid(format!(
+                "task {}: the tenant's credits cannot pay it",
+                task.id
+            ))),
         }
     }
 
@@ -122,6 +128,18 @@ impl Store for PostgresStore {
         check_progress(progress)?;
         self.db
             .call(async |c| tasks::set_progress(c, task_id, worker_id, progress).await)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn set_preview(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        preview: PreviewRecord,
+    ) -> Result<()> {
+        self.db
+            .call(async |c| tasks::set_preview(c, task_id, worker_id, preview).await)
             .await
     }
 
@@ -187,6 +205,32 @@ impl Store for PostgresStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]
+    async fn cancel_task(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        details: String,
+        webhook: Option<NewWebhook>,
+    ) -> Result<CancelOutcome> {
+        let with_webhook = webhook.is_some();
+        let done = self
+            .db
+            .call(async |c| cancel::cancel(c, tenant, id, details, webhook).await)
+            .await;
+        if matches!(done, Ok(CancelOutcome::Cancelled)) {
+            self.completed(&done, with_webhook);
+        }
+        done
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool> {
+        self.db
+            .call(async |c| cancel::requested(c, task_id, worker_id).await)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>> {
         self.db
             .call(async |c| tasks::get(c, tenant, id).await)
@@ -200,6 +244,40 @@ impl Store for PostgresStore {
                 tasks::expire_finished(c, finished_before, limit).await
             })
             .await
+    }
+
+    async fn credits(&self, tenant: &str) -> Result<Option<i64>> {
+        self.db
+            .call(async |c| credits::balance(c, tenant).await)
+            .await
+    }
+
+    async fn set_credits(&self, tenant: &str, balance: Option<i64>) -> Result<()> {
+        check_tenant(tenant)?;
+        self.db
+            .call(async |c| credits::set(c, tenant, balance).await)
+            .await
+    }
+
+    async fn add_credits(&self, tenant: &str, delta: i64) -> Result<i64> {
+        check_tenant(tenant)?;
+        self.db
+            .call(async |c| credits::add(c, tenant, delta).await)
+            .await
+    }
+
+    async fn list_credits(&self) -> Result<Vec<(String, i64)>> {
+        self.db.call(async |c| credits::balances(c).await).await
+    }
+
+    async fn set_price(&self, endpoint: &str, price: Option<Price>) -> Result<()> {
+        self.db
+            .call(async |c| credits::set_price(c, endpoint, price).await)
+            .await
+    }
+
+    async fn prices(&self) -> Result<Vec<(String, Price)>> {
+        self.db.call(async |c| credits::prices(c).await).await
     }
 
     async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()> {

@@ -48,7 +48,7 @@ pub(super) fn bind(query: Query<'static>, webhook: NewWebhook) -> Query<'static>
 }
 
 pub(super) async fn enqueue(
-    conn: &mut PgConnection,
+    executor: impl sqlx::PgExecutor<'_>,
     task_id: Uuid,
     webhook: NewWebhook,
 ) -> Result<Uuid, StoreError> {
@@ -64,7 +64,7 @@ pub(super) async fn enqueue(
     .bind(webhook.url)
     .bind(webhook.secret)
     .bind(webhook.payload.to_string())
-    .execute(&mut *conn)
+    .execute(executor)
     .await
     .map_err(map_pg)?;
     Ok(id)

@@ -5,6 +5,7 @@
 //! milliseconds and counts, DOUBLE PRECISION, BOOLEAN), so a row of either database reads back
 //! through the same code.
 
+pub(crate) mod credits;
 pub(crate) mod records;
 pub(crate) mod rows;
 
@@ -111,4 +112,35 @@ pub(crate) fn pending_migrations(
         });
     }
     Ok(&all[all.partition_point(|(version, _)| *version <= current)..])
+}
+
+/// What a cancel does to the task it read (`status` and `leased`: whether a worker's lease on
+/// it is still running), the same on every backend.
+pub(crate) enum CancelVerdict {
+    /// Nothing to change: answer this.
+    Answer(crate::CancelOutcome),
+    /// A worker runs it: mark it for the worker.
+    Mark,
+    /// Queued, or its worker's lease ran out: finish it now.
+    Finish,
+}
+
+/// The [`CancelVerdict`] for a task read as `found` (None: not the tenant's).
+pub(crate) fn cancel_verdict(
+    id: Uuid,
+    found: Option<&impl rows::ReadRow>,
+) -> Result<CancelVerdict, StoreError> {
+    let Some(row) = found else {
+        return Ok(CancelVerdict::Answer(crate::CancelOutcome::NotFound));
+    };
+    let text = row.text("status")?;
+    let status = crate::TaskStatus::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("task {id}: status {text:?}")))?;
+    Ok(if status != crate::TaskStatus::Pending {
+        CancelVerdict::Answer(crate::CancelOutcome::Final(status))
+    } else if row.boolean("leased")? {
+        CancelVerdict::Mark
+    } else {
+        CancelVerdict::Finish
+    })
 }

@@ -4,15 +4,15 @@
 use crate::apikey;
 use crate::sql::rows::{self, ReadRow};
 use crate::{
-    Claim, ClaimedTask, FinetuneRecord, KeyInfo, KeyRecord, ModerationKind, ReadyRecord,
-    StoreError, TaskRecord, TaskState, TaskStatus, WebhookDelivery, WebhookRecord,
+    Claim, ClaimedTask, FinetuneRecord, KeyInfo, KeyRecord, ModerationKind, PreviewRecord,
+    ReadyRecord, StoreError, TaskRecord, TaskState, TaskStatus, WebhookDelivery, WebhookRecord,
 };
 
 /// The columns [`claim`] reads (a claim's `RETURNING` list), as a literal for `concat!`.
 macro_rules! claim_columns {
     () => {
         "id, tenant, key_id, params, finetune_id, webhook_url, webhook_secret, attempts, \
-         max_attempts, created_at"
+         max_attempts, created_at, cancel_requested"
     };
 }
 
@@ -66,6 +66,7 @@ pub(crate) fn task(row: &impl ReadRow) -> Result<TaskRecord, StoreError> {
     let state = match status {
         TaskStatus::Pending => TaskState::Pending {
             progress: row.opt_float("progress")?,
+            preview: preview(row)?,
         },
         TaskStatus::Ready => TaskState::Ready(ReadyRecord {
             sample_key: row
@@ -114,6 +115,17 @@ pub(crate) fn task(row: &impl ReadRow) -> Result<TaskRecord, StoreError> {
     })
 }
 
+/// A task's preview, when its worker stored one this run (a claim clears the step).
+fn preview(row: &impl ReadRow) -> Result<Option<PreviewRecord>, StoreError> {
+    let key = row.opt_text("preview_key")?;
+    let step = rows::opt_count(row, "preview_step")?;
+    let steps = rows::opt_count(row, "preview_steps")?;
+    Ok(match (key, step, steps) {
+        (Some(key), Some(step), Some(steps)) => Some(PreviewRecord { key, step, steps }),
+        _ => None,
+    })
+}
+
 /// A claimed task ([`claim_columns`]) with its verdict: runs past `max_attempts` mean every
 /// earlier run lost its worker, and the task must not run again.
 pub(crate) fn claim(row: &impl ReadRow) -> Result<Claim, StoreError> {
@@ -128,6 +140,7 @@ pub(crate) fn claim(row: &impl ReadRow) -> Result<Claim, StoreError> {
         attempts: rows::count(row, "attempts")?,
         max_attempts: rows::count(row, "max_attempts")?,
         created_at: rows::time(row, "created_at")?,
+        cancel_requested: row.boolean("cancel_requested")?,
     };
     Ok(if task.attempts > task.max_attempts {
         tracing::warn!(task_id = %task.id, attempts = task.attempts, "task lost its worker too often");

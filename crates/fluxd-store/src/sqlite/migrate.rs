@@ -18,6 +18,9 @@ const MIGRATIONS: Migrations = &[
         3,
         include_str!("../../migrations/sqlite/0003_shared_secrets.sql"),
     ),
+    (4, include_str!("../../migrations/sqlite/0004_cancel.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_credits.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_preview.sql")),
 ];
 
 /// The schema version this build writes.

@@ -5,7 +5,9 @@
 //! portable SQL (`RETURNING`, `ON CONFLICT DO NOTHING`) so a PostgreSQL backend can share their
 //! text.
 
+mod cancel;
 pub(crate) mod copy;
+mod credits;
 mod finetunes;
 mod keys;
 mod migrate;
@@ -245,6 +247,7 @@ mod tests {
             finetune_id: None,
             webhook_url: None,
             webhook_secret: None,
+            cost: None,
         }
     }
 
@@ -342,7 +345,7 @@ mod tests {
                 Ok(InsertOutcome::LimitReached { active }) => {
                     assert_eq!(*active, [2, 3][k], "key {k}");
                 }
-                Err(err) => panic!("{err:?}"),
+                other => panic!("{other:?}"),
             }
         }
         assert_eq!(inserted, [2, 2]);
@@ -363,6 +366,7 @@ mod tests {
             finetune_id: None,
             webhook_url: None,
             webhook_secret: None,
+            cost: None,
         };
         let inserted = crate::Store::insert_task(&store, orphan).await;
         assert!(

@@ -13,8 +13,8 @@ use crate::sql::rows;
 use crate::sqlite::{map_sqlx, webhooks};
 use crate::time::{duration_millis, now_millis, to_millis};
 use crate::{
-    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, ReadyRecord,
-    StoreError, TaskRecord, TaskStatus,
+    Claim, ErrorOutcome, InsertOutcome, ModerationKind, NewTask, NewWebhook, PreviewRecord,
+    ReadyRecord, StoreError, TaskRecord, TaskStatus,
 };
 
 /// The rows a worker may still write: its own, unfinished, lease not run out. `$1` task id,
@@ -44,14 +44,19 @@ async fn execute_owned(
     expect_owned(done.rows_affected(), task_id)
 }
 
-/// The insert of [`insert`] and [`insert_if_under_limit`]: the row comes from a SELECT so that a
-/// condition can be attached (`$10`, unfinished tasks of the key fewer than the limit).
+/// The insert of [`insert`] and [`insert_if_under_limit`]: the row comes from a SELECT so that
+/// conditions can be attached. `$10` is the task's cost (NULL: free): it is charged (and the
+/// `credits_debit` trigger debits it in the same statement) when the tenant has a balance, which
+/// must then cover it. `$condition` may add more, from `$11` on.
 macro_rules! insert_task_sql {
     ($condition:literal) => {
         concat!(
             "INSERT INTO tasks (id, tenant, key_id, params, finetune_id, webhook_url, \
-             webhook_secret, status, attempts, max_attempts, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, 'Pending', 0, $8, $9, $9",
+             webhook_secret, status, attempts, max_attempts, created_at, updated_at, charged) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, 'Pending', 0, $8, $9, $9, \
+             (SELECT $10 FROM credit_balances WHERE tenant = $2 AND $10 IS NOT NULL) \
+             WHERE ($10 IS NULL OR \
+                    COALESCE((SELECT balance FROM credit_balances WHERE tenant = $2), $10) >= $10)",
             $condition
         )
     };
@@ -72,11 +77,12 @@ fn bind_columns<'q>(query: Query<'q>, task: &'q NewTask) -> Query<'q> {
         .bind(task.webhook_secret.as_deref())
 }
 
-/// Binds `$1`..`$9` of [`insert_task_sql`].
+/// Binds `$1`..`$10` of [`insert_task_sql`].
 fn bind_task<'q>(query: Query<'q>, task: &'q NewTask, max_attempts: u32) -> Query<'q> {
     bind_columns(query, task)
         .bind(rows::int(max_attempts))
         .bind(now_millis())
+        .bind(task.cost)
 }
 
 fn task_conflict(id: Uuid) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -91,10 +97,16 @@ pub(super) async fn insert(
     task: NewTask,
     max_attempts: u32,
 ) -> Result<(), StoreError> {
-    bind_task(sqlx::query(insert_task_sql!("")), &task, max_attempts)
+    let done = bind_task(sqlx::query(insert_task_sql!("")), &task, max_attempts)
         .execute(conn)
         .await
         .map_err(task_conflict(task.id))?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Invalid(format!(
+            "task {}: the tenant's credits cannot pay it",
+            task.id
+        )));
+    }
     Ok(())
 }
 
@@ -110,7 +122,7 @@ pub(super) async fn insert_if_under_limit(
 ) -> Result<InsertOutcome, StoreError> {
     let done = bind_task(
         sqlx::query(insert_task_sql!(
-            " WHERE $10 > COALESCE((SELECT pending FROM key_load WHERE key_id = $3), 0)"
+            " AND $11 > COALESCE((SELECT pending FROM key_load WHERE key_id = $3), 0)"
         )),
         task,
         max_attempts,
@@ -121,6 +133,21 @@ pub(super) async fn insert_if_under_limit(
     .map_err(task_conflict(task.id))?;
     if done.rows_affected() > 0 {
         return Ok(InsertOutcome::Inserted);
+    }
+    refused(conn, task).await
+}
+
+/// Why `task` was not inserted: its balance cannot pay it, else its key is at its limit.
+async fn refused(conn: &mut SqliteConnection, task: &NewTask) -> Result<InsertOutcome, StoreError> {
+    if let Some(cost) = task.cost {
+        let balance: Option<i64> = sqlx::query_scalar(crate::sql::credits::BALANCE)
+            .bind(task.tenant.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        if let Some(balance) = balance.filter(|b| *b < cost) {
+            return Ok(InsertOutcome::InsufficientCredits { balance });
+        }
     }
     let active = count_unfinished(conn, task.key_id).await?;
     Ok(InsertOutcome::LimitReached { active })
@@ -146,14 +173,16 @@ const ROWS_PER_INSERT: usize = 64;
 /// transaction around it.
 pub(crate) fn one_statement(submits: &[Submit]) -> bool {
     submits.len() <= ROWS_PER_INSERT
+        && submits.iter().all(|s| s.task.cost.is_none())
         && submits
             .windows(2)
             .all(|pair| pair[0].max_attempts == pair[1].max_attempts)
 }
 
 /// Queues `submits`, each under its key's limit as [`insert_if_under_limit`] would, with one
-/// statement per [`ROWS_PER_INSERT`] tasks of the same max attempts, and returns each one's
-/// outcome. `Err` is a failure that aborts the transaction.
+/// statement per [`ROWS_PER_INSERT`] free tasks of the same max attempts (tasks with a cost go
+/// one by one, first), and returns each one's outcome. `Err` is a failure that aborts the
+/// transaction.
 pub(crate) async fn insert_many(
     conn: &mut SqliteConnection,
     submits: &[Submit],
@@ -162,6 +191,18 @@ pub(crate) async fn insert_many(
         submits.iter().map(|_| Err(StoreError::Closed)).collect();
     let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
     for (i, submit) in submits.iter().enumerate() {
+        // A task with a cost goes alone: its debit must see the balance its predecessors left.
+        if submit.task.cost.is_some() {
+            let outcome =
+                insert_if_under_limit(conn, &submit.task, submit.limit, submit.max_attempts).await;
+            if let Err(err) = &outcome {
+                if err.aborts_transaction() {
+                    return Err(err.clone());
+                }
+            }
+            outcomes[i] = outcome;
+            continue;
+        }
         let group = groups.iter_mut().find(|(attempts, rows)| {
             *attempts == submit.max_attempts && rows.len() < ROWS_PER_INSERT
         });
@@ -291,7 +332,7 @@ pub(super) async fn claim_next(
     let now = now_millis();
     let found = sqlx::query(concat!(
         "UPDATE tasks SET worker_id = $1, lease_until = $2, attempts = attempts + 1, \
-         progress = 0, updated_at = $3 \
+         progress = 0, preview_step = NULL, preview_steps = NULL, updated_at = $3 \
          WHERE id = (SELECT id FROM tasks WHERE status = 'Pending' \
                      AND (lease_until IS NULL OR lease_until <= $3) \
                      ORDER BY created_at, id LIMIT 1) \
@@ -347,6 +388,24 @@ pub(super) async fn set_progress(
         owned_by_worker!()
     );
     let query = owned(sql, task_id, worker_id, now_millis()).bind(progress);
+    execute_owned(conn, query, task_id).await
+}
+
+pub(super) async fn set_preview(
+    conn: &mut SqliteConnection,
+    task_id: Uuid,
+    worker_id: String,
+    preview: PreviewRecord,
+) -> Result<(), StoreError> {
+    let sql = concat!(
+        "UPDATE tasks SET preview_key = $4, preview_step = $5, preview_steps = $6, \
+         updated_at = $3 WHERE ",
+        owned_by_worker!()
+    );
+    let query = owned(sql, task_id, worker_id, now_millis())
+        .bind(preview.key)
+        .bind(rows::int(preview.step))
+        .bind(rows::int(preview.steps));
     execute_owned(conn, query, task_id).await
 }
 
@@ -463,16 +522,20 @@ pub(super) async fn expire_finished(
     finished_before: SystemTime,
 ) -> Result<Vec<String>, StoreError> {
     let cutoff = to_millis(finished_before);
-    let deleted: Vec<Option<String>> = sqlx::query_scalar(
+    let deleted: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
         "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 \
-         RETURNING sample_key",
+         RETURNING sample_key, preview_key",
     )
     .bind(cutoff)
     .fetch_all(&mut *conn)
     .await
     .map_err(map_sqlx)?;
     webhooks::expire_settled(conn, cutoff).await?;
-    Ok(deleted.into_iter().flatten().collect())
+    Ok(deleted
+        .into_iter()
+        .flat_map(|(a, b)| [a, b])
+        .flatten()
+        .collect())
 }
 
 fn expect_owned(rows_affected: u64, task_id: Uuid) -> Result<(), StoreError> {
@@ -483,7 +546,7 @@ fn expect_owned(rows_affected: u64, task_id: Uuid) -> Result<(), StoreError> {
     }
 }
 
-async fn enqueue_final_webhook(
+pub(super) async fn enqueue_final_webhook(
     conn: &mut SqliteConnection,
     task_id: Uuid,
     webhook: Option<NewWebhook>,

@@ -7,13 +7,13 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::secret;
-use crate::sqlite::{finetunes, keys, secrets, tasks, webhooks, SqliteStore};
+use crate::sqlite::{cancel, credits, finetunes, keys, secrets, tasks, webhooks, SqliteStore};
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
 use crate::{
-    apikey, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord, ModerationKind,
-    NewKey, NewTask, NewWebhook, ReadyRecord, SharedSecret, Store, TaskRecord, WebhookDelivery,
-    WebhookRecord,
+    apikey, CancelOutcome, Claim, ErrorOutcome, FinetuneRecord, InsertOutcome, KeyInfo, KeyRecord,
+    ModerationKind, NewKey, NewTask, NewWebhook, PreviewRecord, Price, ReadyRecord, SharedSecret,
+    Store, TaskRecord, WebhookDelivery, WebhookRecord,
 };
 
 #[async_trait]
@@ -100,6 +100,19 @@ impl Store for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn set_preview(
+        &self,
+        task_id: Uuid,
+        worker_id: &str,
+        preview: PreviewRecord,
+    ) -> Result<()> {
+        let worker_id = worker_id.to_owned();
+        self.writer
+            .write_one(move |c| Box::pin(tasks::set_preview(c, task_id, worker_id, preview)))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
     async fn complete_ready(
         &self,
         task_id: Uuid,
@@ -152,6 +165,25 @@ impl Store for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]
+    async fn cancel_task(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        details: String,
+        webhook: Option<NewWebhook>,
+    ) -> Result<CancelOutcome> {
+        let tenant = tenant.to_owned();
+        self.writer
+            .write(move |c| Box::pin(cancel::cancel(c, tenant, id, details, webhook)))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
+    async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool> {
+        cancel::requested(&self.reads, task_id, worker_id.to_owned()).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>> {
         tasks::get(&self.reads, tenant, id).await
     }
@@ -160,6 +192,41 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| Box::pin(tasks::expire_finished(c, finished_before)))
             .await
+    }
+
+    async fn credits(&self, tenant: &str) -> Result<Option<i64>> {
+        credits::balance(&self.reads, tenant).await
+    }
+
+    async fn set_credits(&self, tenant: &str, balance: Option<i64>) -> Result<()> {
+        check_tenant(tenant)?;
+        let tenant = tenant.to_owned();
+        self.writer
+            .write(move |c| Box::pin(credits::set(c, tenant, balance)))
+            .await
+    }
+
+    async fn add_credits(&self, tenant: &str, delta: i64) -> Result<i64> {
+        check_tenant(tenant)?;
+        let tenant = tenant.to_owned();
+        self.writer
+            .write(move |c| Box::pin(credits::add(c, tenant, delta)))
+            .await
+    }
+
+    async fn list_credits(&self) -> Result<Vec<(String, i64)>> {
+        credits::balances(&self.reads).await
+    }
+
+    async fn set_price(&self, endpoint: &str, price: Option<Price>) -> Result<()> {
+        let endpoint = endpoint.to_owned();
+        self.writer
+            .write_one(move |c| Box::pin(credits::set_price(c, endpoint, price)))
+            .await
+    }
+
+    async fn prices(&self) -> Result<Vec<(String, Price)>> {
+        credits::prices(&self.reads).await
     }
 
     async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()> {

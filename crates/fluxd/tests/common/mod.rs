@@ -527,6 +527,18 @@ pub fn verified_tasks(deliveries: &[Value]) -> std::collections::HashSet<&str> {
         .collect()
 }
 
+/// Submits `body` to `path` with `key`, asserts it was accepted, and returns the task's id.
+pub fn submit_for_id(server: &Server, key: &str, path: &str, body: &Value) -> String {
+    let reply = server.post_json(path, Some(key), body);
+    assert_eq!(
+        reply.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["id"].as_str().expect("id").to_owned()
+}
+
 /// Submits `body` with `key`, asserts it was accepted, and polls it to its final status.
 pub fn submit_and_wait(server: &Server, key: &str, body: &Value) -> Value {
     submit_to_and_wait(server, key, "/v1/flux-pro-finetuned", body).1

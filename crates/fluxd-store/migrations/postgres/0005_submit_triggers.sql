@@ -1,4 +1,4 @@
--- fluxd schema for PostgreSQL, version 2: less work per submitted task. Submits arrive in batches
+-- fluxd schema for PostgreSQL, version 5: less work per submitted task. Submits arrive in batches
 -- of many rows per statement (src/postgres/submit.rs); profiling a flat-out submit load showed
 -- about 30 % of the server's time in the AFTER triggers of those inserts: a PL/pgSQL call per row
 -- to bump `key_load`, and two foreign-key checks per row (tenant, key). Now:
@@ -7,6 +7,9 @@
 --   unfinished tasks per key in its transition table. The batch statement has already locked
 --   those `key_load` rows (in key order), so the count still moves under the lock the limit
 --   check took. Updates and deletes keep their per-row triggers: they come one task at a time.
+--   (A statement's row triggers fire before its statement triggers, so a charged task's debit
+--   (0003) now runs before this count; the lock order of 0003 still holds because every submit
+--   statement locks its `key_load` rows first, in its own CTE.)
 -- * a task refers to its key and the key's tenant by one composite foreign key instead of two:
 --   one check per row, and a stronger rule (a task's tenant is its key's tenant, as the server
 --   always wrote it).
