@@ -10,13 +10,16 @@
 #
 # DIR defaults to $FLUXD_POSTGRES_DIR, else target/postgres in this checkout (or, as root, when
 # the postgres user cannot reach the checkout, a directory under /tmp named for it). Logs go to
-# DIR/server.log; everything but the URL goes to stderr.
+# DIR/server.log; everything but the URL goes to stderr. FLUXD_POSTGRES_HOST (default 127.0.0.1)
+# is the address a new cluster listens on; another than loopback also lets in password logins
+# from its subnet (the other hosts of scripts/netns-cluster.sh).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 action="${1:-start}"
 database=fluxd_test
 superuser=fluxd
+host="${FLUXD_POSTGRES_HOST:-127.0.0.1}"
 
 say() { echo "postgres.sh: $*" >&2; }
 
@@ -93,7 +96,7 @@ running() {
 }
 
 url() {
-    echo "postgres://$superuser:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/$database"
+    echo "postgres://$superuser:$(cat "$dir/password")@$host:$(cat "$dir/port")/$database"
 }
 
 init_cluster() {
@@ -120,10 +123,13 @@ init_cluster() {
     as_server_user tee -a "$dir/data/postgresql.conf" >/dev/null <<EOF
 
 # fluxd tests (scripts/services/postgres.sh)
-listen_addresses = '127.0.0.1'
+listen_addresses = '$host'
 unix_socket_directories = ''
 max_connections = 300
 EOF
+    if [[ $host != 127.0.0.1 ]]; then
+        echo "host all all samenet scram-sha-256" | as_server_user tee -a "$dir/data/pg_hba.conf" >/dev/null
+    fi
 }
 
 start() {
@@ -143,14 +149,14 @@ start() {
     fi
     # The last setting in the file wins.
     echo "port = $port" | as_server_user tee -a "$dir/data/postgresql.conf" >/dev/null
-    say "starting PostgreSQL ($("$bin/postgres" --version)) on 127.0.0.1:$port"
+    say "starting PostgreSQL ($("$bin/postgres" --version)) on $host:$port"
     as_server_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >&2 || {
         tail -n 30 "$dir/server.log" >&2 || true
         exit 1
     }
-    if ! PGPASSWORD="$(cat "$dir/password")" "$bin/psql" -h 127.0.0.1 -p "$port" -U "$superuser" \
+    if ! PGPASSWORD="$(cat "$dir/password")" "$bin/psql" -h "$host" -p "$port" -U "$superuser" \
         -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1; then
-        PGPASSWORD="$(cat "$dir/password")" "$bin/createdb" -h 127.0.0.1 -p "$port" \
+        PGPASSWORD="$(cat "$dir/password")" "$bin/createdb" -h "$host" -p "$port" \
             -U "$superuser" "$database"
     fi
     url

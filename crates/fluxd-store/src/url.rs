@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
 
@@ -97,10 +98,12 @@ impl fmt::Debug for DatabaseUrl {
 
 /// Opens the store at `url`: an SQLite file (created, with its directories, if missing) or a
 /// PostgreSQL database (which must exist), migrated to this build's schema, with tasks allowed
-/// `max_attempts` runs and the backend's other defaults.
+/// `max_attempts` runs and the backend's other defaults. On PostgreSQL each call ends within
+/// `call_timeout` (see [`PostgresOptions::call_timeout`]); SQLite, a local file, ignores it.
 pub async fn open_store(
     url: &DatabaseUrl,
     max_attempts: u32,
+    call_timeout: Duration,
 ) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match url {
         DatabaseUrl::Sqlite(path) => {
@@ -113,6 +116,7 @@ pub async fn open_store(
         DatabaseUrl::Postgres(url) => {
             let options = PostgresOptions {
                 max_attempts,
+                call_timeout,
                 ..PostgresOptions::default()
             };
             Arc::new(PostgresStore::connect_with(url, options).await?)

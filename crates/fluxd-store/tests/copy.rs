@@ -304,7 +304,8 @@ async fn copy_and_check(
 }
 
 async fn open_store(url: &DatabaseUrl) -> Result<std::sync::Arc<dyn Store>> {
-    fluxd_store::open_store(url, fluxd_store::DEFAULT_MAX_ATTEMPTS).await
+    let call_timeout = fluxd_store::PostgresOptions::default().call_timeout;
+    fluxd_store::open_store(url, fluxd_store::DEFAULT_MAX_ATTEMPTS, call_timeout).await
 }
 
 fn sqlite_url(path: &Path) -> DatabaseUrl {

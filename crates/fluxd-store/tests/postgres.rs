@@ -83,7 +83,7 @@ async fn a_newer_schema_is_refused() -> Result {
             reopened,
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                supported: 4
+                supported: 5
             })
         ),
         "{:?}",
@@ -194,6 +194,53 @@ async fn a_lost_connection_is_retryable_and_recovers() -> Result {
     assert_eq!(outcome, InsertOutcome::Inserted);
     // Exactly the two tasks that were acknowledged: nothing half-written during the cut.
     assert_eq!(store.count_unfinished(key.key_id).await?, 2);
+    store.close().await;
+    Ok(())
+}
+
+/// A link that swallows every packet (no reset, no answer) does not hang calls: each fails as
+/// retryable once the call time limit passes, the connections it held are given up instead of
+/// keeping the pool's slots, and calls work again when the link comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_link_times_out_and_recovers() -> Result {
+    let schema = TestSchema::new().await?;
+    let link = FlakyLink::start(schema.server_addr()?)
+        .map_err(|e| StoreError::Unavailable(std::sync::Arc::new(e)))?;
+    let options = PostgresOptions {
+        max_connections: 2,
+        call_timeout: Duration::from_millis(500),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&schema.url_via(Some(link.addr())), options).await?;
+    let key = store.create_key("alice", None).await?;
+    store.insert_task(task(&key)).await?;
+    let claimed = store
+        .claim_next("w", Duration::from_secs(60))
+        .await?
+        .expect("the task")
+        .task()
+        .id;
+
+    link.pause();
+    // More calls than the pool has connections: none may wait for a slot a hung call holds.
+    for _ in 0..3 {
+        let submit = store.insert_task_if_under_limit(task(&key), 24).await;
+        let read = store.count_unfinished(key.key_id).await;
+        let heartbeat = store.heartbeat(claimed, "w", Duration::from_secs(60)).await;
+        for failed in [submit.err(), read.err(), heartbeat.err()] {
+            match failed {
+                Some(err) => assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}"),
+                None => panic!("a call succeeded through a black hole"),
+            }
+        }
+    }
+
+    link.resume();
+    store
+        .heartbeat(claimed, "w", Duration::from_secs(60))
+        .await?;
+    let outcome = store.insert_task_if_under_limit(task(&key), 24).await?;
+    assert_eq!(outcome, InsertOutcome::Inserted);
     store.close().await;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fluxd_server::{DataDir, UrlSigner};
@@ -30,6 +31,12 @@ pub struct StoreLocation {
     /// <data-dir>/blobs.
     #[arg(long, env = "FLUXD_BLOBS_URL")]
     pub blobs: Option<String>,
+    /// PostgreSQL only: how long one database call may take, waiting for a connection
+    /// included, before it fails (a request then gets a 503, a worker tries again within its
+    /// lease). Bounds every call on a database that stopped answering (e.g. 5s).
+    #[arg(long, env = "FLUXD_DATABASE_TIMEOUT", default_value = "5s",
+          value_parser = crate::serve::parse_duration)]
+    pub database_timeout: Duration,
 }
 
 impl StoreLocation {
@@ -72,7 +79,7 @@ impl StoreLocation {
     /// Opens (and migrates) the store; tasks submitted through it may run `max_attempts` times.
     pub async fn store(&self, data: &DataDir, max_attempts: u32) -> Result<Arc<dyn Store>> {
         let url = self.database(data);
-        open_store(&url, max_attempts)
+        open_store(&url, max_attempts, self.database_timeout)
             .await
             .with_context(|| format!("opening the store at {url}"))
     }
@@ -104,6 +111,7 @@ mod tests {
             data_dir: data_dir.to_path_buf(),
             database: database.map(|url| url.parse().expect("a database URL")),
             blobs: None,
+            database_timeout: Duration::from_secs(5),
         }
     }
 

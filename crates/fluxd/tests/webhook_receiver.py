@@ -2,7 +2,8 @@
 
 Usage: webhook_receiver.py RECORD_FILE [--no-secret-header] [--any-final]
 
-Listens on 127.0.0.1 (a free port, printed as `listening PORT` on the first stdout line) and
+Listens on 127.0.0.1 (or $RECEIVER_HOST; a free port, printed as `listening PORT` on the first
+stdout line) and
 accepts POST /hook/<n>. The secret of hook n follows the test's rule: `s3cret-<n>` for odd n,
 `whsec_` + base64(`wh-key-<n>`) for even n. Each delivery is checked three times:
 - `X-Webhook-Secret` against the secret, as the official SDK's `verify_webhook` does it (the
@@ -21,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,6 +111,6 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer((os.environ.get("RECEIVER_HOST", "127.0.0.1"), 0), Handler)
 print(f"listening {server.server_address[1]}", flush=True)
 server.serve_forever()

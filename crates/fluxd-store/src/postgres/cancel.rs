@@ -2,7 +2,8 @@
 //! its worker. The task's row is locked while deciding, so a claim or a completion by another
 //! node cannot slip in between the read and the update.
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
 use uuid::Uuid;
 
 use crate::postgres::{map_pg, webhooks};
@@ -11,13 +12,13 @@ use crate::sql::{cancel_verdict, CancelVerdict};
 use crate::{CancelOutcome, NewWebhook, StoreError};
 
 pub(super) async fn cancel(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     id: Uuid,
     details: String,
     webhook: Option<NewWebhook>,
 ) -> Result<CancelOutcome, StoreError> {
-    let mut tx = pool.begin().await.map_err(map_pg)?;
+    let mut tx = conn.begin().await.map_err(map_pg)?;
     let found = sqlx::query(
         "SELECT status, COALESCE(worker_id IS NOT NULL AND lease_until > fluxd_now_ms(), FALSE) \
          AS leased FROM tasks WHERE id = $1 AND tenant = $2 FOR UPDATE",
@@ -62,7 +63,7 @@ pub(super) async fn cancel(
 }
 
 pub(super) async fn requested(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
 ) -> Result<bool, StoreError> {
@@ -72,7 +73,7 @@ pub(super) async fn requested(
     )
     .bind(task_id.to_string())
     .bind(worker_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(map_pg)?;
     match found {

@@ -85,7 +85,7 @@ impl Snapshot for PgSnapshot {
 #[async_trait]
 impl StoreCopy for PostgresStore {
     async fn import(&self, records: &[Record]) -> Result<Vec<Imported>> {
-        let mut tx = self.pool.begin().await.map_err(map_pg)?;
+        let mut tx = self.db.pool().begin().await.map_err(map_pg)?;
         let mut done = Vec::with_capacity(records.len());
         for record in records {
             let inserted = insert_record!(record)
@@ -105,7 +105,7 @@ impl StoreCopy for PostgresStore {
 
     async fn identity(&self) -> Result<String> {
         let id: String = sqlx::query_scalar(IDENTITY)
-            .fetch_one(&self.pool)
+            .fetch_one(self.db.pool())
             .await
             .map_err(map_pg)?;
         Ok(format!("postgres:{id}"))

@@ -1,24 +1,28 @@
 //! Credits on PostgreSQL: balances and prices (the statements of [`crate::sql::credits`]).
 //! Debits and refunds are the `tasks` triggers of schema version 3.
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
 
 use crate::postgres::map_pg;
 use crate::sql::credits::{self as sql, check_amount};
 use crate::time::now_millis;
 use crate::{Price, StoreError};
 
-pub(super) async fn balance(pool: &PgPool, tenant: &str) -> Result<Option<i64>, StoreError> {
+pub(super) async fn balance(
+    conn: &mut PgConnection,
+    tenant: &str,
+) -> Result<Option<i64>, StoreError> {
     sqlx::query_scalar(sql::BALANCE)
         .bind(tenant)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_pg)
 }
 
-pub(super) async fn balances(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
+pub(super) async fn balances(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, StoreError> {
     let rows = sqlx::query(sql::BALANCES)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(map_pg)?;
     rows.iter().map(sql::balance).collect()
@@ -39,20 +43,20 @@ async fn ensure_tenant(
 }
 
 pub(super) async fn set(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     balance: Option<i64>,
 ) -> Result<(), StoreError> {
     let Some(balance) = balance else {
         sqlx::query(sql::REMOVE_BALANCE)
             .bind(tenant)
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map_err(map_pg)?;
         return Ok(());
     };
     check_amount("a balance", balance)?;
-    let mut tx = pool.begin().await.map_err(map_pg)?;
+    let mut tx = conn.begin().await.map_err(map_pg)?;
     ensure_tenant(&mut tx, tenant).await?;
     sqlx::query(sql::SET_BALANCE)
         .bind(tenant)
@@ -64,8 +68,12 @@ pub(super) async fn set(
     tx.commit().await.map_err(map_pg)
 }
 
-pub(super) async fn add(pool: &PgPool, tenant: &str, delta: i64) -> Result<i64, StoreError> {
-    let mut tx = pool.begin().await.map_err(map_pg)?;
+pub(super) async fn add(
+    conn: &mut PgConnection,
+    tenant: &str,
+    delta: i64,
+) -> Result<i64, StoreError> {
+    let mut tx = conn.begin().await.map_err(map_pg)?;
     ensure_tenant(&mut tx, tenant).await?;
     let found: Option<i64> = sqlx::query_scalar(sql::ADD_BALANCE)
         .bind(tenant)
@@ -79,16 +87,16 @@ pub(super) async fn add(pool: &PgPool, tenant: &str, delta: i64) -> Result<i64, 
     Ok(balance)
 }
 
-pub(super) async fn prices(pool: &PgPool) -> Result<Vec<(String, Price)>, StoreError> {
+pub(super) async fn prices(conn: &mut PgConnection) -> Result<Vec<(String, Price)>, StoreError> {
     let rows = sqlx::query(sql::PRICES)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(map_pg)?;
     rows.iter().map(sql::price).collect()
 }
 
 pub(super) async fn set_price(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     endpoint: &str,
     price: Option<Price>,
 ) -> Result<(), StoreError> {
@@ -103,6 +111,6 @@ pub(super) async fn set_price(
                 .bind(now_millis())
         }
     };
-    query.execute(pool).await.map_err(map_pg)?;
+    query.execute(&mut *conn).await.map_err(map_pg)?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Fine-tune records on PostgreSQL.
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::PgConnection;
 
 use crate::postgres::keys::with_tenant;
 use crate::postgres::map_pg;
@@ -9,7 +9,10 @@ use crate::sql::rows;
 use crate::time::to_millis;
 use crate::{FinetuneRecord, StoreError};
 
-pub(super) async fn insert(pool: &PgPool, record: FinetuneRecord) -> Result<(), StoreError> {
+pub(super) async fn insert(
+    conn: &mut PgConnection,
+    record: FinetuneRecord,
+) -> Result<(), StoreError> {
     let size = i64::try_from(record.size_bytes)
         .map_err(|_| StoreError::Invalid(format!("size {} bytes", record.size_bytes)))?;
     sqlx::query(concat!(
@@ -31,7 +34,7 @@ pub(super) async fn insert(pool: &PgPool, record: FinetuneRecord) -> Result<(), 
     .bind(record.sha256)
     .bind(to_millis(record.created_at))
     .bind(record.shared)
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(|err| match map_pg(err) {
         StoreError::Conflict(_) => StoreError::Conflict(format!("fine-tune {}", record.id)),
@@ -40,10 +43,10 @@ pub(super) async fn insert(pool: &PgPool, record: FinetuneRecord) -> Result<(), 
     Ok(())
 }
 
-pub(super) async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<String>, StoreError> {
+pub(super) async fn list(conn: &mut PgConnection, tenant: &str) -> Result<Vec<String>, StoreError> {
     sqlx::query_scalar("SELECT id FROM finetunes WHERE tenant = $1 ORDER BY created_at, id")
         .bind(tenant)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(map_pg)
 }
@@ -51,7 +54,7 @@ pub(super) async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<String>, Sto
 /// The requester's own fine-tune of that name, else `<owner>/<name>` when the owner shared it:
 /// one statement, the own one first.
 pub(super) async fn get(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     requester: &str,
     finetune_id: &str,
 ) -> Result<Option<FinetuneRecord>, StoreError> {
@@ -68,14 +71,14 @@ pub(super) async fn get(
     .bind(finetune_id)
     .bind(owner)
     .bind(name)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(map_pg)?;
     found.as_ref().map(records::finetune).transpose()
 }
 
 pub(super) async fn delete(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     id: &str,
 ) -> Result<Option<FinetuneRecord>, StoreError> {
@@ -85,7 +88,7 @@ pub(super) async fn delete(
     ))
     .bind(tenant)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(map_pg)?;
     deleted.as_ref().map(records::finetune).transpose()

@@ -1,6 +1,6 @@
 //! Tenants, API keys and shared secrets on PostgreSQL.
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use crate::apikey::{self, KeyMaterial};
@@ -22,7 +22,7 @@ macro_rules! with_tenant {
 pub(super) use with_tenant;
 
 pub(super) async fn create(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     label: Option<&str>,
     material: KeyMaterial,
@@ -39,7 +39,7 @@ pub(super) async fn create(
     .bind(&material.prefix)
     .bind(&material.hash)
     .bind(rows::int(DEFAULT_MAX_ACTIVE_TASKS))
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_pg)?;
     Ok(NewKey {
@@ -50,7 +50,10 @@ pub(super) async fn create(
     })
 }
 
-pub(super) async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<KeyInfo>, StoreError> {
+pub(super) async fn authenticate(
+    conn: &mut PgConnection,
+    key: &str,
+) -> Result<Option<KeyInfo>, StoreError> {
     let Some(prefix) = apikey::lookup_prefix(key) else {
         return Ok(None);
     };
@@ -59,45 +62,48 @@ pub(super) async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<KeyI
          WHERE prefix = $1 AND revoked_at IS NULL",
     )
     .bind(prefix)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(map_pg)?;
     records::matching_key(&candidates, key)
 }
 
-pub(super) async fn revoke(pool: &PgPool, key_id: Uuid) -> Result<bool, StoreError> {
+pub(super) async fn revoke(conn: &mut PgConnection, key_id: Uuid) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "UPDATE api_keys SET revoked_at = fluxd_now_ms() WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(key_id.to_string())
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_pg)?;
     Ok(done.rows_affected() > 0)
 }
 
 pub(super) async fn set_max_active_tasks(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     key_id: Uuid,
     max: u32,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query("UPDATE api_keys SET max_active_tasks = $2 WHERE id = $1")
         .bind(key_id.to_string())
         .bind(rows::int(max))
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .map_err(map_pg)?;
     Ok(done.rows_affected() > 0)
 }
 
-pub(super) async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<KeyRecord>, StoreError> {
+pub(super) async fn list(
+    conn: &mut PgConnection,
+    tenant: &str,
+) -> Result<Vec<KeyRecord>, StoreError> {
     let found = sqlx::query(concat!(
         "SELECT ",
         key_columns!(),
         " FROM api_keys WHERE tenant = $1 ORDER BY created_at, id"
     ))
     .bind(tenant)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(map_pg)?;
     found.iter().map(records::key_record).collect()
@@ -106,19 +112,22 @@ pub(super) async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<KeyRecord>, 
 /// Two statements, not one: a concurrent first caller's insert is invisible to this statement's
 /// snapshot until it commits, when `ON CONFLICT` (which waits for it) sees it. The read that
 /// follows is a new snapshot and finds whichever secret won.
-pub(super) async fn shared_secret(pool: &PgPool, name: &str) -> Result<SharedSecret, StoreError> {
+pub(super) async fn shared_secret(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<SharedSecret, StoreError> {
     sqlx::query(
         "INSERT INTO shared_secrets (name, value, created_at) VALUES ($1, $2, fluxd_now_ms()) \
          ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
     .bind(secret::generate()?)
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_pg)?;
     let stored: String = sqlx::query_scalar("SELECT value FROM shared_secrets WHERE name = $1")
         .bind(name)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(map_pg)?;
     secret::decode(name, &stored)

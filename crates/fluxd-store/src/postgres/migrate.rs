@@ -22,6 +22,10 @@ const MIGRATIONS: Migrations = &[
         4,
         include_str!("../../migrations/postgres/0004_preview.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_submit_triggers.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations: API nodes and workers starting together
@@ -37,6 +41,12 @@ pub(crate) fn newest() -> i64 {
 /// is transactional: a migration applies whole or not at all.
 pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
     let mut tx = conn.begin().await.map_err(map_pg)?;
+    // No call time limit here: waiting for another process's migration, or a migration of a
+    // large table, may take longer (`SET LOCAL`: this transaction only).
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(&mut *tx)
+        .await
+        .map_err(map_pg)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *tx)

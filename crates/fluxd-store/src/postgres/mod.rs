@@ -14,6 +14,7 @@
 mod cancel;
 pub(crate) mod copy;
 mod credits;
+mod db;
 mod finetunes;
 mod keys;
 mod migrate;
@@ -27,7 +28,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::error::DatabaseError;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::sql::{map_error, Transient};
 use crate::url::DatabaseUrl;
@@ -41,6 +42,10 @@ pub struct PostgresOptions {
     /// How long a call waits for a connection, connecting included, before it fails as
     /// [`StoreError::Unavailable`] (a request then gets a 503).
     pub acquire_timeout: Duration,
+    /// How long a call may take in all, waiting for a connection included, before it fails as
+    /// [`StoreError::Unavailable`]: what bounds a call on a database that stopped answering
+    /// (see [`db`]). Also each statement's `statement_timeout` on the server.
+    pub call_timeout: Duration,
     /// Runs a task may start before it fails for good (stored on each task at submit).
     pub max_attempts: u32,
 }
@@ -50,6 +55,7 @@ impl Default for PostgresOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(5),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
@@ -60,9 +66,12 @@ impl Default for PostgresOptions {
 /// each connection anyway when it goes back to the pool.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 
+/// The time limit of retention's deletes, which may meet many rows at once.
+const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The [`Store`](crate::Store) on a PostgreSQL database.
 pub struct PostgresStore {
-    pool: PgPool,
+    db: db::Db,
     max_attempts: u32,
     submitter: submit::Submitter,
     wake: wake::Wake,
@@ -79,6 +88,9 @@ impl PostgresStore {
     /// Connects to `url` with `options`. Several processes may do this at once on a new
     /// database: migrations are applied by one of them under an advisory lock.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        if options.call_timeout.is_zero() {
+            return Err(StoreError::Invalid("call_timeout must not be zero".into()));
+        }
         if options.max_attempts == 0 {
             return Err(StoreError::Invalid(
                 "max_attempts must be at least 1".into(),
@@ -88,7 +100,10 @@ impl PostgresStore {
         let connect = PgConnectOptions::from_str(url).map_err(|err| {
             StoreError::Invalid(format!("database URL {}: {err}", DatabaseUrl::redact(url)))
         })?;
-        let connect = connect.application_name("fluxd");
+        let connect = connect.application_name("fluxd").options([(
+            "statement_timeout",
+            db::statement_timeout(options.call_timeout),
+        )]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .min_connections(0)
@@ -112,9 +127,10 @@ impl PostgresStore {
             .await
             .map_err(map_pg)?;
         drop(conn);
+        let db = db::Db::new(pool, options.call_timeout);
         Ok(Self {
-            submitter: submit::Submitter::start(pool.clone(), options.max_attempts),
-            pool,
+            submitter: submit::Submitter::start(db.clone(), options.max_attempts),
+            db,
             max_attempts: options.max_attempts,
             wake: wake::Wake::start(connect, wake::Channels::of(&schema)),
         })

@@ -8,10 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::PgConnection;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::ask::{ask, stop};
+use crate::postgres::db::Db;
 use crate::postgres::{map_pg, tasks};
 use crate::sql::rows;
 use crate::{InsertOutcome, NewTask, StoreError};
@@ -38,10 +39,10 @@ pub(crate) struct Submitter {
 }
 
 impl Submitter {
-    /// Starts batching on `pool`.
-    pub(crate) fn start(pool: PgPool, max_attempts: u32) -> Self {
+    /// Starts batching on `db`.
+    pub(crate) fn start(db: Db, max_attempts: u32) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(dispatch(pool, max_attempts, IN_FLIGHT, rx));
+        tokio::spawn(dispatch(db, max_attempts, IN_FLIGHT, rx));
         Self { queue }
     }
 
@@ -60,12 +61,7 @@ impl Submitter {
     }
 }
 
-async fn dispatch(
-    pool: PgPool,
-    max_attempts: u32,
-    in_flight: usize,
-    mut rx: mpsc::Receiver<Message>,
-) {
+async fn dispatch(db: Db, max_attempts: u32, in_flight: usize, mut rx: mpsc::Receiver<Message>) {
     let slots = Arc::new(Semaphore::new(in_flight));
     let mut closing = None;
     while let Some(first) = rx.recv().await {
@@ -88,9 +84,9 @@ async fn dispatch(
             }
         }
         if !batch.is_empty() {
-            let pool = pool.clone();
+            let db = db.clone();
             tokio::spawn(async move {
-                run(&pool, max_attempts, batch).await;
+                run(&db, max_attempts, batch).await;
                 drop(slot);
             });
         }
@@ -107,7 +103,7 @@ async fn dispatch(
 }
 
 /// Commits one batch and answers each submit.
-async fn run(pool: &PgPool, max_attempts: u32, batch: Vec<(NewTask, i64, Reply)>) {
+async fn run(db: &Db, max_attempts: u32, batch: Vec<(NewTask, i64, Reply)>) {
     // Tasks with a cost go one by one, each locking its key's load row and then its tenant's
     // balance: the multi-row statement locks only load rows, so no two transactions take
     // balance rows in different orders.
@@ -115,13 +111,18 @@ async fn run(pool: &PgPool, max_attempts: u32, batch: Vec<(NewTask, i64, Reply)>
         .into_iter()
         .partition(|(task, _, _)| task.cost.is_some());
     for (task, limit, reply) in charged {
-        let _ = reply.send(tasks::insert(pool, &task, limit, max_attempts).await);
+        let _ = reply.send(
+            db.call(async |c| tasks::insert(c, &task, limit, max_attempts).await)
+                .await,
+        );
     }
     if batch.is_empty() {
         return;
     }
     if let [(task, limit, _)] = batch.as_slice() {
-        let outcome = tasks::insert(pool, task, *limit, max_attempts).await;
+        let outcome = db
+            .call(async |c| tasks::insert(c, task, *limit, max_attempts).await)
+            .await;
         if let Some((_, _, reply)) = batch.into_iter().next() {
             // The caller may have gone away; the task stays queued regardless.
             let _ = reply.send(outcome);
@@ -129,14 +130,18 @@ async fn run(pool: &PgPool, max_attempts: u32, batch: Vec<(NewTask, i64, Reply)>
         return;
     }
     let tasks: Vec<(&NewTask, i64)> = batch.iter().map(|(t, l, _)| (t, *l)).collect();
-    let outcomes = match insert_many(pool, &tasks, max_attempts).await {
+    let outcomes = match db
+        .call(async |c| insert_many(c, &tasks, max_attempts).await)
+        .await
+    {
         Ok(outcomes) => outcomes,
         // A duplicate id refuses the whole statement: each goes again alone, so that only
         // the culprit is refused.
         Err(StoreError::Conflict(_)) => {
             let mut outcomes = Vec::with_capacity(tasks.len());
             for (task, limit) in &tasks {
-                outcomes.push(tasks::insert(pool, task, *limit, max_attempts).await);
+                let alone = db.call(async |c| tasks::insert(c, task, *limit, max_attempts).await);
+                outcomes.push(alone.await);
             }
             outcomes
         }
@@ -151,7 +156,7 @@ async fn run(pool: &PgPool, max_attempts: u32, batch: Vec<(NewTask, i64, Reply)>
 /// load rows are locked in key order, and each key's rows are admitted by their rank among
 /// themselves (in arrival order) against the count found under the lock.
 async fn insert_many(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     batch: &[(&NewTask, i64)],
     max_attempts: u32,
 ) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
@@ -187,7 +192,7 @@ async fn insert_many(
     .bind(column(|t| t.webhook_secret.clone()))
     .bind(batch.iter().map(|(_, limit)| *limit).collect::<Vec<i64>>())
     .bind(rows::int(max_attempts))
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(map_pg)?;
     let inserted: HashSet<String> = inserted.into_iter().collect();
@@ -198,7 +203,7 @@ async fn insert_many(
     let loads: HashMap<String, i64> =
         sqlx::query_as("SELECT key_id, pending FROM key_load WHERE key_id = ANY($1)")
             .bind(&keys)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(map_pg)?
             .into_iter()

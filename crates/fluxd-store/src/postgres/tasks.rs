@@ -4,10 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use sqlx::postgres::{PgArguments, PgPool};
-use sqlx::Postgres;
+use sqlx::postgres::{PgArguments, PgConnection};
+use sqlx::{Connection, Postgres};
 use uuid::Uuid;
 
+use crate::postgres::db::statement_timeout;
 use crate::postgres::{map_pg, webhooks};
 use crate::sql::records::{self, claim_columns};
 use crate::sql::rows;
@@ -45,8 +46,12 @@ fn owned(sql: &'static str, task_id: Uuid, worker_id: &str) -> Query<'static> {
 }
 
 /// Runs an [`owned`] statement: [`StoreError::LeaseLost`] unless it changed the task.
-async fn execute_owned(pool: &PgPool, query: Query<'_>, task_id: Uuid) -> Result<(), StoreError> {
-    let done = query.execute(pool).await.map_err(map_pg)?;
+async fn execute_owned(
+    conn: &mut PgConnection,
+    query: Query<'_>,
+    task_id: Uuid,
+) -> Result<(), StoreError> {
+    let done = query.execute(&mut *conn).await.map_err(map_pg)?;
     if done.rows_affected() == 0 {
         Err(StoreError::LeaseLost { task_id })
     } else {
@@ -63,7 +68,7 @@ async fn execute_owned(pool: &PgPool, query: Query<'_>, task_id: Uuid) -> Result
 /// insert's triggers bump the count and debit the balance in the same transaction. One
 /// statement: one round trip, its own transaction.
 pub(super) async fn insert(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task: &NewTask,
     limit: i64,
     max_attempts: u32,
@@ -91,7 +96,7 @@ pub(super) async fn insert(
     .bind(rows::int(max_attempts))
     .bind(limit)
     .bind(task.cost)
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(|err| match map_pg(err) {
         StoreError::Conflict(_) => StoreError::Conflict(format!("task {}", task.id)),
@@ -101,7 +106,7 @@ pub(super) async fn insert(
         return Ok(InsertOutcome::Inserted);
     }
     // Every key has a load row from its creation: no row, no key.
-    let Some(active) = load(pool, task.key_id).await? else {
+    let Some(active) = load(conn, task.key_id).await? else {
         return Err(StoreError::Invalid(format!(
             "refers to a missing row: key {}",
             task.key_id
@@ -111,7 +116,7 @@ pub(super) async fn insert(
         if let Some(cost) = task.cost {
             let balance: Option<i64> = sqlx::query_scalar(crate::sql::credits::BALANCE)
                 .bind(task.tenant.as_str())
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_pg)?;
             if let Some(balance) = balance.filter(|b| *b < cost) {
@@ -123,10 +128,10 @@ pub(super) async fn insert(
 }
 
 /// A key's unfinished tasks, None for an unknown key.
-async fn load(pool: &PgPool, key_id: Uuid) -> Result<Option<u32>, StoreError> {
+async fn load(conn: &mut PgConnection, key_id: Uuid) -> Result<Option<u32>, StoreError> {
     let found: Option<i64> = sqlx::query_scalar("SELECT pending FROM key_load WHERE key_id = $1")
         .bind(key_id.to_string())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_pg)?;
     found
@@ -134,15 +139,18 @@ async fn load(pool: &PgPool, key_id: Uuid) -> Result<Option<u32>, StoreError> {
         .transpose()
 }
 
-pub(super) async fn count_unfinished(pool: &PgPool, key_id: Uuid) -> Result<u32, StoreError> {
-    Ok(load(pool, key_id).await?.unwrap_or(0))
+pub(super) async fn count_unfinished(
+    conn: &mut PgConnection,
+    key_id: Uuid,
+) -> Result<u32, StoreError> {
+    Ok(load(conn, key_id).await?.unwrap_or(0))
 }
 
 /// Leases the oldest runnable task. `SKIP LOCKED` passes over rows another worker's claim is
 /// locking right now, so concurrent claims each take a different task without waiting; a row
 /// that changed since the statement's snapshot is re-checked once locked.
 pub(super) async fn claim_next(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     worker_id: &str,
     lease: Duration,
 ) -> Result<Option<Claim>, StoreError> {
@@ -158,14 +166,14 @@ pub(super) async fn claim_next(
     ))
     .bind(worker_id)
     .bind(lease_millis(lease))
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(map_pg)?;
     found.as_ref().map(records::claim).transpose()
 }
 
 pub(super) async fn heartbeat(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
     lease: Duration,
@@ -175,11 +183,11 @@ pub(super) async fn heartbeat(
         owned_by_worker!()
     );
     let query = owned(sql, task_id, worker_id).bind(lease_millis(lease));
-    execute_owned(pool, query, task_id).await
+    execute_owned(conn, query, task_id).await
 }
 
 pub(super) async fn release(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
 ) -> Result<(), StoreError> {
@@ -188,11 +196,11 @@ pub(super) async fn release(
          attempts = GREATEST(attempts - 1, 0), updated_at = fluxd_now_ms() WHERE ",
         owned_by_worker!()
     );
-    execute_owned(pool, owned(sql, task_id, worker_id), task_id).await
+    execute_owned(conn, owned(sql, task_id, worker_id), task_id).await
 }
 
 pub(super) async fn set_progress(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
     progress: f64,
@@ -201,11 +209,11 @@ pub(super) async fn set_progress(
         "UPDATE tasks SET progress = $3, updated_at = fluxd_now_ms() WHERE ",
         owned_by_worker!()
     );
-    execute_owned(pool, owned(sql, task_id, worker_id).bind(progress), task_id).await
+    execute_owned(conn, owned(sql, task_id, worker_id).bind(progress), task_id).await
 }
 
 pub(super) async fn set_preview(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
     preview: PreviewRecord,
@@ -219,7 +227,7 @@ pub(super) async fn set_preview(
         .bind(preview.key)
         .bind(rows::int(preview.step))
         .bind(rows::int(preview.steps));
-    execute_owned(pool, query, task_id).await
+    execute_owned(conn, query, task_id).await
 }
 
 /// The update of a task to its final status, `SET` list first (`$3` on), up to
@@ -239,7 +247,7 @@ macro_rules! finish_sql {
 /// Runs `update` (a [`finish_sql`] whose own values, `$3` to `$(2 + values)`, `bind` binds) and,
 /// when there is one, queues `webhook` in the same statement: both commit, or neither.
 async fn finish(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     update: &'static str,
     (task_id, worker_id): (Uuid, &str),
     (values, bind): (usize, impl FnOnce(Query<'static>) -> Query<'static>),
@@ -256,11 +264,11 @@ async fn finish(
         }
     };
     // With a webhook, the insert's rows are counted: none if the update matched nothing.
-    execute_owned(pool, query, task_id).await
+    execute_owned(conn, query, task_id).await
 }
 
 pub(super) async fn complete_ready(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
     ready: ReadyRecord,
@@ -278,11 +286,11 @@ pub(super) async fn complete_ready(
             .bind(ready.start_time)
             .bind(ready.end_time)
     };
-    finish(pool, sql, (task_id, worker_id), (5, bind), webhook).await
+    finish(conn, sql, (task_id, worker_id), (5, bind), webhook).await
 }
 
 pub(super) async fn complete_moderated(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
     kind: ModerationKind,
@@ -299,11 +307,11 @@ pub(super) async fn complete_moderated(
             .bind(status.as_str())
             .bind(serde_json::Value::from(reasons).to_string())
     };
-    finish(pool, sql, (task_id, worker_id), (2, bind), webhook).await
+    finish(conn, sql, (task_id, worker_id), (2, bind), webhook).await
 }
 
 pub(super) async fn complete_error(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
     worker_id: &str,
     details: String,
@@ -315,7 +323,7 @@ pub(super) async fn complete_error(
         owned_by_worker!()
     );
     let found = owned(sql, task_id, worker_id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_pg)?;
     let Some(row) = found else {
@@ -330,43 +338,55 @@ pub(super) async fn complete_error(
              last_error = $3, updated_at = fluxd_now_ms() WHERE ",
             owned_by_worker!()
         );
-        execute_owned(pool, owned(sql, task_id, worker_id).bind(details), task_id).await?;
+        execute_owned(conn, owned(sql, task_id, worker_id).bind(details), task_id).await?;
         return Ok(ErrorOutcome::Requeued { attempts });
     }
     let sql = finish_sql!("status = 'Error', details = $3, last_error = $3");
     let bind = |query: Query<'static>| query.bind(details);
-    finish(pool, sql, (task_id, worker_id), (1, bind), webhook).await?;
+    finish(conn, sql, (task_id, worker_id), (1, bind), webhook).await?;
     Ok(ErrorOutcome::Failed)
 }
 
 pub(super) async fn get(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     id: Uuid,
 ) -> Result<Option<TaskRecord>, StoreError> {
     let found = sqlx::query("SELECT * FROM tasks WHERE id = $1 AND tenant = $2")
         .bind(id.to_string())
         .bind(tenant)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_pg)?;
     found.as_ref().map(records::task).transpose()
 }
 
+/// Deletes the tasks finished before `finished_before` and the deliveries settled then, in one
+/// transaction whose statements may take up to `limit` each (retention can meet a day's worth
+/// of rows at once, more than a request's call is allowed).
 pub(super) async fn expire_finished(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     finished_before: SystemTime,
+    limit: Duration,
 ) -> Result<Vec<String>, StoreError> {
     let cutoff = to_millis(finished_before);
+    let mut tx = conn.begin().await.map_err(map_pg)?;
+    // `SET LOCAL` in function form (it takes no parameters): for this transaction only.
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(statement_timeout(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_pg)?;
     let deleted: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
         "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < $1 \
          RETURNING sample_key, preview_key",
     )
     .bind(cutoff)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(map_pg)?;
-    webhooks::expire_settled(pool, cutoff).await?;
+    webhooks::expire_settled(&mut tx, cutoff).await?;
+    tx.commit().await.map_err(map_pg)?;
     Ok(deleted
         .into_iter()
         .flat_map(|(a, b)| [a, b])

@@ -1,4 +1,5 @@
-//! [`Store`] for [`PostgresStore`]: each call on a pooled connection; writes that make work for
+//! [`Store`] for [`PostgresStore`]: each call on a pooled connection, within the call time limit
+//! ([`Db`](crate::postgres::db::Db)); writes that make work for
 //! other processes ask for a wake-up once they committed. Task methods open debug-level spans
 //! carrying `task_id`, so store failures show under their task.
 
@@ -7,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::postgres::{cancel, credits, finetunes, keys, tasks, webhooks, PostgresStore};
+use crate::postgres::{
+    cancel, credits, finetunes, keys, tasks, webhooks, PostgresStore, MAINTENANCE_TIMEOUT,
+};
 use crate::secret;
 use crate::store::Result;
 use crate::types::{check_finetune, check_progress, check_tenant};
@@ -33,28 +36,39 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn create_key(&self, tenant: &str, label: Option<&str>) -> Result<NewKey> {
         check_tenant(tenant)?;
-        keys::create(&self.pool, tenant, label, apikey::generate()?).await
+        let material = apikey::generate()?;
+        self.db
+            .call(async |c| keys::create(c, tenant, label, material).await)
+            .await
     }
 
     async fn authenticate(&self, key: &str) -> Result<Option<KeyInfo>> {
-        keys::authenticate(&self.pool, key).await
+        self.db
+            .call(async |c| keys::authenticate(c, key).await)
+            .await
     }
 
     async fn revoke_key(&self, key_id: Uuid) -> Result<bool> {
-        keys::revoke(&self.pool, key_id).await
+        self.db.call(async |c| keys::revoke(c, key_id).await).await
     }
 
     async fn set_max_active_tasks(&self, key_id: Uuid, max_active_tasks: u32) -> Result<bool> {
-        keys::set_max_active_tasks(&self.pool, key_id, max_active_tasks).await
+        self.db
+            .call(async |c| keys::set_max_active_tasks(c, key_id, max_active_tasks).await)
+            .await
     }
 
     async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyRecord>> {
-        keys::list(&self.pool, tenant).await
+        self.db.call(async |c| keys::list(c, tenant).await).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(task_id = %task.id))]
     async fn insert_task(&self, task: NewTask) -> Result<()> {
-        match tasks::insert(&self.pool, &task, NO_LIMIT, self.max_attempts).await? {
+        match self
+            .db
+            .call(async |c| tasks::insert(c, &task, NO_LIMIT, self.max_attempts).await)
+            .await?
+        {
             InsertOutcome::Inserted => {
                 self.wake.task_queued();
                 Ok(())
@@ -81,22 +95,30 @@ impl Store for PostgresStore {
     }
 
     async fn count_unfinished(&self, key_id: Uuid) -> Result<u32> {
-        tasks::count_unfinished(&self.pool, key_id).await
+        self.db
+            .call(async |c| tasks::count_unfinished(c, key_id).await)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id))]
     async fn claim_next(&self, worker_id: &str, lease: Duration) -> Result<Option<Claim>> {
-        tasks::claim_next(&self.pool, worker_id, lease).await
+        self.db
+            .call(async |c| tasks::claim_next(c, worker_id, lease).await)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
     async fn heartbeat(&self, task_id: Uuid, worker_id: &str, lease: Duration) -> Result<()> {
-        tasks::heartbeat(&self.pool, task_id, worker_id, lease).await
+        self.db
+            .call(async |c| tasks::heartbeat(c, task_id, worker_id, lease).await)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
     async fn release_task(&self, task_id: Uuid, worker_id: &str) -> Result<()> {
-        tasks::release(&self.pool, task_id, worker_id).await?;
+        self.db
+            .call(async |c| tasks::release(c, task_id, worker_id).await)
+            .await?;
         self.wake.task_queued();
         Ok(())
     }
@@ -104,7 +126,9 @@ impl Store for PostgresStore {
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id, progress))]
     async fn set_progress(&self, task_id: Uuid, worker_id: &str, progress: f64) -> Result<()> {
         check_progress(progress)?;
-        tasks::set_progress(&self.pool, task_id, worker_id, progress).await
+        self.db
+            .call(async |c| tasks::set_progress(c, task_id, worker_id, progress).await)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
@@ -114,7 +138,9 @@ impl Store for PostgresStore {
         worker_id: &str,
         preview: PreviewRecord,
     ) -> Result<()> {
-        tasks::set_preview(&self.pool, task_id, worker_id, preview).await
+        self.db
+            .call(async |c| tasks::set_preview(c, task_id, worker_id, preview).await)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
@@ -126,7 +152,10 @@ impl Store for PostgresStore {
         webhook: Option<NewWebhook>,
     ) -> Result<()> {
         let with_webhook = webhook.is_some();
-        let done = tasks::complete_ready(&self.pool, task_id, worker_id, ready, webhook).await;
+        let done = self
+            .db
+            .call(async |c| tasks::complete_ready(c, task_id, worker_id, ready, webhook).await)
+            .await;
         self.completed(&done, with_webhook);
         done
     }
@@ -141,8 +170,12 @@ impl Store for PostgresStore {
         webhook: Option<NewWebhook>,
     ) -> Result<()> {
         let with_webhook = webhook.is_some();
-        let done =
-            tasks::complete_moderated(&self.pool, task_id, worker_id, kind, reasons, webhook).await;
+        let done = self
+            .db
+            .call(async |c| {
+                tasks::complete_moderated(c, task_id, worker_id, kind, reasons, webhook).await
+            })
+            .await;
         self.completed(&done, with_webhook);
         done
     }
@@ -157,9 +190,12 @@ impl Store for PostgresStore {
         webhook: Option<NewWebhook>,
     ) -> Result<ErrorOutcome> {
         let with_webhook = webhook.is_some();
-        let done =
-            tasks::complete_error(&self.pool, task_id, worker_id, details, retryable, webhook)
-                .await;
+        let done = self
+            .db
+            .call(async |c| {
+                tasks::complete_error(c, task_id, worker_id, details, retryable, webhook).await
+            })
+            .await;
         match done {
             Ok(ErrorOutcome::Requeued { .. }) => self.wake.task_queued(),
             Ok(ErrorOutcome::Failed) => self.completed(&done, with_webhook),
@@ -177,7 +213,10 @@ impl Store for PostgresStore {
         webhook: Option<NewWebhook>,
     ) -> Result<CancelOutcome> {
         let with_webhook = webhook.is_some();
-        let done = cancel::cancel(&self.pool, tenant, id, details, webhook).await;
+        let done = self
+            .db
+            .call(async |c| cancel::cancel(c, tenant, id, details, webhook).await)
+            .await;
         if matches!(done, Ok(CancelOutcome::Cancelled)) {
             self.completed(&done, with_webhook);
         }
@@ -186,51 +225,72 @@ impl Store for PostgresStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(%task_id, worker_id))]
     async fn cancel_requested(&self, task_id: Uuid, worker_id: &str) -> Result<bool> {
-        cancel::requested(&self.pool, task_id, worker_id).await
+        self.db
+            .call(async |c| cancel::requested(c, task_id, worker_id).await)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     async fn get_task(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRecord>> {
-        tasks::get(&self.pool, tenant, id).await
+        self.db
+            .call(async |c| tasks::get(c, tenant, id).await)
+            .await
     }
 
     async fn expire_finished(&self, finished_before: SystemTime) -> Result<Vec<String>> {
-        tasks::expire_finished(&self.pool, finished_before).await
+        let limit = MAINTENANCE_TIMEOUT;
+        self.db
+            .call_within(limit, async |c| {
+                tasks::expire_finished(c, finished_before, limit).await
+            })
+            .await
     }
 
     async fn credits(&self, tenant: &str) -> Result<Option<i64>> {
-        credits::balance(&self.pool, tenant).await
+        self.db
+            .call(async |c| credits::balance(c, tenant).await)
+            .await
     }
 
     async fn set_credits(&self, tenant: &str, balance: Option<i64>) -> Result<()> {
         check_tenant(tenant)?;
-        credits::set(&self.pool, tenant, balance).await
+        self.db
+            .call(async |c| credits::set(c, tenant, balance).await)
+            .await
     }
 
     async fn add_credits(&self, tenant: &str, delta: i64) -> Result<i64> {
         check_tenant(tenant)?;
-        credits::add(&self.pool, tenant, delta).await
+        self.db
+            .call(async |c| credits::add(c, tenant, delta).await)
+            .await
     }
 
     async fn list_credits(&self) -> Result<Vec<(String, i64)>> {
-        credits::balances(&self.pool).await
+        self.db.call(async |c| credits::balances(c).await).await
     }
 
     async fn set_price(&self, endpoint: &str, price: Option<Price>) -> Result<()> {
-        credits::set_price(&self.pool, endpoint, price).await
+        self.db
+            .call(async |c| credits::set_price(c, endpoint, price).await)
+            .await
     }
 
     async fn prices(&self) -> Result<Vec<(String, Price)>> {
-        credits::prices(&self.pool).await
+        self.db.call(async |c| credits::prices(c).await).await
     }
 
     async fn insert_finetune(&self, record: FinetuneRecord) -> Result<()> {
         check_finetune(&record)?;
-        finetunes::insert(&self.pool, record).await
+        self.db
+            .call(async |c| finetunes::insert(c, record).await)
+            .await
     }
 
     async fn list_finetunes(&self, tenant: &str) -> Result<Vec<String>> {
-        finetunes::list(&self.pool, tenant).await
+        self.db
+            .call(async |c| finetunes::list(c, tenant).await)
+            .await
     }
 
     async fn get_finetune(
@@ -238,15 +298,22 @@ impl Store for PostgresStore {
         requester: &str,
         finetune_id: &str,
     ) -> Result<Option<FinetuneRecord>> {
-        finetunes::get(&self.pool, requester, finetune_id).await
+        self.db
+            .call(async |c| finetunes::get(c, requester, finetune_id).await)
+            .await
     }
 
     async fn delete_finetune(&self, tenant: &str, id: &str) -> Result<Option<FinetuneRecord>> {
-        finetunes::delete(&self.pool, tenant, id).await
+        self.db
+            .call(async |c| finetunes::delete(c, tenant, id).await)
+            .await
     }
 
     async fn enqueue_webhook(&self, task_id: Uuid, webhook: NewWebhook) -> Result<Uuid> {
-        let id = webhooks::enqueue(&self.pool, task_id, webhook).await?;
+        let id = self
+            .db
+            .call(async |c| webhooks::enqueue(c, task_id, webhook).await)
+            .await?;
         self.wake.webhook_due();
         Ok(id)
     }
@@ -257,11 +324,15 @@ impl Store for PostgresStore {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<WebhookDelivery>> {
-        webhooks::claim_due(&self.pool, worker_id, limit, lease).await
+        self.db
+            .call(async |c| webhooks::claim_due(c, worker_id, limit, lease).await)
+            .await
     }
 
     async fn webhook_delivered(&self, id: Uuid) -> Result<()> {
-        webhooks::delivered(&self.pool, id).await
+        self.db
+            .call(async |c| webhooks::delivered(c, id).await)
+            .await
     }
 
     async fn webhook_failed(
@@ -270,19 +341,28 @@ impl Store for PostgresStore {
         error: &str,
         next_attempt_at: Option<SystemTime>,
     ) -> Result<()> {
-        webhooks::failed(&self.pool, id, error, next_attempt_at).await
+        self.db
+            .call(async |c| webhooks::failed(c, id, error, next_attempt_at).await)
+            .await
     }
 
     async fn webhook_deliveries(&self, task_id: Uuid) -> Result<Vec<WebhookRecord>> {
-        webhooks::for_task(&self.pool, task_id).await
+        self.db
+            .call(async |c| webhooks::for_task(c, task_id).await)
+            .await
     }
 
     async fn list_webhooks(&self, status: Option<&str>, limit: u32) -> Result<Vec<WebhookRecord>> {
-        webhooks::list(&self.pool, status, limit).await
+        self.db
+            .call(async |c| webhooks::list(c, status, limit).await)
+            .await
     }
 
     async fn retry_failed_webhooks(&self, id: Option<Uuid>) -> Result<u64> {
-        let queued = webhooks::retry_failed(&self.pool, id).await?;
+        let queued = self
+            .db
+            .call(async |c| webhooks::retry_failed(c, id).await)
+            .await?;
         if queued > 0 {
             self.wake.webhook_due();
         }
@@ -291,7 +371,9 @@ impl Store for PostgresStore {
 
     async fn shared_secret(&self, name: &str) -> Result<SharedSecret> {
         secret::check_name(name)?;
-        keys::shared_secret(&self.pool, name).await
+        self.db
+            .call(async |c| keys::shared_secret(c, name).await)
+            .await
     }
 
     fn subscribe(&self) -> Option<Wakeups> {
@@ -301,6 +383,6 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.submitter.close().await;
         self.wake.stop();
-        self.pool.close().await;
+        self.db.pool().close().await;
     }
 }

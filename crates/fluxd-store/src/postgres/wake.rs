@@ -57,6 +57,8 @@ const WEBHOOKS_BIT: u8 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two attempts to listen again after losing the connection.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the listener hears nothing before it checks that its connection still answers.
+const QUIET_CHECK: Duration = Duration::from_secs(30);
 /// Wake-ups a subscriber may fall behind by before it is told it missed some.
 const BACKLOG: usize = 64;
 
@@ -168,13 +170,20 @@ async fn notify(connect: PgConnectOptions, channels: Channels, requested: Arc<Re
         let Some(live) = conn.as_mut() else {
             continue;
         };
-        let sent = sqlx::query("SELECT pg_notify(channel, '') FROM unnest($1::text[]) AS channel")
+        let send = sqlx::query("SELECT pg_notify(channel, '') FROM unnest($1::text[]) AS channel")
             .bind(wanted)
-            .execute(live)
-            .await;
-        if let Err(err) = sent {
-            tracing::debug!(%err, "wake-up not sent");
-            conn = None;
+            .execute(live);
+        // Bounded like every call (see `db`): a dead link must not stop wake-ups for good.
+        match tokio::time::timeout(CONNECT_TIMEOUT, send).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "wake-up not sent");
+                conn = None;
+            }
+            Err(_) => {
+                tracing::debug!("wake-up not sent: no answer from the database");
+                conn = None;
+            }
         }
     }
 }
@@ -191,7 +200,18 @@ async fn listen(connect: PgConnectOptions, channels: Channels, events: broadcast
                 // (No subscribers is not an error: nobody is waiting.)
                 let _ = events.send(Wakeup::Missed);
                 loop {
-                    let wakeup = match listener.try_recv().await {
+                    let Ok(received) = tokio::time::timeout(QUIET_CHECK, listener.try_recv()).await
+                    else {
+                        // A dead link never says so: after a quiet while, ask. (No answer:
+                        // listen again on a fresh connection.)
+                        let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                        if let Ok(Ok(_)) = tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+                            continue;
+                        }
+                        tracing::debug!("the wake-up listener's connection stopped answering");
+                        break;
+                    };
+                    let wakeup = match received {
                         Ok(Some(notification)) => {
                             if notification.channel() == channels.tasks {
                                 Wakeup::TaskQueued

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use crate::postgres::map_pg;
@@ -73,7 +73,7 @@ pub(super) async fn enqueue(
 /// Leases up to `limit` due deliveries; `SKIP LOCKED` lets senders on several nodes claim side by
 /// side without waiting for each other.
 pub(super) async fn claim_due(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     worker_id: &str,
     limit: u32,
     lease: Duration,
@@ -91,26 +91,26 @@ pub(super) async fn claim_due(
     .bind(worker_id)
     .bind(lease_millis(lease))
     .bind(rows::int(limit))
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(map_pg)?;
     records::webhook_deliveries(&claimed)
 }
 
-pub(super) async fn delivered(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+pub(super) async fn delivered(conn: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE webhooks SET status = 'delivered', lease_until = NULL, \
          updated_at = fluxd_now_ms() WHERE id = $1",
     )
     .bind(id.to_string())
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_pg)?;
     delivery_found(done.rows_affected(), id)
 }
 
 pub(super) async fn failed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: Uuid,
     error: &str,
     next_attempt_at: Option<SystemTime>,
@@ -130,7 +130,7 @@ pub(super) async fn failed(
         .bind(id.to_string())
         .bind(error),
     }
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_pg)?;
     delivery_found(done.rows_affected(), id)
@@ -143,48 +143,54 @@ fn select(rest: &'static str) -> Query<'static> {
     sqlx::query(sqlx::AssertSqlSafe(sql))
 }
 
-async fn records(pool: &PgPool, query: Query<'_>) -> Result<Vec<WebhookRecord>, StoreError> {
-    let found = query.fetch_all(pool).await.map_err(map_pg)?;
+async fn records(
+    conn: &mut PgConnection,
+    query: Query<'_>,
+) -> Result<Vec<WebhookRecord>, StoreError> {
+    let found = query.fetch_all(&mut *conn).await.map_err(map_pg)?;
     found.iter().map(records::webhook_record).collect()
 }
 
 pub(super) async fn for_task(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     task_id: Uuid,
 ) -> Result<Vec<WebhookRecord>, StoreError> {
     let sql = "WHERE task_id = $1 ORDER BY created_at, id";
-    records(pool, select(sql).bind(task_id.to_string())).await
+    records(conn, select(sql).bind(task_id.to_string())).await
 }
 
 pub(super) async fn list(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     status: Option<&str>,
     limit: u32,
 ) -> Result<Vec<WebhookRecord>, StoreError> {
     check_webhook_status(status)?;
     let sql = "WHERE $1::TEXT IS NULL OR status = $1 ORDER BY updated_at DESC, id LIMIT $2";
     let query = select(sql).bind(status).bind(rows::int(limit));
-    records(pool, query).await
+    records(conn, query).await
 }
 
-pub(super) async fn retry_failed(pool: &PgPool, id: Option<Uuid>) -> Result<u64, StoreError> {
+pub(super) async fn retry_failed(
+    conn: &mut PgConnection,
+    id: Option<Uuid>,
+) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "UPDATE webhooks SET status = 'pending', next_attempt_at = fluxd_now_ms(), \
          worker_id = NULL, lease_until = NULL, updated_at = fluxd_now_ms() \
          WHERE status = 'failed' AND ($1::TEXT IS NULL OR id = $1)",
     )
     .bind(id.map(|id| id.to_string()))
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_pg)?;
     Ok(done.rows_affected())
 }
 
 /// Forgets deliveries settled (delivered or given up) before `cutoff` (epoch milliseconds).
-pub(super) async fn expire_settled(pool: &PgPool, cutoff: i64) -> Result<(), StoreError> {
+pub(super) async fn expire_settled(conn: &mut PgConnection, cutoff: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM webhooks WHERE status <> 'pending' AND updated_at < $1")
         .bind(cutoff)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .map_err(map_pg)?;
     Ok(())
