@@ -27,13 +27,27 @@ dir=$PROFILE; [ "$PROFILE" = dev ] && dir=debug
 fluxd=target/$dir/fluxd
 writer=target/$dir/examples/write_random_gguf
 
-log "model folder (tokenizers, scheduler) and FLUX's VAE, full size"
+log "model folder (tokenizers, scheduler), CLIP-L's config and FLUX's VAE, full size"
 "$fluxd" model init-tiny "$work/model" --seed 1 >/dev/null
-"$ref/bin/python" - "$work/model/vae" <<'EOF'
+"$ref/bin/python" - "$work/model" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 from diffusers import AutoencoderKL
-vae_dir = Path(sys.argv[1])
+model = Path(sys.argv[1])
+# A single CLIP file takes its shapes from the folder's text_encoder/config.json: CLIP-L's, as in
+# FLUX.1-dev (the tiny tokenizer's ids stay below its vocabulary).
+clip_cfg = model / "text_encoder" / "config.json"
+cfg = json.loads(clip_cfg.read_text())
+cfg.update(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+           num_attention_heads=12, projection_dim=768)
+clip_cfg.write_text(json.dumps(cfg, indent=2))
+# Likewise T5 v1.1 XXL's shapes for the T5 file (the tiny tokenizer's ids stay below 32128).
+t5_cfg = model / "text_encoder_2" / "config.json"
+cfg = json.loads(t5_cfg.read_text())
+cfg.update(d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_decoder_layers=24, num_heads=64,
+           vocab_size=32128, feed_forward_proj="gated-gelu")
+t5_cfg.write_text(json.dumps(cfg, indent=2))
+vae_dir = model / "vae"
 cfg = {k: v for k, v in json.loads((vae_dir / "config.json").read_text()).items() if not k.startswith("_")}
 # FLUX.1-dev's vae/config.json: four levels, two ResNet blocks each, 32 groups.
 cfg.update(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32)
