@@ -68,6 +68,8 @@ t5="$work/t5-v1_1-xxl-encoder-$T5_TYPE.gguf"
 log "FLUX.1-dev transformer as GGUF $TYPE"
 flux="$work/flux1-dev-$TYPE.gguf"
 /usr/bin/time -f "   %e s, peak RSS %M KiB" "$writer" flux "$flux" "$TYPE" 19 38
+# The transformer's config beside it (FLUX.1-dev's), which a GGUF file is checked against.
+cp "$work/config.json" "$work/model/transformer/config.json"
 
 log "fluxd generate: 1 step at 256², 64 T5 tokens"
 /usr/bin/time -f "%M" -o "$work/rss_kib" "$fluxd" generate --model "$work/model" \
