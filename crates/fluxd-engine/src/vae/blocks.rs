@@ -115,7 +115,16 @@ impl Conv {
         // candle's `conv2d` unfolds its whole input (im2col: C·k·k values per output pixel,
         // 9.6 GB for a 1440² decode's 256-channel level in bf16), so it runs on strips of
         // output rows, each with the k/2 rows around it; the upsampling is done per strip.
+        // candle's CPU conv2d has no bf16/f16 kernel. A GPU multiplies the 16-bit values with
+        // f32 accumulation and rounds the result once; so does this (the 16-bit values are exact
+        // in f32), with the kernel widened once for all strips.
+        let widen = x.device().is_cpu() && x.dtype() != DType::F32;
         let kernel = self.weight_mat.reshape((out, c, self.k, self.k))?;
+        let kernel = if widen {
+            kernel.to_dtype(DType::F32)?
+        } else {
+            kernel
+        };
         let pad = self.k / 2;
         let kk = self.k * self.k;
         let rows = (strip_elems / (b * c * kk * wo).max(1)).clamp(1, ho);
@@ -137,12 +146,9 @@ impl Conv {
             } else {
                 src
             };
-            let y = if seg.device().is_cpu() && seg.dtype() != DType::F32 {
-                // candle's CPU conv2d has no bf16/f16 kernel. A GPU multiplies the 16-bit
-                // values with f32 accumulation and rounds the result once; so does this
-                // (the 16-bit values are exact in f32).
+            let y = if widen {
                 seg.to_dtype(DType::F32)?
-                    .conv2d(&kernel.to_dtype(DType::F32)?, pad, 1, 1, 1)?
+                    .conv2d(&kernel, pad, 1, 1, 1)?
                     .to_dtype(seg.dtype())?
             } else {
                 seg.conv2d(&kernel, pad, 1, 1, 1)?
